@@ -1,0 +1,30 @@
+"""qcompiler: a graph-rewriting compiler that makes LLMs lighter.
+
+    qm = qcompiler.compile(model, scheme="int8-outlier", calibration_data=batches)
+    print(qm.report())
+"""
+
+import qcompiler.ops  # noqa: F401 - registers the torch.ops.qcompiler namespace
+import qcompiler.passes  # noqa: F401 - registers the built-in passes
+from qcompiler.api import QuantizedModel, compile
+from qcompiler.backends import Backend, list_backends, register_backend
+from qcompiler.errors import (CalibrationError, CaptureError, ConfigError, PassError, QCompilerError,
+                              UnsupportedError, VerificationError)
+from qcompiler.pass_manager import (GraphPass, Pass, PassContext, PassManager, PassResult, ProgramPass,
+                                    list_passes, parse_pipeline, print_pipeline, register_pass)
+from qcompiler.schemes import Scheme, list_schemes, register_scheme
+from qcompiler.spec import SPEC_KEY, LinearQuantSpec, get_spec
+from qcompiler.verify import verify_graph
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "compile", "QuantizedModel",
+    "list_schemes", "register_scheme", "Scheme",
+    "register_pass", "list_passes", "parse_pipeline", "print_pipeline",
+    "Pass", "GraphPass", "ProgramPass", "PassResult", "PassContext", "PassManager",
+    "Backend", "register_backend", "list_backends",
+    "SPEC_KEY", "LinearQuantSpec", "get_spec", "verify_graph",
+    "QCompilerError", "CaptureError", "CalibrationError", "ConfigError", "UnsupportedError",
+    "PassError", "VerificationError",
+]

@@ -1,0 +1,163 @@
+"""``qcompiler.compile``: capture, run the scheme's pipeline, lower, report."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten
+
+from qcompiler.backends import get_backend
+from qcompiler.calibration import CalibrationSet, as_call
+from qcompiler.capture import CaptureMethod, capture_regions
+from qcompiler.errors import CalibrationError, CaptureError, ConfigError, UnsupportedError
+from qcompiler.pass_manager import PassContext, PassManager, Program, Region
+from qcompiler.passes.annotate_linears import SUPPORTED_DTYPES
+from qcompiler.report import Report, build_report
+from qcompiler.schemes import get_scheme
+
+__all__ = ["compile", "QuantizedModel"]
+
+
+class QuantizedModel(nn.Module):
+    """The compiled model: call it like the original. Attributes it does not have (``generate``,
+    ``config``, ...) come from the wrapped model, so Hugging Face models keep working."""
+
+    def __init__(self, model: nn.Module, program: Program, report: Report):
+        super().__init__()
+        self.model = model
+        self._program = program
+        self._report = report
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["model"], name)
+
+    def report(self) -> Report:
+        return self._report
+
+    @property
+    def program(self) -> Program:
+        return self._program
+
+    @property
+    def graph_modules(self) -> dict[str, torch.fx.GraphModule]:
+        return {r.label: r.gm for r in self._program.regions}
+
+
+def _first_output(out: Any) -> torch.Tensor | None:
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "logits") and isinstance(out.logits, torch.Tensor):
+        return out.logits
+    if hasattr(out, "last_hidden_state"):
+        return out.last_hidden_state
+    leaves = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    return leaves[0] if leaves else None
+
+
+def _run_reference(model: nn.Module, calls: list[tuple[tuple, dict]]) -> list[torch.Tensor | None]:
+    outs = []
+    with torch.no_grad():
+        for i, (args, kwargs) in enumerate(calls):
+            try:
+                outs.append(_first_output(model(*args, **kwargs)))
+            except Exception as e:  # noqa: BLE001 - the user's data does not fit the model
+                raise CalibrationError(f"input {i} does not fit the model: {type(e).__name__}: {e}",
+                                       hint="each item must be something the model accepts: a tensor, a "
+                                            "tuple of positional args or a dict of keyword args") from e
+    return outs
+
+
+def _check_dtypes(model: nn.Module) -> None:
+    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+        if p.is_floating_point() and p.dtype not in SUPPORTED_DTYPES:
+            raise UnsupportedError(f"parameter '{name}' has dtype {p.dtype}",
+                                   hint="qcompiler handles float32, float16 and bfloat16 models: "
+                                        "cast the model, e.g. model.float()")
+
+
+def _state_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
+
+
+def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: Iterable[Any] | None = None, *,
+            example_inputs: Any = None, backend: str = "eager", capture: str = "export",
+            whole_graph: bool = False, pipeline: str | None = None, verify: bool = False,
+            progress: bool = True, max_calibration_batches: int | None = None,
+            **options: Any) -> QuantizedModel:
+    """Quantize ``model`` with ``scheme`` and return a module with the same call signature.
+
+    >>> qm = qcompiler.compile(model, scheme="int8-outlier", calibration_data=batches, threshold=6.0)
+    >>> y = qm(*same_args_as_model)
+    >>> print(qm.report())
+
+    ``calibration_data`` items may be a tensor, a tuple of positional args or a dict of keyword
+    args. Scheme options (``threshold``, ``outlier_mode``, ...) go in ``options``. ``pipeline``
+    replaces the scheme's pass pipeline with a text pipeline of your own. The model passed in is
+    never modified: compile works on a copy.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"compile takes a torch.nn.Module, got {type(model).__name__}")
+    sch = get_scheme(scheme)
+    config = sch.make_config(options)
+    be = get_backend(backend)
+    try:
+        method = CaptureMethod(capture)
+    except ValueError:
+        raise ConfigError(f"unknown capture method {capture!r}",
+                          hint=f"use one of: {', '.join(m.value for m in CaptureMethod)}") from None
+    calib = CalibrationSet.from_user(calibration_data, max_items=max_calibration_batches)
+    if example_inputs is None and calib is None:
+        raise ConfigError("compile needs example_inputs or calibration_data to capture the model")
+    example = as_call(example_inputs) if example_inputs is not None else calib.calls[0]
+    text = pipeline if pipeline is not None else sch.pipeline(config, calib is not None)
+    if be.lowering:
+        text = f"{text},{be.lowering}"
+    manager = PassManager(text)  # parse errors surface before any work
+    be.check()
+    _check_dtypes(model)
+
+    ref_calls = (calib.calls[:2] if calib is not None else [example])
+    ref_outs = _run_reference(model, ref_calls)
+    qmodel = copy.deepcopy(model).eval()
+    plan = capture_regions(qmodel, *example, method=method, whole=whole_graph)
+    if not plan.regions:
+        raise CaptureError("no part of the model holding a linear layer could be captured",
+                           hint="; ".join(f"{p}: {why}" for p, why in plan.split[:3]) or None)
+    if plan.regions[0][0] == "":
+        qmodel = plan.regions[0][1]
+    program = Program([Region(path, region) for path, region in plan.regions], qmodel)
+    ctx = PassContext(options={"scheme": scheme, "backend": backend}, calibration_data=calib, verify=verify)
+    manager.run(program, ctx)
+
+    report = build_report(program, ctx, scheme=scheme, backend=backend, pipeline=str(manager),
+                          split=plan.split, model_bytes_before=_state_bytes(model))
+    report.notes.extend(f"not called in the example forward, left in float: {p}" for p in plan.not_called)
+    qm = QuantizedModel(qmodel, program, report)
+    _compare_outputs(qm, ref_calls, ref_outs, report)
+    return qm
+
+
+def _compare_outputs(qm: QuantizedModel, calls, ref_outs, report: Report) -> None:
+    num = den = dot = nq = 0.0
+    with torch.no_grad():
+        for (args, kwargs), ref in zip(calls, ref_outs):
+            out = _first_output(qm(*args, **kwargs))
+            if ref is None or out is None or out.shape != ref.shape:
+                return
+            r, o = ref.double().flatten(), out.double().flatten()
+            num += (o - r).square().sum().item()
+            den += r.square().sum().item()
+            dot += (o * r).sum().item()
+            nq += o.square().sum().item()
+    if den:
+        report.output_rel_error = (num / den) ** 0.5
+        report.output_cosine = dot / ((den * nq) ** 0.5) if nq else 0.0

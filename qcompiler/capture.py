@@ -1,0 +1,235 @@
+"""Capture: the model (or the largest pieces of it that can be) into torch.fx graphs.
+
+``capture_regions`` records how every submodule is called on one example forward, then works
+top-down: a module that captures becomes a region; one that does not (a Hugging Face decoder
+layer handed a ``DynamicCache``, data-dependent Python control flow, ...) is split into its
+children. For a causal LM this yields the MLPs and projections of each decoder block, while the
+attention core and its KV cache stay in eager code, so ``generate()`` keeps working.
+
+Each region is swapped into a copy of the model as a :class:`RegionModule` that keeps the
+submodule's call signature.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.utils._pytree import tree_flatten
+
+from qcompiler.errors import CaptureError, UnsupportedError
+
+__all__ = ["CaptureMethod", "RegionModule", "CapturePlan", "capture_regions", "capture_module"]
+
+
+class CaptureMethod(enum.Enum):
+    EXPORT = "export"                  # torch.export, non-strict: aten-level, handles HF code
+    SYMBOLIC_TRACE = "symbolic_trace"  # torch.fx.symbolic_trace: module-level, no shape specialization
+
+
+_CONSTANT_TYPES = (type(None), bool, int, float, str, torch.dtype, torch.device)
+_LINEAR_TYPES = (nn.Linear,)
+
+
+def _is_tensor_tree(v: Any) -> bool:
+    leaves, _ = tree_flatten(v)
+    return bool(leaves) and all(isinstance(x, torch.Tensor) for x in leaves)
+
+
+def _bind(module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """All arguments of a call by name, ``**kwargs`` flattened in."""
+    sig = inspect.signature(module.forward)
+    bound = sig.bind(*args, **kwargs)
+    out: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = sig.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                raise CaptureError(f"{type(module).__name__}.forward takes *{name}, which capture does not handle")
+        else:
+            out[name] = value
+    return out
+
+
+def _split(module_path: str, named: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    tensors, consts = {}, {}
+    for name, value in named.items():
+        if _is_tensor_tree(value):
+            tensors[name] = value
+        elif isinstance(value, _CONSTANT_TYPES):
+            consts[name] = value
+        else:
+            raise CaptureError(
+                f"'{module_path or '<model>'}' is called with {name}={type(value).__name__}, "
+                f"which is neither a tensor nor a constant")
+    return tensors, consts
+
+
+class _BoundCall(nn.Module):
+    """``inner`` with its constant arguments fixed, called by keyword with tensors only.
+
+    torch.export binds inputs by the forward's signature and cannot take ``**kwargs``, so the
+    forward is built with one explicit parameter per tensor argument.
+    """
+
+    def __init__(self, inner: nn.Module, consts: dict[str, Any], names: list[str]):
+        super().__init__()
+        self.inner = inner
+        self._consts = consts
+        params = ", ".join(names)
+        scope: dict[str, Any] = {}
+        exec(f"def forward(self, {params}):\n"  # noqa: S102 - names are the module's own parameters
+             f"    return self.inner({', '.join(f'{n}={n}' for n in names)}, **self._consts)\n", scope)
+        self.forward = scope["forward"].__get__(self)
+
+
+def _dynamic_shapes(tensors: dict[str, Any]) -> dict[str, Any]:
+    auto = torch.export.Dim.AUTO
+    from torch.utils._pytree import tree_map
+    return {k: tree_map(lambda t: {i: auto for i in range(t.dim())}, v) for k, v in tensors.items()}
+
+
+def capture_module(module: nn.Module, path: str, args: tuple, kwargs: dict,
+                   method: CaptureMethod) -> tuple[fx.GraphModule, dict[str, Any], dict[str, Any]]:
+    """Capture one call of ``module``; returns ``(graph_module, tensor_kwargs, constant_kwargs)``.
+
+    Raises :class:`CaptureError` naming the module and the tracer's complaint.
+    """
+    named = _bind(module, args, kwargs)
+    tensors, consts = _split(path, named)
+    try:
+        if method is CaptureMethod.EXPORT:
+            from torch.fx.experimental import _config as fx_config
+            # Let size-1 dims (a batch of one, a single decode token) stay symbolic.
+            with fx_config.patch(backed_size_oblivious=True):
+                ep = torch.export.export(_BoundCall(module, consts, list(tensors)), (), tensors,
+                                         dynamic_shapes=_dynamic_shapes(tensors), strict=False)
+            gm = ep.module()
+        else:
+            gm = fx.symbolic_trace(module, concrete_args=consts)
+    except Exception as e:  # noqa: BLE001 - tracers raise anything; we re-raise with the place
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CaptureError(f"cannot capture '{path or '<model>'}' ({type(module).__name__}) with "
+                           f"{method.value}: {type(e).__name__}: {first[:300]}") from e
+    return gm, tensors, consts
+
+
+class RegionModule(nn.Module):
+    """Stands in for a captured submodule: same call signature, runs the (rewritten) graph."""
+
+    def __init__(self, gm: fx.GraphModule, original: nn.Module, path: str, consts: dict[str, Any],
+                 method: CaptureMethod):
+        super().__init__()
+        self.gm = gm
+        self.path = path
+        self._signature_of = type(original).forward
+        self._consts = consts
+        self._method = method
+        self._original_type = type(original).__name__
+
+    def forward(self, *args, **kwargs):
+        named = _bind_sig(self._signature_of, args, kwargs)
+        tensors, consts = {}, {}
+        for k, v in named.items():
+            (tensors if _is_tensor_tree(v) else consts)[k] = v
+        if consts != self._consts:
+            diff = {k: (self._consts.get(k, "<absent>"), consts.get(k, "<absent>"))
+                    for k in set(consts) | set(self._consts) if self._consts.get(k, 0) != consts.get(k, 0)}
+            raise UnsupportedError(
+                f"region '{self.path or '<model>'}' ({self._original_type}) was captured with other "
+                f"constant arguments than this call: {', '.join(f'{k}: captured {a!r}, now {b!r}' for k, (a, b) in diff.items())}",
+                hint="calibrate (or give example_inputs) with calls shaped like the ones you will make")
+        if self._method is CaptureMethod.SYMBOLIC_TRACE:
+            return self.gm(**tensors, **consts)
+        return self.gm(**tensors)
+
+
+def _bind_sig(forward, args, kwargs) -> dict[str, Any]:
+    sig = inspect.signature(forward)
+    bound = sig.bind(None, *args, **kwargs)  # None stands for self
+    out = {}
+    for i, (name, value) in enumerate(bound.arguments.items()):
+        if i == 0:
+            continue
+        if sig.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(value)
+        else:
+            out[name] = value
+    return out
+
+
+@dataclass
+class CapturePlan:
+    """Which submodules became regions, and why their parents did not."""
+
+    regions: list[tuple[str, RegionModule]] = field(default_factory=list)
+    split: list[tuple[str, str]] = field(default_factory=list)      # (path, why it was split)
+    not_called: list[str] = field(default_factory=list)             # linear-holding modules never run
+
+
+def _has_linear(m: nn.Module) -> bool:
+    return any(isinstance(s, _LINEAR_TYPES) for s in m.modules())
+
+
+def _record_calls(model: nn.Module, args: tuple, kwargs: dict) -> dict[nn.Module, tuple[tuple, dict]]:
+    calls: dict[nn.Module, tuple[tuple, dict]] = {}
+
+    def hook(mod, a, k):
+        calls.setdefault(mod, (a, k))
+
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def capture_regions(model: nn.Module, args: tuple, kwargs: dict, method: CaptureMethod,
+                    whole: bool = False) -> CapturePlan:
+    """Capture ``model`` in place: every capturable region is swapped for a RegionModule.
+
+    ``whole=True`` captures the model as one graph or raises CaptureError naming what broke it
+    and which submodules would capture instead.
+    """
+    calls = _record_calls(model, args, kwargs)
+    plan = CapturePlan()
+
+    def visit(path: str, mod: nn.Module, parent: nn.Module | None, attr: str) -> None:
+        if not _has_linear(mod):
+            return
+        if mod not in calls:
+            if isinstance(mod, _LINEAR_TYPES):
+                plan.not_called.append(path or "<model>")
+            for name, child in mod.named_children():  # containers (ModuleList) are never called
+                visit(f"{path}.{name}" if path else name, child, mod, name)
+            return
+        try:
+            gm, _, consts = capture_module(mod, path, *calls[mod], method=method)
+        except CaptureError as e:
+            if whole and parent is None:
+                children = [n for n, c in mod.named_children() if _has_linear(c)]
+                raise CaptureError(e.message, hint=(
+                    "capture the model region by region (the default, whole=False), or compile "
+                    f"these submodules instead: {', '.join(children) or '(none)'}")) from e
+            if isinstance(mod, _LINEAR_TYPES):
+                raise
+            plan.split.append((path or "<model>", e.message))
+            for name, child in mod.named_children():
+                visit(f"{path}.{name}" if path else name, child, mod, name)
+            return
+        region = RegionModule(gm, mod, path, consts, method)
+        plan.regions.append((path, region))
+        if parent is not None:
+            setattr(parent, attr, region)
+
+    visit("", model, None, "")
+    return plan

@@ -1,0 +1,23 @@
+"""The built-in passes. Importing this package registers them with the pass manager."""
+
+from qcompiler.passes.annotate_linears import AnnotateLinears
+from qcompiler.passes.calibrate import ActivationStats, Calibrate
+from qcompiler.passes.canonicalize_linear import CanonicalizeLinear
+from qcompiler.passes.dce import DeadCodeElimination
+from qcompiler.passes.decompose_matmul import DecomposeMatmul
+from qcompiler.passes.detect_outliers import DetectOutliers, OutlierAnalysis
+from qcompiler.passes.quantize_weights import QuantizeWeights
+from qcompiler.passes.share_activation_quant import ShareActivationQuant
+
+__all__ = [
+    "CanonicalizeLinear",
+    "AnnotateLinears",
+    "Calibrate",
+    "ActivationStats",
+    "DetectOutliers",
+    "OutlierAnalysis",
+    "QuantizeWeights",
+    "DecomposeMatmul",
+    "ShareActivationQuant",
+    "DeadCodeElimination",
+]

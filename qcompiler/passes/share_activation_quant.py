@@ -1,0 +1,60 @@
+"""``share-activation-quant``: matmuls reading the same tensor with the same outlier columns
+(q/k/v, gate/up) share one activation quantization instead of quantizing X once each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+from qcompiler.ops import QUANTIZE_OPS
+from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
+from qcompiler.passes._graph import get_attr_value
+
+__all__ = ["ShareActivationQuant"]
+
+
+def _key(gm: fx.GraphModule, node: fx.Node) -> tuple:
+    parts = [node.target]
+    for a in node.args:
+        if isinstance(a, fx.Node) and a.op == "get_attr":
+            t = get_attr_value(gm, a.target)  # equal index buffers count as the same operand
+            parts.append(("buf", tuple(t.tolist())))
+        else:
+            parts.append(a)
+    return tuple(parts)
+
+
+@register_pass("share-activation-quant")
+@dataclass(frozen=True)
+class ShareActivationQuant(GraphPass):
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        seen: dict[tuple, fx.Node] = {}
+        modified = False
+        for node in list(gm.graph.nodes):
+            if node.op != "call_function" or node.target not in QUANTIZE_OPS:
+                continue
+            key = _key(gm, node)
+            if key in seen:
+                node.replace_all_uses_with(seen[key])
+                gm.graph.erase_node(node)
+                modified = True
+            else:
+                seen[key] = node
+        if modified:  # getitems of the shared node now repeat: fold them too
+            self._dedupe_getitems(gm)
+        return PassResult(gm, modified)
+
+    @staticmethod
+    def _dedupe_getitems(gm: fx.GraphModule) -> None:
+        import operator
+        seen: dict[tuple, fx.Node] = {}
+        for node in list(gm.graph.nodes):
+            if node.op == "call_function" and node.target is operator.getitem:
+                key = (node.args[0], node.args[1])
+                if key in seen:
+                    node.replace_all_uses_with(seen[key])
+                    gm.graph.erase_node(node)
+                else:
+                    seen[key] = node
