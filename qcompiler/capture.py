@@ -173,8 +173,13 @@ class CapturePlan:
     not_called: list[str] = field(default_factory=list)             # linear-holding modules never run
 
 
+def _is_linear_module(m: nn.Module) -> bool:
+    # Hugging Face's Conv1D (GPT-2) is a linear layer with a transposed [K, N] weight.
+    return isinstance(m, _LINEAR_TYPES) or type(m).__name__ == "Conv1D"
+
+
 def _has_linear(m: nn.Module) -> bool:
-    return any(isinstance(s, _LINEAR_TYPES) for s in m.modules())
+    return any(_is_linear_module(s) for s in m.modules())
 
 
 def _record_calls(model: nn.Module, args: tuple, kwargs: dict) -> dict[nn.Module, tuple[tuple, dict]]:
@@ -207,7 +212,7 @@ def capture_regions(model: nn.Module, args: tuple, kwargs: dict, method: Capture
         if not _has_linear(mod):
             return
         if mod not in calls:
-            if isinstance(mod, _LINEAR_TYPES):
+            if _is_linear_module(mod):
                 plan.not_called.append(path or "<model>")
             for name, child in mod.named_children():  # containers (ModuleList) are never called
                 visit(f"{path}.{name}" if path else name, child, mod, name)
@@ -220,7 +225,7 @@ def capture_regions(model: nn.Module, args: tuple, kwargs: dict, method: Capture
                 raise CaptureError(e.message, hint=(
                     "capture the model region by region (the default, whole=False), or compile "
                     f"these submodules instead: {', '.join(children) or '(none)'}")) from e
-            if isinstance(mod, _LINEAR_TYPES):
+            if _is_linear_module(mod):
                 raise
             plan.split.append((path or "<model>", e.message))
             for name, child in mod.named_children():

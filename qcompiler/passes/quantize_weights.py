@@ -38,7 +38,8 @@ class QuantizeWeights(GraphPass):
                 idx = torch.tensor(spec.outlier_idx, dtype=torch.long, device=w.device)
                 w_int = w.detach()
                 outlier_weight = None
-                if spec.outliers is OutlierMode.STATIC:
+                static = spec.outliers is OutlierMode.STATIC and bool(spec.outlier_idx)
+                if static:
                     outlier_weight = add_buffer(gm, base + "_wout", w_int.index_select(1, idx).contiguous())
                     w_int = w_int.index_fill(1, idx, 0)
                 qw, scale = quantize_weight(w_int, per_channel=spec.weight is WeightGranularity.CHANNEL)
@@ -46,7 +47,7 @@ class QuantizeWeights(GraphPass):
                     qweight=add_buffer(gm, base + "_qweight", qw),
                     scale=add_buffer(gm, base + "_wscale", scale),
                     outlier_weight=outlier_weight,
-                    outlier_idx=add_buffer(gm, base + "_oidx", idx) if spec.outliers is OutlierMode.STATIC else None,
+                    outlier_idx=add_buffer(gm, base + "_oidx", idx) if static else None,
                     bias=b_node.target if isinstance(b_node, fx.Node) and b_node.op == "get_attr" else None,
                 )
                 update_spec(node, weights=refs)

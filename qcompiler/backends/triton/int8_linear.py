@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from qcompiler.backends.triton._config import make_config, pick_configs
+from qcompiler.backends.triton._config import interpreting, make_config, pick_configs
 
 __all__ = ["int8_linear", "launch_int8_linear", "OUTLIERS_NONE", "OUTLIERS_DENSE",
            "OUTLIERS_GATHER"]
@@ -44,6 +44,16 @@ def _m_bucket(m: int) -> int:
     return triton.next_power_of_2(max(m, 1))
 
 
+@triton.jit
+def _outlier_dot(xo, wo, acc, DOT_F32: tl.constexpr):
+    """16-bit ``xo @ wo`` into the float32 ``acc``. The CPU interpreter's ``tl.dot`` multiplies
+    bf16 bit patterns as integers, so there both sides go up to float32 first (exact for 16-bit
+    values; the same products and float32 sums as the tensor cores)."""
+    if DOT_F32:
+        return tl.dot(xo.to(tl.float32), wo.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(xo, wo, acc)
+
+
 @triton.autotune(configs=_int8_linear_configs(), key=["M_BUCKET", "N", "K", "OUTLIERS"])
 @triton.heuristics(values={"EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0})
 @triton.jit
@@ -55,7 +65,7 @@ def _int8_linear_kernel(
     stride_xsm, stride_wsn, stride_ym, stride_yn,
     OUTLIERS: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    BLOCK_O: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_O: tl.constexpr, EVEN_K: tl.constexpr, DOT_F32: tl.constexpr,
 ):
     # GROUP_M swizzle: neighbouring programs share W tiles in L2.
     pid = tl.program_id(0)
@@ -103,7 +113,7 @@ def _int8_linear_kernel(
                          mask=o_ok[None, :], other=0.0)
             wo = tl.load(wo_ptr + rn[None, :] * stride_won + offs_o[:, None] * stride_wok,
                          mask=o_ok[:, None], other=0.0)
-            out = tl.dot(xo, wo.to(xo.dtype), out)
+            out = _outlier_dot(xo, wo.to(xo.dtype), out, DOT_F32)
     if OUTLIERS == 2:
         # Gathered: columns idx[:cnt] of X (16-bit) and of int8 W, dequantized like the reference.
         cnt = tl.load(cnt_ptr)
@@ -117,7 +127,7 @@ def _int8_linear_kernel(
             wc = tl.load(wq_ptr + rn[None, :] * stride_wqn + col[:, None] * stride_wqk,
                          mask=o_ok[:, None], other=0)
             wo = (wc.to(tl.float32) * w_deq[None, :]).to(xo.dtype)
-            out = tl.dot(xo, wo, out)
+            out = _outlier_dot(xo, wo, out, DOT_F32)
     if HAS_BIAS:
         out += tl.load(b_ptr + rn).to(tl.float32)[None, :]
 
@@ -160,7 +170,7 @@ def launch_int8_linear(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tensor,
         wo.stride(0) if outliers == OUTLIERS_DENSE else 0,
         wo.stride(1) if outliers == OUTLIERS_DENSE else 0,
         xs_stride, ws_stride, y.stride(0), y.stride(1),
-        OUTLIERS=outliers, HAS_BIAS=bias is not None, BLOCK_O=16,
+        OUTLIERS=outliers, HAS_BIAS=bias is not None, BLOCK_O=16, DOT_F32=interpreting(),
     )
     return y
 
