@@ -1,0 +1,136 @@
+"""The Triton kernels as torch custom ops, namespace ``qcompiler_triton``.
+
+A lowered graph calls ``torch.ops.qcompiler_triton.<op>``; each op has a fake implementation, so
+the graph still prints, re-traces (``make_fx``, ``torch.compile``) and exports, with the kernels
+opaque. ``torch.library.triton_op`` would let Inductor see inside, but it fails under
+``torch.export`` when the kernels run in the CPU interpreter (CI), so plain ``custom_op`` it is.
+
+Before / after ``lower-triton``::
+
+    xq, xs, xo = qcompiler.quantize_rowwise(x, idx)          y = qcompiler_triton.int8_outlier_linear(
+    y = qcompiler.int8_linear(xq, xs, wq, ws, xo, wo, b, f16)         x, wq, ws, idx, mask, wo, b)
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+# `from module import name` (never `from package import module`): the package re-exports
+# launchers named like their modules, which shadow the module attributes.
+from qcompiler.backends.triton.int8_linear import int8_linear as _int8_linear
+from qcompiler.backends.triton.int8_linear_dynamic_outlier import \
+    int8_linear_dynamic_outlier as _int8_linear_dynamic_outlier
+from qcompiler.backends.triton.outlier_linear import \
+    int8_dynamic_outlier_linear as _int8_dynamic_outlier_linear
+from qcompiler.backends.triton.outlier_linear import int8_outlier_linear as _int8_outlier_linear
+from qcompiler.backends.triton.quantize_rowwise import quantize_rowwise as _quantize_rowwise
+from qcompiler.backends.triton.quantize_rowwise_dynamic import \
+    quantize_rowwise_dynamic as _quantize_rowwise_dynamic
+from qcompiler.backends.triton.weight_only_linear import weight_only_linear as _weight_only_linear
+
+__all__ = [
+    "quantize_rowwise",
+    "quantize_rowwise_dynamic",
+    "int8_linear",
+    "int8_linear_dynamic_outlier",
+    "weight_only_int8_linear",
+    "int8_outlier_linear",
+    "int8_dynamic_outlier_linear",
+]
+
+_NS = "qcompiler_triton"
+
+
+def _linear_out(x: Tensor, wq: Tensor, dtype: torch.dtype) -> Tensor:
+    return x.new_empty((*x.shape[:-1], wq.shape[0]), dtype=dtype)
+
+
+@torch.library.custom_op(f"{_NS}::quantize_rowwise", mutates_args=())
+def quantize_rowwise(x: Tensor, outlier_idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Triton ``qcompiler::quantize_rowwise``."""
+    return _quantize_rowwise(x, outlier_idx)
+
+
+@quantize_rowwise.register_fake
+def _(x, outlier_idx):
+    return (x.new_empty(x.shape, dtype=torch.int8),
+            x.new_empty((*x.shape[:-1], 1), dtype=torch.float32),
+            x.new_empty((*x.shape[:-1], outlier_idx.shape[0])))
+
+
+@torch.library.custom_op(f"{_NS}::quantize_rowwise_dynamic", mutates_args=())
+def quantize_rowwise_dynamic(x: Tensor, threshold: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Triton ``qcompiler::quantize_rowwise_dynamic``."""
+    return _quantize_rowwise_dynamic(x, threshold)
+
+
+@quantize_rowwise_dynamic.register_fake
+def _(x, threshold):
+    return (x.new_empty(x.shape, dtype=torch.int8),
+            x.new_empty((*x.shape[:-1], 1), dtype=torch.float32),
+            x.new_empty((x.shape[-1],), dtype=torch.bool))
+
+
+@torch.library.custom_op(f"{_NS}::int8_linear", mutates_args=())
+def int8_linear(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tensor,
+                x_outliers: Optional[Tensor], w_outliers: Optional[Tensor],
+                bias: Optional[Tensor], out_dtype: torch.dtype) -> Tensor:
+    """Triton ``qcompiler::int8_linear`` (one fused launch)."""
+    return _int8_linear(xq, x_scale, wq, w_scale, x_outliers, w_outliers, bias, out_dtype)
+
+
+@int8_linear.register_fake
+def _(xq, x_scale, wq, w_scale, x_outliers, w_outliers, bias, out_dtype):
+    return _linear_out(xq, wq, out_dtype)
+
+
+@torch.library.custom_op(f"{_NS}::int8_linear_dynamic_outlier", mutates_args=())
+def int8_linear_dynamic_outlier(xq: Tensor, x_scale: Tensor, x: Tensor, outlier_mask: Tensor,
+                                wq: Tensor, w_scale: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """Triton ``qcompiler::int8_linear_dynamic_outlier``."""
+    return _int8_linear_dynamic_outlier(xq, x_scale, x, outlier_mask, wq, w_scale, bias)
+
+
+@int8_linear_dynamic_outlier.register_fake
+def _(xq, x_scale, x, outlier_mask, wq, w_scale, bias):
+    return _linear_out(x, wq, x.dtype)
+
+
+@torch.library.custom_op(f"{_NS}::weight_only_int8_linear", mutates_args=())
+def weight_only_int8_linear(x: Tensor, wq: Tensor, w_scale: Tensor, outlier_idx: Optional[Tensor],
+                            w_outliers: Optional[Tensor], bias: Optional[Tensor]) -> Tensor:
+    """16-bit X times int8 W dequantized in registers (M <= 16 only)."""
+    return _weight_only_linear(x, wq, w_scale, outlier_idx, w_outliers, bias)
+
+
+@weight_only_int8_linear.register_fake
+def _(x, wq, w_scale, outlier_idx, w_outliers, bias):
+    return _linear_out(x, wq, x.dtype)
+
+
+@torch.library.custom_op(f"{_NS}::int8_outlier_linear", mutates_args=())
+def int8_outlier_linear(x: Tensor, wq: Tensor, w_scale: Tensor, outlier_idx: Tensor,
+                        outlier_mask: Optional[Tensor], w_outliers: Optional[Tensor],
+                        bias: Optional[Tensor]) -> Tensor:
+    """Static int8-outlier linear from the 16-bit X, dispatched on M (see ``outlier_linear``)."""
+    return _int8_outlier_linear(x, wq, w_scale, outlier_idx, outlier_mask, w_outliers, bias)
+
+
+@int8_outlier_linear.register_fake
+def _(x, wq, w_scale, outlier_idx, outlier_mask, w_outliers, bias):
+    return _linear_out(x, wq, x.dtype)
+
+
+@torch.library.custom_op(f"{_NS}::int8_dynamic_outlier_linear", mutates_args=())
+def int8_dynamic_outlier_linear(x: Tensor, wq: Tensor, w_scale: Tensor, threshold: float,
+                                bias: Optional[Tensor]) -> Tensor:
+    """Dynamic int8-outlier linear from the 16-bit X, dispatched on M."""
+    return _int8_dynamic_outlier_linear(x, wq, w_scale, threshold, bias)
+
+
+@int8_dynamic_outlier_linear.register_fake
+def _(x, wq, w_scale, threshold, bias):
+    return _linear_out(x, wq, x.dtype)
