@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import fx
@@ -11,6 +11,7 @@ from torch import fx
 from qcompiler.ops import QUANTIZE_OPS
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
 from qcompiler.passes._graph import get_attr_value
+from qcompiler.spec import get_spec, update_spec
 
 __all__ = ["ShareActivationQuant"]
 
@@ -37,6 +38,7 @@ class ShareActivationQuant(GraphPass):
                 continue
             key = _key(gm, node)
             if key in seen:
+                self._retarget_specs(node, seen[key])
                 node.replace_all_uses_with(seen[key])
                 gm.graph.erase_node(node)
                 modified = True
@@ -45,6 +47,16 @@ class ShareActivationQuant(GraphPass):
         if modified:  # getitems of the shared node now repeat: fold them too
             self._dedupe_getitems(gm)
         return PassResult(gm, modified)
+
+    @staticmethod
+    def _retarget_specs(dropped: fx.Node, kept: fx.Node) -> None:
+        """Matmuls fed by ``dropped`` now read ``kept``'s outlier-index buffer: say so in their spec."""
+        idx = kept.args[1] if len(kept.args) > 1 and isinstance(kept.args[1], fx.Node) else None
+        for item in dropped.users:
+            for mm in item.users:
+                spec = get_spec(mm)
+                if spec is not None and spec.weights is not None and spec.weights.outlier_idx and idx is not None:
+                    update_spec(mm, weights=replace(spec.weights, outlier_idx=idx.target))
 
     @staticmethod
     def _dedupe_getitems(gm: fx.GraphModule) -> None:
