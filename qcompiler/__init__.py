@@ -12,7 +12,7 @@ from qcompiler.errors import (CalibrationError, CaptureError, ConfigError, PassE
                               UnsupportedError, VerificationError)
 from qcompiler.pass_manager import (GraphPass, Pass, PassContext, PassManager, PassResult, ProgramPass,
                                     list_passes, parse_pipeline, print_pipeline, register_pass)
-from qcompiler.schemes import Scheme, list_schemes, register_scheme
+from qcompiler.schemes import Scheme, list_schemes, pipeline_for, register_scheme
 from qcompiler.spec import SPEC_KEY, LinearQuantSpec, get_spec
 from qcompiler.verify import verify_graph
 
@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "compile", "QuantizedModel",
-    "list_schemes", "register_scheme", "Scheme",
+    "list_schemes", "register_scheme", "Scheme", "pipeline_for",
     "register_pass", "list_passes", "parse_pipeline", "print_pipeline",
     "Pass", "GraphPass", "ProgramPass", "PassResult", "PassContext", "PassManager",
     "Backend", "register_backend", "list_backends",

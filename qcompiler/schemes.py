@@ -15,7 +15,7 @@ from typing import Any, Callable
 from qcompiler.errors import ConfigError
 from qcompiler.spec import OutlierMode
 
-__all__ = ["Scheme", "register_scheme", "get_scheme", "list_schemes",
+__all__ = ["Scheme", "register_scheme", "get_scheme", "list_schemes", "pipeline_for",
            "Int8OutlierConfig", "Int8Config"]
 
 
@@ -60,6 +60,16 @@ def get_scheme(name: str) -> Scheme:
 
 def list_schemes() -> list[str]:
     return sorted(_SCHEMES)
+
+
+def pipeline_for(scheme: str, calibrated: bool = True, **options: Any) -> str:
+    """The pass pipeline ``scheme`` expands to, as text: a starting point for a custom pipeline.
+
+    >>> pipeline_for("int8-vectorwise", calibrated=False)
+    'canonicalize-linear,annotate-linears{act=row,weight=channel},quantize-weights,...'
+    """
+    sch = get_scheme(scheme)
+    return sch.pipeline(sch.make_config(options), calibrated)
 
 
 def _check_threshold(t: Any) -> None:
