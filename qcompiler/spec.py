@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 
 __all__ = [
     "SPEC_KEY",
+    "LAYER_KEY",
     "ActGranularity",
     "WeightGranularity",
     "OutlierMode",
@@ -22,6 +23,7 @@ __all__ = [
 ]
 
 SPEC_KEY = "qcompiler.spec"
+LAYER_KEY = "qcompiler.layer"  # the layer (module path) a linear node came from, spec or not
 
 
 class ActGranularity(enum.Enum):
