@@ -135,7 +135,8 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
     if plan.regions[0][0] == "":
         qmodel = plan.regions[0][1]
     program = Program([Region(path, region) for path, region in plan.regions], qmodel)
-    ctx = PassContext(options={"scheme": scheme, "backend": backend}, calibration_data=calib, verify=verify)
+    ctx = PassContext(options={"scheme": scheme, "backend": backend, "progress": progress},
+                      calibration_data=calib, verify=verify)
     manager.run(program, ctx)
 
     report = build_report(program, ctx, scheme=scheme, backend=backend, pipeline=str(manager),

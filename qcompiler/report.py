@@ -14,7 +14,7 @@ from qcompiler.passes._graph import get_attr_value, is_linear, linear_parts, res
 from qcompiler.passes.calibrate import SAMPLES
 from qcompiler.passes.decompose_matmul import emit_quantized_linear
 from qcompiler.passes.quantize_weights import FLOAT_WEIGHTS
-from qcompiler.spec import get_spec
+from qcompiler.spec import LAYER_KEY, get_spec
 
 __all__ = ["LayerReport", "Report", "build_report"]
 
@@ -123,7 +123,7 @@ def build_report(program: Program, ctx: PassContext, *, scheme: str, backend: st
             spec = get_spec(node)
             if is_linear(node):
                 resolved = resolve_weight(gm, linear_parts(node)[1])
-                name = spec.layer if spec else f"{region.label}:{node.name}"
+                name = spec.layer if spec else node.meta.get(LAYER_KEY, f"{region.label}:{node.name}")
                 w = resolved[0] if resolved else None
                 rows.append(LayerReport(name, region.label, tuple(w.shape) if w is not None else (0, 0), "float",
                                         "aten.linear", None, _nbytes(w), _nbytes(w),
@@ -132,8 +132,7 @@ def build_report(program: Program, ctx: PassContext, *, scheme: str, backend: st
             if spec is None or node.op != "call_function" or spec.weights is None:
                 continue
             refs = spec.weights
-            after = sum(_nbytes(get_attr_value(gm, n)) for n in
-                        (refs.qweight, refs.scale, refs.outlier_weight, refs.outlier_idx) if n is not None)
+            after = sum(_nbytes(get_attr_value(gm, n)) for n in refs.buffers())
             w = float_w.get(spec.layer)
             row = LayerReport(spec.layer, region.label, (spec.out_features, spec.in_features), spec.op_name,
                               spec.lowering, list(spec.outlier_idx) if spec.outliers.value == "static" else None,

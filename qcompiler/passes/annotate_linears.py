@@ -14,7 +14,7 @@ from torch import fx
 from qcompiler.errors import UnsupportedError
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
 from qcompiler.passes._graph import is_linear, layer_name, linear_parts, resolve_weight
-from qcompiler.spec import ActGranularity, LinearQuantSpec, WeightGranularity, set_spec
+from qcompiler.spec import LAYER_KEY, ActGranularity, LinearQuantSpec, WeightGranularity, set_spec
 
 __all__ = ["AnnotateLinears", "SUPPORTED_DTYPES"]
 
@@ -39,6 +39,7 @@ class AnnotateLinears(GraphPass):
                     continue
                 w, target = resolved
                 name = layer_name(ctx.region.path, target)
+                node.meta[LAYER_KEY] = name
                 if w.dtype not in SUPPORTED_DTYPES:
                     raise UnsupportedError(
                         f"layer '{name}' has weights of dtype {w.dtype}",

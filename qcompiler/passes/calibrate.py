@@ -130,7 +130,7 @@ class Calibrate(ProgramPass):
         calls = ctx.calibration_data.calls
         if self.max_batches:
             calls = calls[: self.max_batches]
-        bar = tqdm(calls, desc="calibrating", unit="batch", disable=not self.progress, leave=False)
+        bar = tqdm(calls, desc="calibrating", unit="batch", disable=not (self.progress and ctx.options.get("progress", True)), leave=False)
         with torch.no_grad():
             for i, (args, kwargs) in enumerate(bar):
                 try:
