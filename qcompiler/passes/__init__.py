@@ -1,6 +1,7 @@
 """The built-in passes. Importing this package registers them with the pass manager."""
 
 from qcompiler.passes.annotate_linears import AnnotateLinears
+from qcompiler.passes.annotate_weight_format import AnnotateWeightFormat
 from qcompiler.passes.calibrate import ActivationStats, Calibrate
 from qcompiler.passes.canonicalize_linear import CanonicalizeLinear
 from qcompiler.passes.dce import DeadCodeElimination
@@ -12,6 +13,7 @@ from qcompiler.passes.share_activation_quant import ShareActivationQuant
 __all__ = [
     "CanonicalizeLinear",
     "AnnotateLinears",
+    "AnnotateWeightFormat",
     "Calibrate",
     "ActivationStats",
     "DetectOutliers",

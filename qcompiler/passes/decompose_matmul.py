@@ -11,12 +11,21 @@ After (static outliers)::
 
 The dynamic form uses ``quantize_rowwise_dynamic`` + ``int8_linear_dynamic_outlier``; the
 per-tensor form ``quantize_tensorwise`` + ``int8_linear`` without outliers.
+
+Weight-only formats keep x in float (``ops/weight_only.py``)::
+
+    %y = qcompiler.weight_only_linear(%x, %qweight, %wscale, %wzero, %b, 4, 128)   # UINT
+    %a = qcompiler.dequantize_blockwise_int8(%absmax_q, %absmax_scale, %absmax_offset, 256)
+    %y = qcompiler.nf4_linear(%x, %qweight, %a, %b, 64)                           # NF4 (+dq)
+
+Which subgraph a spec becomes is looked up by ``spec.format`` in :data:`EMITTERS`.
 """
 
 from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import fx
@@ -24,17 +33,27 @@ from torch import fx
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
 from qcompiler.passes._graph import add_buffer, is_linear, linear_parts
 from qcompiler.passes.quantize_weights import FLOAT_WEIGHTS
-from qcompiler.spec import SPEC_KEY, ActGranularity, LinearQuantSpec, OutlierMode, get_spec
+from qcompiler.quant import effective_group_size
+from qcompiler.quant.nf4 import DOUBLE_QUANT_BLOCK
+from qcompiler.spec import SPEC_KEY, ActGranularity, LinearQuantSpec, OutlierMode, WeightFormat, get_spec
 
-__all__ = ["DecomposeMatmul", "emit_quantized_linear"]
+__all__ = ["DecomposeMatmul", "emit_quantized_linear", "EMITTERS"]
 
 _ops = torch.ops.qcompiler
+
+# (graph, spec, x, bias, out_dtype, empty_idx) -> the node computing the layer's output
+Emitter = Callable[[fx.Graph, LinearQuantSpec, fx.Node, "fx.Node | None", torch.dtype, "str | None"], fx.Node]
 
 
 def emit_quantized_linear(graph: fx.Graph, spec: LinearQuantSpec, x: fx.Node, bias: fx.Node | None,
                           out_dtype: torch.dtype, empty_idx: str | None) -> fx.Node:
     """Emits the quantized subgraph of ``spec`` at the graph's insertion point; returns the output
     node. ``empty_idx`` names an empty int64 buffer used when there are no static outliers."""
+    return EMITTERS[spec.format](graph, spec, x, bias, out_dtype, empty_idx)
+
+
+def _emit_int8(graph: fx.Graph, spec: LinearQuantSpec, x: fx.Node, bias: fx.Node | None,
+               out_dtype: torch.dtype, empty_idx: str | None) -> fx.Node:
     refs = spec.weights
     wq, ws = graph.get_attr(refs.qweight), graph.get_attr(refs.scale)
     if spec.act is ActGranularity.TENSOR:
@@ -52,6 +71,35 @@ def emit_quantized_linear(graph: fx.Graph, spec: LinearQuantSpec, x: fx.Node, bi
     wo = graph.get_attr(refs.outlier_weight) if static else None
     return graph.call_function(_ops.int8_linear.default,
                                (xq, xs, wq, ws, xo if static else None, wo, bias, out_dtype))
+
+
+def _emit_uint(graph: fx.Graph, spec: LinearQuantSpec, x: fx.Node, bias: fx.Node | None,
+               out_dtype: torch.dtype, empty_idx: str | None) -> fx.Node:
+    refs = spec.weights
+    zeros = graph.get_attr(refs.zeros) if refs.zeros is not None else None
+    g = effective_group_size(spec.in_features, spec.group_size)
+    return graph.call_function(_ops.weight_only_linear.default,
+                               (x, graph.get_attr(refs.qweight), graph.get_attr(refs.scale), zeros, bias,
+                                spec.bits, g))
+
+
+def _emit_nf4(graph: fx.Graph, spec: LinearQuantSpec, x: fx.Node, bias: fx.Node | None,
+              out_dtype: torch.dtype, empty_idx: str | None) -> fx.Node:
+    refs = spec.weights
+    absmax = graph.get_attr(refs.scale)
+    if spec.double_quant:
+        absmax = graph.call_function(_ops.dequantize_blockwise_int8.default,
+                                     (absmax, graph.get_attr(refs.scale_scale), graph.get_attr(refs.scale_offset),
+                                      DOUBLE_QUANT_BLOCK))
+    b = effective_group_size(spec.in_features, spec.group_size)
+    return graph.call_function(_ops.nf4_linear.default, (x, graph.get_attr(refs.qweight), absmax, bias, b))
+
+
+EMITTERS: dict[WeightFormat, Emitter] = {
+    WeightFormat.INT8: _emit_int8,
+    WeightFormat.UINT: _emit_uint,
+    WeightFormat.NF4: _emit_nf4,
+}
 
 
 @register_pass("decompose-matmul")
