@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-__all__ = ["LINEAR", "is_linear", "linear_parts", "resolve_weight", "layer_name", "get_attr_value",
+__all__ = ["LINEAR", "is_linear", "is_transpose", "linear_parts", "resolve_weight", "layer_name", "get_attr_value",
            "add_buffer"]
 
 LINEAR = torch.ops.aten.linear.default
@@ -34,16 +34,36 @@ def get_attr_value(gm: fx.GraphModule, target: str) -> torch.Tensor:
     return obj
 
 
+def is_transpose(node: fx.Node) -> bool:
+    """``W.t()`` in any spelling: aten ops (export) or tensor methods (symbolic_trace)."""
+    if node.op == "call_method":
+        if node.target == "t":
+            return True
+        if node.target == "transpose":
+            return sorted(int(d) % 2 for d in node.args[1:3]) == [0, 1]
+        return node.target == "permute" and list(node.args[1:]) in ([1, 0], [[1, 0]], [(1, 0)])
+    if node.op != "call_function":
+        return False
+    if node.target in _TRANSPOSE or node.target is torch.t:
+        return True
+    if node.target in (torch.ops.aten.transpose.int, torch.transpose):
+        return sorted(int(d) % 2 for d in node.args[1:3]) == [0, 1]
+    return node.target is torch.ops.aten.permute.default and list(node.args[1]) == [1, 0]
+
+
+def _is_pass_through(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in _PASS_THROUGH) or \
+        (node.op == "call_method" and node.target in ("detach", "contiguous"))
+
+
 def resolve_weight(gm: fx.GraphModule, node: fx.Node | None) -> tuple[torch.Tensor, str] | None:
     """The constant tensor a weight operand stands for, and the attribute it comes from; None
     if it is computed from activations (then the matmul is not a linear layer)."""
     transposed = False
-    while isinstance(node, fx.Node) and node.op == "call_function":
-        if node.target in _TRANSPOSE or (node.target is torch.ops.aten.transpose.int and
-                                         sorted(int(d) % 2 for d in node.args[1:3]) == [0, 1]) or \
-                (node.target is torch.ops.aten.permute.default and list(node.args[1]) == [1, 0]):
+    while isinstance(node, fx.Node) and node.op in ("call_function", "call_method"):
+        if is_transpose(node):
             transposed = not transposed
-        elif node.target not in _PASS_THROUGH:
+        elif not _is_pass_through(node):
             return None
         node = node.args[0]
     if not isinstance(node, fx.Node) or node.op != "get_attr":

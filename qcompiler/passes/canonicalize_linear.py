@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
-from qcompiler.passes._graph import LINEAR, resolve_weight
+from qcompiler.passes._graph import LINEAR, is_transpose, resolve_weight
 
 __all__ = ["CanonicalizeLinear"]
 
@@ -35,7 +35,7 @@ _ADDMM = {torch.ops.aten.addmm.default, torch.addmm}
 
 
 def _transposed(graph: fx.Graph, w: fx.Node) -> fx.Node:
-    if w.op == "call_function" and w.target in (torch.ops.aten.t.default, torch.ops.aten.numpy_T.default):
+    if is_transpose(w):
         return w.args[0]  # matmul(x, W.t()) is linear(x, W): drop the double transpose
     return graph.call_function(torch.ops.aten.t.default, (w,))
 
