@@ -111,3 +111,14 @@ def test_int8_linear_dynamic_outlier_matches_reference(m, k, n, n_out, dtype):
     mag = x[:, cols].float().abs() @ w_deq.abs().t()
     _check(int8_linear_dynamic_outlier(xq, xs, x, mask, wq, ws, bias), ref, mag, dtype,
            outlier_ulps=2.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU-sized shapes: too slow for the CPU interpreter")
+@pytest.mark.parametrize("m,k,n", [(2048, 4096, 4096), (300, 4096, 11008)])
+def test_int8_linear_gpu_sizes(m, k, n):
+    dtype = torch.float16
+    x, idx = make_x(m, k, 8, dtype, seed=21)
+    _, wq, ws, wo, bias = make_static_weights(n, k, idx, dtype, seed=21)
+    xq, xs, xo = REF.quantize_rowwise(x, idx)
+    args = (xq, xs, wq, ws, xo, wo, bias, dtype)
+    _check(int8_linear(*args), REF.int8_linear(*args), xo.float().abs() @ wo.float().abs().t(), dtype)
