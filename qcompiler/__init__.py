@@ -14,6 +14,7 @@ from qcompiler.pass_manager import (GraphPass, Pass, PassContext, PassManager, P
                                     list_passes, parse_pipeline, print_pipeline, register_pass)
 from qcompiler.schemes import Scheme, list_schemes, pipeline_for, register_scheme
 import qcompiler.schemes_weight_only  # noqa: F401,E402 - registers w8-weight-only, w4-weight-only, nf4
+import qcompiler.schemes_smoothquant  # noqa: F401,E402 - registers w8a8-smoothquant
 from qcompiler.spec import SPEC_KEY, LinearQuantSpec, get_spec
 from qcompiler.verify import verify_graph
 

@@ -8,7 +8,10 @@ from qcompiler.passes.dce import DeadCodeElimination
 from qcompiler.passes.decompose_matmul import DecomposeMatmul
 from qcompiler.passes.detect_outliers import DetectOutliers, OutlierAnalysis
 from qcompiler.passes.quantize_weights import QuantizeWeights
+from qcompiler.passes.scale_folding import ScaleFoldAnalysis
 from qcompiler.passes.share_activation_quant import ShareActivationQuant
+from qcompiler.passes.smooth import Smooth
+from qcompiler.passes import weight_only_invariants  # noqa: F401 - registers verifier checks
 
 __all__ = [
     "CanonicalizeLinear",
@@ -21,5 +24,7 @@ __all__ = [
     "QuantizeWeights",
     "DecomposeMatmul",
     "ShareActivationQuant",
+    "Smooth",
+    "ScaleFoldAnalysis",
     "DeadCodeElimination",
 ]

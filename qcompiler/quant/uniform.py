@@ -46,7 +46,7 @@ def group_view(w: Tensor, g: int) -> Tensor:
     """``[N, K]`` -> ``[N, G, g]`` float32, the last group padded with zeros."""
     n, k = w.shape
     groups = -(-k // g) if k else 0
-    wf = w.float()
+    wf = w.float().contiguous()
     if groups * g != k:
         wf = torch.nn.functional.pad(wf, (0, groups * g - k))
     return wf.reshape(n, groups, g)
