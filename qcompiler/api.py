@@ -15,8 +15,11 @@ from qcompiler.capture import CaptureMethod, capture_regions
 from qcompiler.errors import CalibrationError, CaptureError, ConfigError, UnsupportedError
 from qcompiler.pass_manager import PassContext, PassManager, Program, Region
 from qcompiler.passes.annotate_linears import SUPPORTED_DTYPES
+from qcompiler.passes.calibrate import ABSMAX
 from qcompiler.report import Report, build_report
 from qcompiler.schemes import get_scheme
+from qcompiler.serialize.record import CompileRecord, weights_digest
+from qcompiler.viz.snapshot import snapshot_graph
 
 __all__ = ["compile", "QuantizedModel"]
 
@@ -25,11 +28,12 @@ class QuantizedModel(nn.Module):
     """The compiled model: call it like the original. Attributes it does not have (``generate``,
     ``config``, ...) come from the wrapped model, so Hugging Face models keep working."""
 
-    def __init__(self, model: nn.Module, program: Program, report: Report):
+    def __init__(self, model: nn.Module, program: Program, report: Report, record: CompileRecord | None = None):
         super().__init__()
         self.model = model
         self._program = program
         self._report = report
+        self.record = record  # how it was compiled: what qcompiler.save writes besides the tensors
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
@@ -127,6 +131,7 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
 
     ref_calls = (calib.calls[:2] if calib is not None else [example])
     ref_outs = _run_reference(model, ref_calls)
+    base = weights_digest(model)
     qmodel = copy.deepcopy(model).eval()
     plan = capture_regions(qmodel, *example, method=method, whole=whole_graph)
     if not plan.regions:
@@ -137,12 +142,15 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
     program = Program([Region(path, region) for path, region in plan.regions], qmodel)
     ctx = PassContext(options={"scheme": scheme, "backend": backend, "progress": progress},
                       calibration_data=calib, verify=verify)
+    before = {r.label: snapshot_graph(r.gm, r.label) for r in program.regions}
     manager.run(program, ctx)
 
     report = build_report(program, ctx, scheme=scheme, backend=backend, pipeline=str(manager),
                           split=plan.split, model_bytes_before=_state_bytes(model))
     report.notes.extend(f"not called in the example forward, left in float: {p}" for p in plan.not_called)
-    qm = QuantizedModel(qmodel, program, report)
+    record = CompileRecord(scheme, dict(options), backend, method.value, whole_graph, str(manager), example[0],
+                           example[1], base, before, dict(ctx.options.get(ABSMAX, {})))
+    qm = QuantizedModel(qmodel, program, report, record)
     _compare_outputs(qm, ref_calls, ref_outs, report)
     return qm
 

@@ -18,10 +18,12 @@ from qcompiler.pass_manager import Analysis, PassContext, PassResult, Program, P
 from qcompiler.passes._graph import is_linear, linear_parts
 from qcompiler.spec import get_spec
 
-__all__ = ["Calibrate", "ActivationObserver", "ActivationStats", "FeatureStats", "SAMPLES"]
+__all__ = ["Calibrate", "ActivationObserver", "ActivationStats", "FeatureStats", "SAMPLES", "ABSMAX"]
 
 # ctx.options key: layer -> calibration rows kept for the report's error estimate
 SAMPLES = "samples"
+# ctx.options key: layer -> [K] per-feature max |x| over all calibration rows (kept on qm.record)
+ABSMAX = "absmax"
 
 
 @dataclass
@@ -90,12 +92,14 @@ class Calibrate(ProgramPass):
             for r in program.regions:
                 self._remove_observers(r.gm, inserted[r.path])
         samples = ctx.options.setdefault(SAMPLES, {})
+        absmax = ctx.options.setdefault(ABSMAX, {})
         for r in program.regions:
             stats = {lin: obs.stats() for obs, lins in inserted[r.path] for lin in lins if obs.absmax is not None}
             ctx.analyses.put(ActivationStats, r, stats)
             for node in r.gm.graph.nodes:
                 if node.name in stats and get_spec(node) is not None:
                     samples[get_spec(node).layer] = stats[node.name].samples
+                    absmax[get_spec(node).layer] = stats[node.name].absmax
         return {r.path: PassResult(r.gm, modified=bool(inserted[r.path]), preserved=frozenset({ActivationStats}))
                 for r in program.regions}
 

@@ -1,0 +1,338 @@
+"""``qcompiler.save`` / ``qcompiler.load``: a compiled model as safetensors + JSON, no pickle.
+
+A saved model is a directory::
+
+    model.safetensors   every tensor of the compiled model: int8/packed weights, scales, outlier
+                        indices, the float parameters that stayed, the example input it was
+                        captured with, the calibration max |x| per layer
+    qcompiler.json      scheme, options, pipeline text, versions, the sha256 of model.safetensors
+                        and of the base model's float weights, every region's rewritten graph
+                        (nodes, specs), the report
+
+``load(dir, model)`` re-captures ``model`` (the float model it was compiled from) with the saved
+example input, puts the saved graphs in place of the captured ones and the saved tensors in place
+of the float ones. Nothing is recalibrated and no scheme-specific code runs, so every scheme,
+present or future, round-trips bit for bit. Nothing in either file is executed.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from qcompiler.serialize.errors import (BaseModelMismatchError, IntegrityError, LoadError, SaveError,
+                                        VersionMismatchError)
+from qcompiler.serialize.graph_codec import decode_graph, encode_graph
+from qcompiler.serialize.record import CompileRecord, WeightsDigest, weights_digest
+from qcompiler.serialize.tensors import (TensorEntry, TensorTable, drop_unlisted, outer_tensors, region_tensors,
+                                         set_tensor)
+from qcompiler.serialize.values import decode_arg, encode_arg, from_json, to_json
+
+__all__ = ["save", "load", "read_description", "FORMAT", "FORMAT_VERSION", "WEIGHTS_FILE", "DESCRIPTION_FILE"]
+
+FORMAT = "qcompiler.saved_model"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+DESCRIPTION_FILE = "qcompiler.json"
+_DESCRIPTION_SHA = "qcompiler.description_sha256"  # safetensors metadata: ties the two files together
+
+
+def _versions() -> dict[str, str]:
+    import safetensors
+
+    import qcompiler
+    return {"qcompiler": qcompiler.__version__, "torch": torch.__version__.split("+")[0],
+            "safetensors": safetensors.__version__, "python": platform.python_version()}
+
+
+def _canonical_sha(doc: dict[str, Any]) -> str:
+    body = {k: v for k, v in doc.items() if k != "weights"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _options_json(options: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in options.items():
+        try:
+            out[k] = to_json(v)
+        except TypeError:
+            out[k] = repr(v)  # informational only: load never recompiles
+    return out
+
+
+def save(qm: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None) -> Path:
+    """Writes ``qm`` (from :func:`qcompiler.compile`) to the directory ``path``; returns it.
+
+    >>> qcompiler.save(qm, "minilm-int8")       # model.safetensors + qcompiler.json
+    >>> qm2 = qcompiler.load("minilm-int8", float_model)
+
+    ``metadata`` (JSON-able) is stored as is, e.g. where the base model came from.
+    """
+    from qcompiler.api import QuantizedModel
+    from qcompiler.capture import RegionModule
+
+    if not isinstance(qm, QuantizedModel) or qm.record is None:
+        raise SaveError(f"save takes the model returned by qcompiler.compile, got {type(qm).__name__}")
+    rec: CompileRecord = qm.record
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    table = TensorTable()
+    example = {"args": encode_arg(tuple(rec.example_args), lambda t: _add(table, "example", t)),
+               "kwargs": encode_arg(dict(rec.example_kwargs), lambda t: _add(table, "example", t))}
+    regions = []
+    for region in qm.program.regions:
+        gm = region.gm
+        entries = {}
+        for target, (t, entry) in region_tensors(gm).items():
+            key = f"regions/{region.label}/{target}"
+            table.add(key, t)
+            entries[target] = {"key": key, **to_json(entry)}
+        regions.append({"path": region.path, "consts": encode_arg(dict(region.module._consts)),
+                        "graph": encode_graph(gm.graph), "tensors": entries,
+                        "before": rec.graphs_before[region.label].to_dict()
+                        if region.label in rec.graphs_before else None})
+    outer = {}
+    for name, (t, entry) in outer_tensors(qm.model, RegionModule).items():
+        key = f"outer/{name}"
+        table.add(key, t)
+        outer[name] = {"key": key, **to_json(entry)}
+    absmax = {}
+    for layer, t in rec.calibration_absmax.items():
+        absmax[layer] = f"calibration/absmax/{layer}"
+        table.add(absmax[layer], t)
+    doc = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "versions": _versions(),
+        "compile": {"scheme": rec.scheme, "options": _options_json(rec.options), "backend": rec.backend,
+                    "capture": rec.capture, "whole_graph": rec.whole_graph, "pipeline": rec.pipeline},
+        "base_model": to_json(rec.base),
+        "example": example, "regions": regions, "outer": outer, "calibration_absmax": absmax,
+        "tensors": {k: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+                    for k, t in table.tensors.items()},
+        "aliases": table.aliases,
+        "report": to_json(qm.report()),
+        "metadata": metadata or {},
+    }
+    try:
+        json.dumps(doc["metadata"])
+    except TypeError as e:
+        raise SaveError(f"metadata is not JSON-able: {e}") from e
+    from safetensors.torch import save_file
+
+    weights = out / WEIGHTS_FILE
+    tmp = out / (WEIGHTS_FILE + ".tmp")
+    save_file(table.tensors, str(tmp), metadata={"format": FORMAT, _DESCRIPTION_SHA: _canonical_sha(doc)})
+    os.replace(tmp, weights)
+    doc["weights"] = {"file": WEIGHTS_FILE, "bytes": weights.stat().st_size, "sha256": _file_sha256(weights)}
+    tmp = out / (DESCRIPTION_FILE + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, out / DESCRIPTION_FILE)
+    return out
+
+
+def _add(table: TensorTable, prefix: str, t: torch.Tensor) -> str:
+    key = f"{prefix}/{len(table.tensors) + len(table.aliases)}"
+    table.add(key, t)
+    return key
+
+
+def read_description(path: str | os.PathLike) -> dict[str, Any]:
+    """The parsed ``qcompiler.json`` of a saved model (format checked, tensors not read)."""
+    p = Path(path) / DESCRIPTION_FILE
+    if not p.is_file():
+        raise IntegrityError(f"{p} does not exist", hint=f"give the directory qcompiler.save wrote "
+                                                         f"({DESCRIPTION_FILE} + {WEIGHTS_FILE})")
+    try:
+        doc = json.loads(p.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise IntegrityError(f"{p} is not valid JSON ({e})", hint="the file is damaged: save the model again") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise IntegrityError(f"{p} is not a qcompiler saved model")
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise VersionMismatchError(f"{p} has format version {doc.get('format_version')!r}; this qcompiler "
+                                   f"reads version {FORMAT_VERSION}",
+                                   hint=f"load it with the qcompiler that saved it "
+                                        f"({doc.get('versions', {}).get('qcompiler', '?')})")
+    return doc
+
+
+def _major_minor(v: str) -> tuple[str, ...]:
+    return tuple(v.split("+")[0].split(".")[:2])
+
+
+def _check_versions(doc: dict[str, Any]) -> None:
+    now, then = _versions(), doc.get("versions", {})
+    for name in ("qcompiler", "torch"):
+        if _major_minor(str(then.get(name, "?"))) != _major_minor(now[name]):
+            raise VersionMismatchError(
+                f"saved with {name} {then.get(name, '?')}, this is {name} {now[name]}",
+                hint=f"use {name} {then.get(name, '?')}, or pass check_versions=False to try anyway")
+
+
+def _read_weights(root: Path, doc: dict[str, Any]) -> dict[str, torch.Tensor]:
+    w = doc.get("weights") or {}
+    p = root / str(w.get("file", WEIGHTS_FILE))
+    if not p.is_file():
+        raise IntegrityError(f"{p} does not exist", hint="copy the whole saved directory")
+    size = p.stat().st_size
+    if size != w.get("bytes"):
+        raise IntegrityError(f"{p} is {size} bytes, {w.get('bytes')} were written"
+                             + (" (truncated)" if isinstance(w.get("bytes"), int) and size < w["bytes"] else ""),
+                             hint="the file is damaged or incomplete: copy or save it again")
+    if _file_sha256(p) != w.get("sha256"):
+        raise IntegrityError(f"{p} does not match the sha256 recorded in {DESCRIPTION_FILE}",
+                             hint="the file was changed after it was written: save the model again")
+    from safetensors import safe_open
+
+    with safe_open(str(p), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get(_DESCRIPTION_SHA) != _canonical_sha(doc):
+            raise IntegrityError(f"{DESCRIPTION_FILE} was changed after the model was saved",
+                                 hint="its contents no longer match the hash stored with the tensors")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    manifest = doc.get("tensors", {})
+    if set(manifest) != set(tensors):
+        raise IntegrityError("the tensors in the file differ from those listed in the description")
+    for k, t in tensors.items():
+        want = manifest[k]
+        if str(t.dtype).removeprefix("torch.") != want["dtype"] or list(t.shape) != want["shape"]:
+            raise IntegrityError(f"tensor {k!r} is {t.dtype}{list(t.shape)}, listed as {want['dtype']}{want['shape']}")
+    for alias, key in doc.get("aliases", {}).items():
+        if key not in tensors:
+            raise IntegrityError(f"alias {alias!r} points to missing tensor {key!r}")
+        tensors[alias] = tensors[key]
+    return tensors
+
+
+def load(path: str | os.PathLike, model: nn.Module, *, check_versions: bool = True) -> nn.Module:
+    """Rebuilds the compiled model saved in ``path`` on top of ``model``, the float model it was
+    compiled from (checked by a sha256 of its weights). No calibration runs; outputs are bit for
+    bit those of the saved model. ``model`` is not modified."""
+    from qcompiler.api import QuantizedModel
+    from qcompiler.backends import get_backend
+    from qcompiler.capture import CaptureMethod, capture_regions
+    from qcompiler.errors import QCompilerError
+    from qcompiler.pass_manager import Program, Region
+    from qcompiler.report import Report
+    from qcompiler.viz.snapshot import GraphSnapshot
+
+    root = Path(path)
+    doc = read_description(root)
+    if check_versions:
+        _check_versions(doc)
+    try:
+        base = from_json(WeightsDigest, doc["base_model"])
+        comp = doc["compile"]
+    except (KeyError, ValueError, TypeError) as e:
+        raise IntegrityError(f"{DESCRIPTION_FILE} is missing or has a malformed entry: {e}") from None
+    tensors = _read_weights(root, doc)
+    _check_base(model, base)
+    try:
+        get_backend(comp["backend"])  # registers the backend's ops, which the graphs may call
+    except QCompilerError as e:
+        raise LoadError(f"the model was compiled for backend {comp['backend']!r}: {e.message}", hint=e.hint) from e
+
+    take = lambda key: tensors[key]  # noqa: E731
+    args = decode_arg(doc["example"]["args"], tensor=take)
+    kwargs = decode_arg(doc["example"]["kwargs"], tensor=take)
+    qmodel = copy.deepcopy(model).eval()
+    plan = capture_regions(qmodel, args, kwargs, method=CaptureMethod(comp["capture"]), whole=comp["whole_graph"])
+    saved_paths = [r["path"] for r in doc["regions"]]
+    got = [p for p, _ in plan.regions]
+    if got != saved_paths:
+        raise BaseModelMismatchError(f"the model captures into regions {got[:4]}..., the saved one into "
+                                     f"{saved_paths[:4]}...", hint="the model's code differs from the one saved")
+    if plan.regions and plan.regions[0][0] == "":
+        qmodel = plan.regions[0][1]
+    params: dict[int, nn.Parameter] = {}
+    for (rpath, rmod), saved in zip(plan.regions, doc["regions"]):
+        _rebuild_region(rmod, saved, tensors, params)
+    _restore_outer(qmodel, doc["outer"], tensors, params)
+
+    program = Program([Region(p, m) for p, m in plan.regions], qmodel)
+    report = from_json(Report, doc["report"])
+    record = CompileRecord(comp["scheme"], dict(comp["options"]), comp["backend"], comp["capture"],
+                           comp["whole_graph"], comp["pipeline"], tuple(args), dict(kwargs), base,
+                           {(r["path"] or "<model>"): GraphSnapshot.from_dict(r["before"])
+                            for r in doc["regions"] if r.get("before")},
+                           {layer: tensors[key] for layer, key in doc["calibration_absmax"].items()})
+    return QuantizedModel(qmodel, program, report, record)
+
+
+def _check_base(model: nn.Module, base: WeightsDigest) -> None:
+    got = weights_digest(model)
+    if got.sha256 == base.sha256:
+        return
+    if got.model_class != base.model_class:
+        why = f"it is a {got.model_class}, the saved model was compiled from a {base.model_class}"
+    elif (got.tensors, got.nbytes) != (base.tensors, base.nbytes):
+        why = (f"it has {got.tensors} tensors / {got.nbytes} bytes of state, the saved model's base had "
+               f"{base.tensors} / {base.nbytes}")
+    else:
+        why = "same architecture, but its weights differ (sha256 mismatch)"
+    raise BaseModelMismatchError(f"wrong base model: {why}",
+                                 hint="pass the float model the saved model was compiled from, unmodified")
+
+
+def _rebuild_region(rmod: nn.Module, saved: dict[str, Any], tensors: dict[str, torch.Tensor],
+                    params: dict[int, nn.Parameter]) -> None:
+    label = saved["path"] or "<model>"
+    consts = decode_arg(saved["consts"])
+    if consts != rmod._consts:
+        raise BaseModelMismatchError(f"region '{label}' is called with {rmod._consts}, saved with {consts}")
+    gm = rmod.gm
+    graph = decode_graph(saved["graph"], gm)
+    entries = {t: (e["key"], TensorEntry(e["kind"], bool(e.get("requires_grad", False))))
+               for t, e in saved["tensors"].items()}
+    current = region_tensors(gm)
+    for target, (key, _) in entries.items():
+        if target in current and (current[target][0].shape, current[target][0].dtype) != \
+                (tensors[key].shape, tensors[key].dtype):
+            t = current[target][0]
+            raise BaseModelMismatchError(f"region '{label}': '{target}' is {t.dtype}{list(t.shape)} in the model, "
+                                         f"{tensors[key].dtype}{list(tensors[key].shape)} in the file")
+    gm.graph = graph
+    drop_unlisted(gm, set(entries))
+    for target, (key, entry) in entries.items():
+        try:
+            set_tensor(gm, target, tensors[key], entry, params)
+        except AttributeError as e:
+            raise LoadError(f"region '{label}': cannot place '{target}': {e}") from None
+    gm.recompile()
+    now = set(region_tensors(gm))
+    if now != set(entries):
+        extra, missing = sorted(now - set(entries)), sorted(set(entries) - now)
+        raise LoadError(f"region '{label}': rebuilt tensors differ from the saved ones "
+                        f"(unexpected: {extra[:3]}, missing: {missing[:3]})")
+
+
+def _restore_outer(qmodel: nn.Module, saved: dict[str, Any], tensors: dict[str, torch.Tensor],
+                   params: dict[int, nn.Parameter]) -> None:
+    from qcompiler.capture import RegionModule
+
+    current = outer_tensors(qmodel, RegionModule)
+    if set(current) != set(saved):
+        extra, missing = sorted(set(current) - set(saved)), sorted(set(saved) - set(current))
+        raise BaseModelMismatchError(f"the model's state outside the compiled regions differs from the saved "
+                                     f"one (not saved: {extra[:3]}, not in the model: {missing[:3]})")
+    for name, e in saved.items():
+        t, key = current[name][0], e["key"]
+        if (t.shape, t.dtype) != (tensors[key].shape, tensors[key].dtype):
+            raise BaseModelMismatchError(f"'{name}' is {t.dtype}{list(t.shape)} in the model, "
+                                         f"{tensors[key].dtype}{list(tensors[key].shape)} in the file")
+        set_tensor(qmodel, name, tensors[key], TensorEntry(e["kind"], bool(e.get("requires_grad", False))), params)
