@@ -15,8 +15,8 @@ can absorb ``1 / s`` into its own parameters, and when every other reader of x w
     nothing can absorb it: an explicit ``x * (1 / s)`` is inserted. ``reason`` says why.
 
 On the way up the walk passes through ops that commute with a per-channel scale of the last dim
-(dtype casts, clones, views that keep the last dim, ``mul`` by a scalar or by another tensor whose
-last dim matches), and requires that every intermediate result is read only by the next node of
+(dtype casts, clones, views that keep the last dim, ``relu`` since s > 0, ``mul`` by a scalar or
+by another tensor whose last dim matches), and requires that every intermediate result is read only by the next node of
 the walk (or by shape queries) - otherwise another consumer would see the scaled values.
 """
 
@@ -41,6 +41,8 @@ _MUL = {_aten.mul.Tensor}
 # Unary ops with f(x * c) = f(x) * c for a per-channel c along the last dim.
 _CAST_LIKE = {_aten._to_copy.default, _aten.to.dtype, _aten.to.dtype_layout, _aten.to.device, _aten.clone.default,
               _aten.contiguous.default, _aten.alias.default, _aten.detach.default, _aten.dropout.default}
+# Positively homogeneous: relu(x * c) = relu(x) * c for c > 0 (smoothing factors are > 0).
+_POSITIVE_HOMOGENEOUS = {_aten.relu.default, _aten.leaky_relu.default}
 _VIEWS = {_aten.view.default, _aten.reshape.default, _aten._unsafe_view.default, _aten.unsqueeze.default,
           _aten.flatten.using_ints}
 # Readers that only look at the shape.
@@ -116,7 +118,7 @@ def _walk(gm: fx.GraphModule, node: fx.Node, allowed: set[fx.Node], k: int, kdim
     if depth > 16 or node.op != "call_function":
         return ScaleFold(FoldKind.MUL, reason=f"'{node.name}' ({node.op}) cannot absorb a scale")
     src = node.args[0] if node.args else None
-    if node.target in _CAST_LIKE or (node.target in _VIEWS and kdim is not None and
+    if node.target in _CAST_LIKE or node.target in _POSITIVE_HOMOGENEOUS or (node.target in _VIEWS and kdim is not None and
                                      _last_dim(src) == kdim == _last_dim(node)):
         if isinstance(src, fx.Node):
             return _walk(gm, src, {node}, k, kdim, depth + 1)
