@@ -51,6 +51,18 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def to_json(self, indent: int | None = 2) -> str:
+        from qcompiler.report_render import to_json
+        return to_json(self, indent)
+
+    def to_markdown(self) -> str:
+        from qcompiler.report_render import to_markdown
+        return to_markdown(self)
+
+    def __rich__(self):  # rich.print(report) draws the table
+        from qcompiler.report_render import to_rich
+        return to_rich(self)
+
     @property
     def quantized(self) -> list[LayerReport]:
         return [r for r in self.layers if r.op != "float"]

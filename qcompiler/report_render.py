@@ -1,0 +1,180 @@
+"""A :class:`~qcompiler.report.Report` as a rich table, Markdown or JSON, and back from JSON.
+
+One row per linear layer: shape, what it became, outlier dims, weight bytes before/after, SQNR
+and relative error on calibration rows, the lowering that runs it, notes (fallbacks and why);
+totals at the bottom, then whole-model figures. ``rich`` is needed only for :func:`to_rich`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from qcompiler.report import LayerReport, Report
+
+__all__ = ["to_rich", "to_markdown", "to_json", "from_dict", "from_json", "outliers_text", "totals"]
+
+_MAX_DIMS = 6  # outlier dims listed before "..."
+
+
+def outliers_text(r: LayerReport, full: bool = False) -> str:
+    if r.outlier_dims is None:
+        return "dynamic" if "dynamic" in r.op else "-"
+    if not r.outlier_dims:
+        return "0"
+    dims = r.outlier_dims if full else r.outlier_dims[:_MAX_DIMS]
+    more = "" if full or len(r.outlier_dims) <= _MAX_DIMS else ",..."
+    return f"{len(r.outlier_dims)} [{','.join(map(str, dims))}{more}]"
+
+
+def _num(v: float | None, fmt: str) -> str:
+    if v is None:
+        return "n/a"
+    if math.isinf(v):
+        return "exact" if v > 0 else "-inf"
+    return format(v, fmt)
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024:,.1f}"
+
+
+def totals(report: Report) -> dict[str, Any]:
+    """The figures of the bottom line: quantized layer count, bytes, worst and mean SQNR."""
+    q = report.quantized
+    sq = [r.sqnr_db for r in q if r.sqnr_db is not None and math.isfinite(r.sqnr_db)]
+    before, after = sum(r.bytes_before for r in q), sum(r.bytes_after for r in q)
+    return {"layers": len(report.layers), "quantized": len(q), "bytes_before": before, "bytes_after": after,
+            "ratio": before / after if after else None, "min_sqnr_db": min(sq) if sq else None,
+            "mean_sqnr_db": sum(sq) / len(sq) if sq else None,
+            "fallbacks": sum(1 for r in report.layers if r.op == "float" or r.notes)}
+
+
+def _summary_lines(report: Report) -> list[str]:
+    t = totals(report)
+    lines = [f"{t['quantized']} of {t['layers']} linear layers quantized; their weights "
+             f"{t['bytes_before'] / 2**20:.2f} MiB -> {t['bytes_after'] / 2**20:.2f} MiB"
+             + (f" ({t['ratio']:.2f}x smaller)" if t["ratio"] else ""),
+             f"whole model (parameters + buffers): {report.model_bytes_before / 2**20:.2f} MiB -> "
+             f"{report.model_bytes_after / 2**20:.2f} MiB"]
+    if t["min_sqnr_db"] is not None:
+        lines.append(f"layer SQNR on calibration rows: worst {t['min_sqnr_db']:.1f} dB, mean {t['mean_sqnr_db']:.1f} dB")
+    if report.output_rel_error is not None:
+        lines.append(f"model output vs float on calibration data: rel. error {report.output_rel_error:.4g}, "
+                     f"cosine {report.output_cosine:.6f}")
+    lines.extend(f"split: {path}: {why[:160]}" for path, why in report.split)
+    lines.extend(f"note: {n}" for n in report.notes)
+    return lines
+
+
+_COLUMNS = ["layer", "shape", "op", "outliers", "KiB before", "KiB after", "SQNR dB", "rel. err", "lowering", "notes"]
+
+
+def _row(r: LayerReport) -> list[str]:
+    return [r.layer, f"{r.shape[0]}x{r.shape[1]}", r.op, outliers_text(r), _kib(r.bytes_before),
+            _kib(r.bytes_after), _num(r.sqnr_db, ".1f"), _num(r.rel_error, ".2e"), r.lowering, "; ".join(r.notes)]
+
+
+def _total_row(report: Report) -> list[str]:
+    t = totals(report)
+    return [f"total ({t['quantized']}/{t['layers']} quantized)", "", "", "", _kib(t["bytes_before"]),
+            _kib(t["bytes_after"]), f"min {_num(t['min_sqnr_db'], '.1f')}", "", "", ""]
+
+
+# Rich columns in the order they are given up when the terminal is narrow (last ones first):
+# (name, min width, right-aligned). Dropped notes are listed under the table instead.
+_RICH_COLUMNS = [("layer", 24, False), ("shape", 9, True), ("op", 20, False), ("outliers", 10, False),
+                 ("KiB before", 10, True), ("KiB after", 9, True), ("SQNR dB", 8, True), ("lowering", 12, False),
+                 ("rel. err", 8, True), ("notes", 24, False)]
+
+
+def _left_trim(text: str, width: int) -> str:
+    return text if len(text) <= width else "\u2026" + text[-(width - 1):]
+
+
+class _RichReport:
+    """Lays the table out for the console width it is printed on."""
+
+    def __init__(self, report: Report, title: str | None):
+        self.report, self.title = report, title
+
+    def __rich_console__(self, console, options):
+        from rich import box
+        from rich.table import Table
+        from rich.text import Text
+
+        report, width = self.report, options.max_width
+        budget, cols = width - 1, []  # each column costs its width + 2 padding + 1 rule
+        for name, min_w, right in _RICH_COLUMNS:
+            if budget - (min_w + 3) < 0:
+                break
+            budget -= min_w + 3
+            cols.append((name, min_w, right))
+        names = [c[0] for c in cols]
+        longest = max((len(r.layer) for r in report.layers), default=24)
+        layer_w = max(24, min(longest, 24 + budget // 2))
+        table = Table(title=self.title or f"qcompiler report - scheme {report.scheme}, backend {report.backend}",
+                      show_footer=True, header_style="bold", footer_style="bold", expand=False,
+                      box=box.SIMPLE_HEAVY)
+        foot = dict(zip(_COLUMNS, _total_row(report)))
+        for name, min_w, right in cols:
+            table.add_column(name, footer=foot[name], justify="right" if right else "left", min_width=min_w,
+                             no_wrap=name in ("layer", "shape"), overflow="fold",
+                             max_width=layer_w if name == "layer" else (40 if name == "notes" else None))
+        for r in report.layers:
+            cells = dict(zip(_COLUMNS, _row(r)))
+            cells["layer"] = _left_trim(r.layer, layer_w)
+            style = "dim" if r.op == "float" else ("yellow" if r.notes else None)
+            table.add_row(*(cells[n] for n in names), style=style)
+        yield table
+        lines = [f"pipeline: {report.pipeline}"]
+        if "notes" not in names:
+            lines += [f"note: {r.layer}: {n}" for r in report.layers for n in r.notes]
+        yield Text("\n".join(lines + _summary_lines(report)))
+
+
+def to_rich(report: Report, title: str | None = None) -> Any:
+    """A ``rich`` renderable: the per-layer table (totals in its footer) and the summary lines;
+    on a narrow terminal the right-most columns give way and notes move under the table."""
+    return _RichReport(report, title)
+
+
+def _md_cell(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(report: Report) -> str:
+    out = [f"## qcompiler report: scheme `{report.scheme}`, backend `{report.backend}`", "",
+           f"Pipeline: `{report.pipeline}`", "",
+           "| " + " | ".join(_COLUMNS) + " |",
+           "|" + "|".join("---:" if c in ("shape", "KiB before", "KiB after", "SQNR dB", "rel. err") else "---"
+                          for c in _COLUMNS) + "|"]
+    for r in report.layers:
+        cells = _row(r)
+        cells[0] = f"`{cells[0]}`"
+        out.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+    out.append("| " + " | ".join(f"**{c}**" if c else "" for c in _total_row(report)) + " |")
+    out.append("")
+    out.extend(f"- {_md_cell(line)}" for line in _summary_lines(report))
+    return "\n".join(out) + "\n"
+
+
+def to_json(report: Report, indent: int | None = 2) -> str:
+    """Every field of the report plus ``totals``; infinities are written as "inf"."""
+    from qcompiler.serialize.values import to_json as jsonable
+
+    d = jsonable(report)
+    d["totals"] = jsonable(totals(report))
+    return json.dumps(d, indent=indent)
+
+
+def from_dict(d: dict[str, Any]) -> Report:
+    """The inverse of :func:`to_json` (``totals`` is recomputed, not read)."""
+    from qcompiler.serialize.values import from_json as typed
+
+    return typed(Report, {k: v for k, v in d.items() if k != "totals"})
+
+
+def from_json(text: str) -> Report:
+    return from_dict(json.loads(text))
