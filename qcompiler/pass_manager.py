@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Iterator
 
 import torch
 from torch import fx, nn
+from tqdm.auto import tqdm
 
 from qcompiler.errors import ConfigError, PassError, QCompilerError
 
@@ -302,7 +303,10 @@ class PassManager:
     def run(self, program: Program, ctx: PassContext) -> Program:
         from qcompiler.verify import verify_graph  # late: verify imports the ops
 
-        for p in self.passes:
+        bar = tqdm(self.passes, desc="passes", unit="pass", leave=False,
+                   disable=not ctx.options.get("progress", False))
+        for p in bar:
+            bar.set_postfix_str(p.name, refresh=False)
             try:
                 self._run_one(p, program, ctx)
                 if ctx.verify:
@@ -332,7 +336,9 @@ class PassManager:
             for region in program.regions:
                 self._apply(region, results[region.path], p, ctx)
             return
-        for region in program.regions:
+        regions = tqdm(program.regions, desc=p.name, unit="region", leave=False,
+                       disable=not ctx.options.get("progress", False) or len(program.regions) < 2)
+        for region in regions:
             ctx.region = region
             p.requires(region.gm, ctx)
             self._apply(region, p.run(region.gm, ctx), p, ctx)
