@@ -12,8 +12,10 @@ submodule's call signature.
 
 from __future__ import annotations
 
+import copy
 import enum
 import inspect
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,14 +97,20 @@ def _dynamic_shapes(tensors: dict[str, Any]) -> dict[str, Any]:
     return {k: tree_map(lambda t: {i: auto for i in range(t.dim())}, v) for k, v in tensors.items()}
 
 
-def capture_module(module: nn.Module, path: str, args: tuple, kwargs: dict,
-                   method: CaptureMethod) -> tuple[fx.GraphModule, dict[str, Any], dict[str, Any]]:
+def capture_module(module: nn.Module, path: str, args: tuple, kwargs: dict, method: CaptureMethod,
+                   cache: dict | None = None) -> tuple[fx.GraphModule, dict[str, Any], dict[str, Any]]:
     """Capture one call of ``module``; returns ``(graph_module, tensor_kwargs, constant_kwargs)``.
 
-    Raises :class:`CaptureError` naming the module and the tracer's complaint.
+    ``cache`` maps capture keys to earlier captures: a module that traces exactly like one
+    captured before (the 32 MLPs of an LLM) reuses that graph with its own weights instead of
+    being traced again. Raises :class:`CaptureError` naming the module and the tracer's complaint.
     """
     named = _bind(module, args, kwargs)
     tensors, consts = _split(path, named)
+    key = _capture_key(module, tensors, consts) if cache is not None and method is CaptureMethod.EXPORT else None
+    if key is not None and key in cache:
+        gm, source = cache[key]
+        return _rebind(gm, source, module), tensors, consts
     try:
         if method is CaptureMethod.EXPORT:
             from torch.fx.experimental import _config as fx_config
@@ -117,7 +125,32 @@ def capture_module(module: nn.Module, path: str, args: tuple, kwargs: dict,
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CaptureError(f"cannot capture '{path or '<model>'}' ({type(module).__name__}) with "
                            f"{method.value}: {type(e).__name__}: {first[:300]}") from e
+    if key is not None:
+        cache[key] = (gm, module)
     return gm, tensors, consts
+
+
+_SIMPLE = (bool, int, float, str, type(None))
+
+
+def _capture_key(module: nn.Module, tensors: dict[str, Any], consts: dict[str, Any]) -> tuple:
+    """Two calls with equal keys trace to the same graph: same class, same plain attributes
+    (anything forward could branch on), same parameter shapes, same input shapes and constants."""
+    attrs = tuple((name, k, v) for name, sub in module.named_modules() for k, v in sorted(vars(sub).items())
+                  if isinstance(v, _SIMPLE) or (isinstance(v, tuple) and all(isinstance(x, _SIMPLE) for x in v)))
+    state = tuple((n, tuple(t.shape), t.dtype) for n, t in module.state_dict(keep_vars=True).items())
+    inputs = tuple((k, tuple((tuple(t.shape), t.dtype) for t in tree_flatten(v)[0])) for k, v in tensors.items())
+    return (type(module), attrs, state, inputs, tuple(sorted((k, repr(v)) for k, v in consts.items())))
+
+
+def _rebind(gm: fx.GraphModule, source: nn.Module, target: nn.Module) -> fx.GraphModule:
+    """A copy of ``gm`` (captured from ``source``) whose parameters and buffers are ``target``'s:
+    the deepcopy memo maps each of source's tensors to target's, so nothing is copied."""
+    src, dst = source.state_dict(keep_vars=True), target.state_dict(keep_vars=True)
+    memo = {id(src[name]): dst[name] for name in src}
+    with warnings.catch_warnings():  # torch's pytree specs warn about their own deprecations when copied
+        warnings.simplefilter("ignore", FutureWarning)
+        return copy.deepcopy(gm, memo)
 
 
 class RegionModule(nn.Module):
@@ -207,6 +240,7 @@ def capture_regions(model: nn.Module, args: tuple, kwargs: dict, method: Capture
     """
     calls = _record_calls(model, args, kwargs)
     plan = CapturePlan()
+    cache: dict = {}
 
     def visit(path: str, mod: nn.Module, parent: nn.Module | None, attr: str) -> None:
         if not _has_linear(mod):
@@ -218,7 +252,7 @@ def capture_regions(model: nn.Module, args: tuple, kwargs: dict, method: Capture
                 visit(f"{path}.{name}" if path else name, child, mod, name)
             return
         try:
-            gm, _, consts = capture_module(mod, path, *calls[mod], method=method)
+            gm, _, consts = capture_module(mod, path, *calls[mod], method=method, cache=cache)
         except CaptureError as e:
             if whole and parent is None:
                 children = [n for n, c in mod.named_children() if _has_linear(c)]
