@@ -13,6 +13,7 @@ from qcompiler.errors import (CalibrationError, CaptureError, ConfigError, PassE
 from qcompiler.pass_manager import (GraphPass, Pass, PassContext, PassManager, PassResult, ProgramPass,
                                     list_passes, parse_pipeline, print_pipeline, register_pass)
 from qcompiler.schemes import Scheme, list_schemes, pipeline_for, register_scheme
+from qcompiler.serialize import load, save
 import qcompiler.schemes_weight_only  # noqa: F401,E402 - registers w8-weight-only, w4-weight-only, nf4
 import qcompiler.schemes_smoothquant  # noqa: F401,E402 - registers w8a8-smoothquant
 from qcompiler.spec import SPEC_KEY, LinearQuantSpec, get_spec
@@ -29,4 +30,5 @@ __all__ = [
     "SPEC_KEY", "LinearQuantSpec", "get_spec", "verify_graph",
     "QCompilerError", "CaptureError", "CalibrationError", "ConfigError", "UnsupportedError",
     "PassError", "VerificationError",
+    "save", "load",
 ]

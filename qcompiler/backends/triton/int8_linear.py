@@ -19,7 +19,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from qcompiler.backends.triton._config import interpreting, make_config, pick_configs
+from qcompiler.backends.triton._config import (TunedLauncher, interpreting, make_config,
+                                               pick_configs)
 
 __all__ = ["int8_linear", "launch_int8_linear", "OUTLIERS_NONE", "OUTLIERS_DENSE",
            "OUTLIERS_GATHER"]
@@ -96,7 +97,7 @@ def _int8_linear_kernel(
             k_left = K - k * BLOCK_K
             a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0)
             b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0)
-        acc = tl.dot(a, b, acc)
+        acc = tl.dot(a, b, acc, out_dtype=tl.int32)
         a_ptrs += BLOCK_K * stride_xqk
         b_ptrs += BLOCK_K * stride_wqk
 
@@ -137,6 +138,9 @@ def _int8_linear_kernel(
              mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
+_LAUNCH = TunedLauncher(_int8_linear_kernel)
+
+
 def launch_int8_linear(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tensor,
                        xo: Optional[Tensor], wo: Optional[Tensor], idx: Optional[Tensor],
                        cnt: Optional[Tensor], bias: Optional[Tensor], y: Tensor,
@@ -160,7 +164,8 @@ def launch_int8_linear(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tensor,
     xs_stride = 0 if x_scale.numel() == 1 else 1
     ws_stride = 0 if w_scale.numel() == 1 else 1
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    _int8_linear_kernel[grid](
+    key = (_m_bucket(m), n, k, outliers, bias is not None, xo.dtype if outliers else None, y.dtype)
+    _LAUNCH(key, grid,
         xq, x_scale, wq, w_scale,
         xo if outliers else dummy, wo if outliers == OUTLIERS_DENSE else dummy,
         idx if outliers == OUTLIERS_GATHER else dummy, cnt if outliers == OUTLIERS_GATHER else dummy,

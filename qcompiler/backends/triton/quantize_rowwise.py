@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from qcompiler.backends.triton._config import make_config, pick_configs
+from qcompiler.backends.triton._config import TunedLauncher, interpreting, make_config, pick_configs
 from qcompiler.backends.triton._rounding import quantize_tile
 
 __all__ = ["quantize_rowwise", "outlier_mask_from_idx", "quantize_rows_into"]
@@ -30,8 +30,11 @@ _TINY = 1e-12
 
 def _quantize_rowwise_configs() -> list[triton.Config]:
     # TILE = elements of X held per program; memory-bound, so only size and warps matter.
-    gpu = [make_config(TILE=16384, num_warps=8, num_stages=1),
+    # Small tiles = many programs per SM in flight, which a load-reduce-store kernel needs.
+    gpu = [make_config(TILE=4096, num_warps=4, num_stages=1),
            make_config(TILE=8192, num_warps=4, num_stages=1),
+           make_config(TILE=4096, num_warps=2, num_stages=1),
+           make_config(TILE=8192, num_warps=8, num_stages=1),
            make_config(TILE=16384, num_warps=16, num_stages=1)]
     return pick_configs(gpu, make_config(TILE=4096, num_warps=4, num_stages=1))
 
@@ -55,7 +58,7 @@ def _quantize_rowwise_kernel(
     x_ptr, mask_ptr, idx_ptr, xq_ptr, scale_ptr, xo_ptr,
     M, K, n_out,
     stride_xm, stride_xk, stride_qm, stride_qk, stride_om, stride_ok,
-    HAS_MASK: tl.constexpr, GATHER: tl.constexpr, TILE: tl.constexpr,
+    HAS_MASK: tl.constexpr, GATHER: tl.constexpr, EXACT_MUL: tl.constexpr, TILE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr, ONE_PASS: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -92,7 +95,7 @@ def _quantize_rowwise_kernel(
 
     if ONE_PASS:
         k_ok = offs_k < K
-        tl.store(q_rows + offs_k[None, :] * stride_qk, quantize_tile(x, inv[:, None]),
+        tl.store(q_rows + offs_k[None, :] * stride_qk, quantize_tile(x, inv[:, None], EXACT_MUL),
                  mask=row_ok[:, None] & k_ok[None, :])
     else:
         for k0 in range(0, K, BLOCK_K):
@@ -103,7 +106,7 @@ def _quantize_rowwise_kernel(
             if HAS_MASK:
                 is_out = tl.load(mask_ptr + kk, mask=k_ok, other=0) != 0
                 x = tl.where(is_out[None, :], 0.0, x)
-            tl.store(q_rows + kk[None, :] * stride_qk, quantize_tile(x, inv[:, None]),
+            tl.store(q_rows + kk[None, :] * stride_qk, quantize_tile(x, inv[:, None], EXACT_MUL),
                      mask=row_ok[:, None] & k_ok[None, :])
 
     if GATHER:
@@ -114,6 +117,9 @@ def _quantize_rowwise_kernel(
             ok = row_ok[:, None] & o_ok[None, :]
             v = tl.load(x_rows + col[None, :] * stride_xk, mask=ok, other=0.0)
             tl.store(xo_ptr + offs_m[:, None] * stride_om + offs_o[None, :] * stride_ok, v, mask=ok)
+
+
+_LAUNCH = TunedLauncher(_quantize_rowwise_kernel)
 
 
 def outlier_mask_from_idx(outlier_idx: Tensor, k: int) -> Tensor:
@@ -134,13 +140,14 @@ def quantize_rows_into(x2: Tensor, mask: Optional[Tensor], outlier_idx: Optional
     gather = n_out > 0
     dummy = xq  # never dereferenced: the constexpr flags compile those loads away
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),)  # noqa: E731
-    _quantize_rowwise_kernel[grid](
+    key = (k, mask is not None, gather, x2.dtype, x_out.dtype if gather else None)
+    _LAUNCH(key, grid,
         x2, mask if mask is not None else dummy, outlier_idx if gather else dummy,
         xq, scale, x_out if gather else dummy,
         m, k, n_out,
         x2.stride(0), x2.stride(1), xq.stride(0), xq.stride(1),
         x_out.stride(0) if gather else 0, x_out.stride(1) if gather else 0,
-        HAS_MASK=mask is not None, GATHER=gather, BLOCK_O=16,
+        HAS_MASK=mask is not None, GATHER=gather, EXACT_MUL=not interpreting(), BLOCK_O=16,
     )
 
 

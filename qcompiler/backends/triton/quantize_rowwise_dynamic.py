@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from qcompiler.backends.triton._config import make_config, pick_configs
+from qcompiler.backends.triton._config import TunedLauncher, make_config, pick_configs
 from qcompiler.backends.triton.quantize_rowwise import _TINY, quantize_rows_into
 
 __all__ = ["quantize_rowwise_dynamic", "find_outlier_columns", "outlier_index"]
@@ -61,13 +61,16 @@ def _outlier_columns_kernel(colmax_ptr, mask_ptr, idx_ptr, cnt_ptr, K, threshold
     tl.store(cnt_ptr, cnt)
 
 
+_COL_ABSMAX = TunedLauncher(_col_absmax_kernel)
+
+
 def find_outlier_columns(x2: Tensor, threshold: float) -> tuple[Tensor, Tensor, Tensor]:
     """``x2 [M, K]`` -> ``(mask int8 [K], idx int32 [K] (first cnt valid), cnt int32 [1])``."""
     m, k = x2.shape
     colmax = torch.zeros(k, dtype=torch.float32, device=x2.device)
     if m:
         grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(k, meta["BLOCK_K"]))  # noqa: E731
-        _col_absmax_kernel[grid](x2, colmax, m, k, x2.stride(0), x2.stride(1))
+        _COL_ABSMAX((k, x2.dtype), grid, x2, colmax, m, k, x2.stride(0), x2.stride(1))
     return outlier_index(colmax, threshold)
 
 

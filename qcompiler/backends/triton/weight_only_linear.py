@@ -22,7 +22,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from qcompiler.backends.triton._config import interpreting, make_config, pick_configs
+from qcompiler.backends.triton._config import (TunedLauncher, interpreting, make_config,
+                                               pick_configs)
 from qcompiler.backends.triton.int8_linear import _outlier_dot
 
 __all__ = ["weight_only_linear", "SMALL_M"]
@@ -38,9 +39,10 @@ def _weight_only_configs() -> list[triton.Config]:
     gpu = [c(BLOCK_N=32, BLOCK_K=256, num_warps=4, num_stages=4),
            c(BLOCK_N=16, BLOCK_K=512, num_warps=4, num_stages=4),
            c(BLOCK_N=32, BLOCK_K=512, num_warps=4, num_stages=3),
+           c(BLOCK_N=16, BLOCK_K=1024, num_warps=4, num_stages=3),
+           c(BLOCK_N=32, BLOCK_K=1024, num_warps=8, num_stages=3),
            c(BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=4),
-           c(BLOCK_N=16, BLOCK_K=256, num_warps=2, num_stages=6),
-           c(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=5)]
+           c(BLOCK_N=16, BLOCK_K=256, num_warps=2, num_stages=6)]
     return pick_configs(gpu, c(BLOCK_N=64, BLOCK_K=128, num_warps=4))
 
 
@@ -99,6 +101,9 @@ def _weight_only_linear_kernel(
     tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & (offs_n[None, :] < N))
 
 
+_LAUNCH = TunedLauncher(_weight_only_linear_kernel)
+
+
 def weight_only_linear(x: Tensor, wq: Tensor, w_scale: Tensor, outlier_idx: Optional[Tensor],
                        w_outliers: Optional[Tensor], bias: Optional[Tensor]) -> Tensor:
     """``x [..., K]`` (fp16/bf16, at most 16 rows in all) against int8 ``wq [N, K]``.
@@ -124,7 +129,7 @@ def weight_only_linear(x: Tensor, wq: Tensor, w_scale: Tensor, outlier_idx: Opti
     ws = w_scale.reshape(-1)
     dummy = y
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    _weight_only_linear_kernel[grid](
+    _LAUNCH((n, k, n_out > 0, bias is not None, x.dtype), grid,
         x2, wq, ws, outlier_idx if n_out else dummy, w_outliers if n_out else dummy,
         bias if bias is not None else dummy, y,
         m, n, k, n_out,
