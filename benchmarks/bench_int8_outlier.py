@@ -10,8 +10,13 @@ For each M x K x N, X (fp16) holds 8 outlier columns scaled x20, W ~ N(0, 0.02^2
 * qcompiler int8-outlier dynamic (``qcompiler_triton.int8_dynamic_outlier_linear``);
 * for the profile: qcompiler's quantize kernel alone, its fused GEMM alone, ``torch._int_mm``.
 
-Time: median of ``triton.testing.do_bench`` (L2 flushed between calls), after a warm-up call that
-also runs the autotuner. Error: ||y - x.float() @ w.float().T|| / ||.||. Peers are optional
+Times, after a warm-up call that also runs the autotuner:
+* ``ms``: median of ``triton.testing.do_bench`` (L2 flushed between calls). When the host needs
+  longer to issue a call than the GPU needs to run it, this includes host launch overhead;
+* ``gpu ms``: median of the same events with the GPU held back by ``torch.cuda._sleep`` before
+  each call, so the host has issued the whole call before the GPU starts: GPU time only (what a
+  CUDA-graph'd decode loop sees); L2 flushed as well;
+* ``host us``: host time per call, issuing 200 calls back to back. Error: ||y - x.float() @ w.float().T|| / ||.||. Peers are optional
 (printed "n/a: reason" when missing). Full results go to ``$OUT/bench_int8_outlier.json`` when
 ``OUT`` is set (or ``--json``).
 
@@ -137,14 +142,40 @@ METHODS = [
 
 def _best_configs():
     """The configs the autotuner picked, per kernel and key (for RESULTS.md)."""
-    from qcompiler.backends.triton.int8_linear import _int8_linear_kernel
-    from qcompiler.backends.triton.quantize_rowwise import _quantize_rowwise_kernel
-    from qcompiler.backends.triton.weight_only_linear import _weight_only_linear_kernel
+    import qcompiler.backends.triton  # noqa: F401
     out = {}
-    for name, k in (("int8_linear", _int8_linear_kernel), ("weight_only", _weight_only_linear_kernel),
-                    ("quantize_rowwise", _quantize_rowwise_kernel)):
-        out[name] = {str(key): str(cfg) for key, cfg in getattr(k, "cache", {}).items()}
+    for mod in ("int8_linear", "weight_only_linear", "quantize_rowwise"):
+        # sys.modules: the package re-exports launchers under the same names as these modules.
+        launcher = sys.modules[f"qcompiler.backends.triton.{mod}"]._LAUNCH
+        out[mod] = {str(key): {k: v for k, v in meta.items() if v is not None}
+                    for key, meta in launcher.meta.items()}
     return out
+
+
+def _gpu_ms(fn, n=60) -> float:
+    """Median GPU time of ``fn`` with its launch overhead hidden (see the module docstring)."""
+    flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device="cuda")
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    for i in range(n):
+        flush.zero_()
+        torch.cuda._sleep(1_000_000)  # ~0.5 ms of GPU cycles: the host gets well ahead
+        starts[i].record()
+        fn()
+        ends[i].record()
+    torch.cuda.synchronize()
+    return sorted(s.elapsed_time(e) for s, e in zip(starts, ends))[n // 2]
+
+
+def _host_us(fn, n=200) -> float:
+    import time
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    t = time.perf_counter() - t
+    torch.cuda.synchronize()
+    return t / n * 1e6
 
 
 def run(shapes, rep, methods):
@@ -161,7 +192,8 @@ def run(shapes, rep, methods):
                 torch.cuda.synchronize()
                 err = _rel_err(y if torch.is_tensor(y) else y[0], ref) if check else None
                 ms = triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median")
-                row["methods"][name] = {"ms": ms, "rel_err": err}
+                row["methods"][name] = {"ms": ms, "rel_err": err, "gpu_ms": _gpu_ms(fn),
+                                        "host_us": _host_us(fn)}
             except Exception as e:  # noqa: BLE001 - a missing or broken peer is reported, not fatal
                 row["methods"][name] = {"error": f"{type(e).__name__}: {e}".splitlines()[0][:160]}
                 if os.environ.get("BENCH_TRACE"):
@@ -174,18 +206,21 @@ def run(shapes, rep, methods):
 
 
 def _table(results, methods) -> str:
-    lines = ["| M×K×N | method | ms (median) | × fp16 | rel. err vs fp32 |",
-             "|---|---|---|---|---|"]
+    lines = ["| M×K×N | method | ms (do_bench median) | × fp16 | rel. err vs fp32 | GPU-only ms | × fp16 (GPU-only) | host µs/call |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in results:
         base = row["methods"].get(methods[0][0], {}).get("ms")
+        gbase = row["methods"].get(methods[0][0], {}).get("gpu_ms")
         for name, _, _ in methods:
             r = row["methods"][name]
             if "error" in r:
-                lines.append(f"| {row['shape']} | {name.strip()} | n/a: {r['error']} | | |")
+                lines.append(f"| {row['shape']} | {name.strip()} | n/a: {r['error']} | | | | | |")
                 continue
             ratio = f"{base / r['ms']:.2f}×" if base else "-"
             err = f"{r['rel_err']:.4f}" if r["rel_err"] is not None else "-"
-            lines.append(f"| {row['shape']} | {name.strip()} | {r['ms']:.4f} | {ratio} | {err} |")
+            gratio = f"{gbase / r['gpu_ms']:.2f}×" if gbase else "-"
+            lines.append(f"| {row['shape']} | {name.strip()} | {r['ms']:.4f} | {ratio} | {err} | "
+                         f"{r['gpu_ms']:.4f} | {gratio} | {r['host_us']:.0f} |")
     return "\n".join(lines)
 
 

@@ -40,9 +40,7 @@ def _weight_only_configs() -> list[triton.Config]:
            c(BLOCK_N=16, BLOCK_K=512, num_warps=4, num_stages=4),
            c(BLOCK_N=32, BLOCK_K=512, num_warps=4, num_stages=3),
            c(BLOCK_N=16, BLOCK_K=1024, num_warps=4, num_stages=3),
-           c(BLOCK_N=32, BLOCK_K=1024, num_warps=8, num_stages=3),
-           c(BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=4),
-           c(BLOCK_N=16, BLOCK_K=256, num_warps=2, num_stages=6)]
+           c(BLOCK_N=32, BLOCK_K=1024, num_warps=8, num_stages=3)]
     return pick_configs(gpu, c(BLOCK_N=64, BLOCK_K=128, num_warps=4))
 
 

@@ -1,0 +1,161 @@
+"""``lower-triton``: the int8 matmuls of a decomposed graph onto the Triton kernels.
+
+Before (static outliers, after ``decompose-matmul``)::
+
+    %q  = qcompiler.quantize_rowwise(%x, %oidx)
+    %y  = qcompiler.int8_linear(%q[0], %q[1], %qweight, %wscale, %q[2], %wout, %b, f16)
+
+After::
+
+    %y  = qcompiler_triton.int8_outlier_linear(%x, %qweight, %wscale, %oidx, %omask, %wout, %b)
+
+``int8_outlier_linear`` picks its kernels at run time from the number of rows: weight-only int8
+(X stays 16-bit) for M <= 16, else one-pass quantization + the fused int8 GEMM. The dynamic form
+becomes ``int8_dynamic_outlier_linear(%x, %qweight, %wscale, threshold, %b)``. Matmuls in any
+other shape (per-tensor X, shared quantization with a different consumer) map op for op onto
+``qcompiler_triton.int8_linear`` / ``quantize_rowwise``; ``quantize_tensorwise`` stays in torch.
+
+Where the kernels cannot run (no CUDA GPU of compute capability >= 7.5 and no
+``TRITON_INTERPRET=1``, or activations not float16/bfloat16) the pass raises
+:class:`UnsupportedError`, unless ``fallback=true``: then the layer keeps the reference op and the
+report says why.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+from qcompiler.errors import UnsupportedError
+from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
+from qcompiler.passes._graph import add_buffer, get_attr_value
+from qcompiler.spec import SPEC_KEY, get_spec, update_spec
+
+__all__ = ["LowerTriton"]
+
+_REF = torch.ops.qcompiler
+_SUPPORTED = (torch.float16, torch.bfloat16)
+
+
+def _item(node, source, index) -> bool:
+    return (isinstance(node, fx.Node) and node.op == "call_function" and node.target is operator.getitem
+            and node.args[0] is source and node.args[1] == index)
+
+
+def _dtype(node) -> torch.dtype | None:
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return getattr(val, "dtype", None)
+
+
+@register_pass("lower-triton")
+@dataclass(frozen=True)
+class LowerTriton(GraphPass):
+    fallback: bool = False
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        from qcompiler.backends.triton import is_available  # late: imports triton
+
+        ops = torch.ops.qcompiler_triton
+        masks: dict[str, str] = {}
+        modified = False
+        for node in list(gm.graph.nodes):
+            if node.op != "call_function" or node.target not in (
+                    _REF.int8_linear.default, _REF.int8_linear_dynamic_outlier.default):
+                continue
+            with ctx.at(node):
+                spec = get_spec(node)
+                layer = spec.layer if spec is not None else node.name
+                dynamic = node.target is _REF.int8_linear_dynamic_outlier.default
+                wq = get_attr_value(gm, node.args[4 if dynamic else 2].target)
+                ok, why = is_available(wq.device)
+                act = _dtype(node.args[2]) if dynamic else node.args[7]
+                if ok and act not in _SUPPORTED:
+                    ok, why = False, f"activations are {act}; the kernels take float16/bfloat16"
+                if not ok:
+                    if not self.fallback:
+                        raise UnsupportedError(
+                            f"layer '{layer}' cannot run on the Triton kernels: {why}",
+                            hint="use a CUDA GPU (compute capability >= 7.5) and a float16/bfloat16 "
+                                 "model, or the pipeline option lower-triton{fallback=true} to keep "
+                                 "the reference op for such layers")
+                    ctx.note(layer, f"lower-triton fell back to the reference op: {why}")
+                    continue
+                with gm.graph.inserting_before(node):
+                    new, how = (self._dynamic(gm, node, ops) if dynamic
+                                else self._static(gm, node, ops, masks))
+                new.meta.update({k: v for k, v in node.meta.items() if k in (SPEC_KEY, "val")})
+                node.replace_all_uses_with(new)
+                gm.graph.erase_node(node)
+                if spec is not None:
+                    update_spec(new, lowering=f"triton:{how}")
+                modified = True
+        modified |= self._lower_quantize(gm, ops)
+        self._drop_dead(gm)
+        return PassResult(gm, modified)
+
+    @staticmethod
+    def _static(gm, node, ops, masks):
+        xq, xs, wq, ws, xo, wo, bias, out_dtype = node.args
+        q = xq.args[0] if isinstance(xq, fx.Node) and xq.target is operator.getitem else None
+        fused = (isinstance(q, fx.Node) and q.op == "call_function"
+                 and q.target is _REF.quantize_rowwise.default and _item(xq, q, 0) and _item(xs, q, 1) and (xo is None or _item(xo, q, 2))
+                 and _dtype(q.args[0]) in (None, out_dtype) and isinstance(q.args[1], fx.Node)
+                 and q.args[1].op == "get_attr")
+        if fused:
+            idx = get_attr_value(gm, q.args[1].target)
+            if xo is None and idx.numel():
+                fused = False  # outlier columns zeroed but no fp product: keep the op-for-op form
+        if not fused:
+            return gm.graph.call_function(ops.int8_linear.default, node.args), "int8_linear"
+        mask = None
+        if idx.numel():
+            name = masks.get(q.args[1].target)
+            if name is None:
+                k = get_attr_value(gm, wq.target).shape[1]
+                m = torch.zeros(k, dtype=torch.int8, device=idx.device)
+                m[idx] = 1
+                name = masks[q.args[1].target] = add_buffer(gm, "_qc_triton_outlier_mask", m)
+            mask = gm.graph.get_attr(name)
+        new = gm.graph.call_function(ops.int8_outlier_linear.default,
+                                     (q.args[0], wq, ws, q.args[1], mask, wo, bias))
+        return new, "int8_outlier_linear (weight-only int8 for M<=16)"
+
+    @staticmethod
+    def _dynamic(gm, node, ops):
+        xq, xs, x, mask, wq, ws, bias = node.args
+        q = xq.args[0] if isinstance(xq, fx.Node) and xq.target is operator.getitem else None
+        if (isinstance(q, fx.Node) and q.op == "call_function"
+                and q.target is _REF.quantize_rowwise_dynamic.default and q.args[0] is x
+                and _item(xq, q, 0) and _item(xs, q, 1) and _item(mask, q, 2)):
+            new = gm.graph.call_function(ops.int8_dynamic_outlier_linear.default,
+                                         (x, wq, ws, float(q.args[1]), bias))
+            return new, "int8_dynamic_outlier_linear (weight-only int8 for M<=16)"
+        return (gm.graph.call_function(ops.int8_linear_dynamic_outlier.default, node.args),
+                "int8_linear_dynamic_outlier")
+
+    @staticmethod
+    def _lower_quantize(gm, ops) -> bool:
+        """Row-wise quantize nodes still read by a lowered int8_linear run on Triton too."""
+        pairs = {_REF.quantize_rowwise.default: ops.quantize_rowwise.default,
+                 _REF.quantize_rowwise_dynamic.default: ops.quantize_rowwise_dynamic.default}
+        changed = False
+        for node in gm.graph.nodes:
+            if node.op == "call_function" and node.target in pairs and node.users:
+                if _dtype(node.args[0]) in (None, *_SUPPORTED):
+                    node.target = pairs[node.target]
+                    changed = True
+        return changed
+
+    @staticmethod
+    def _drop_dead(gm) -> None:
+        """The quantize nodes (and their getitems) the fused ops replaced."""
+        quant = {_REF.quantize_rowwise.default, _REF.quantize_rowwise_dynamic.default}
+        for node in reversed(list(gm.graph.nodes)):
+            if node.users or node.op != "call_function":
+                continue
+            if node.target in quant or (node.target is operator.getitem and isinstance(node.args[0], fx.Node)
+                                        and node.args[0].target in quant):
+                gm.graph.erase_node(node)
