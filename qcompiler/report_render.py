@@ -84,7 +84,7 @@ def _total_row(report: Report) -> list[str]:
 
 # Rich columns in the order they are given up when the terminal is narrow (last ones first):
 # (name, min width, right-aligned). Dropped notes are listed under the table instead.
-_RICH_COLUMNS = [("layer", 24, False), ("shape", 9, True), ("op", 20, False), ("outliers", 10, False),
+_RICH_COLUMNS = [("layer", 24, False), ("shape", 9, True), ("op", 24, False), ("outliers", 10, False),
                  ("KiB before", 10, True), ("KiB after", 9, True), ("SQNR dB", 8, True), ("lowering", 12, False),
                  ("rel. err", 8, True), ("notes", 24, False)]
 
@@ -121,7 +121,7 @@ class _RichReport:
         for name, min_w, right in cols:
             table.add_column(name, footer=foot[name], justify="right" if right else "left", min_width=min_w,
                              no_wrap=name in ("layer", "shape"), overflow="fold",
-                             max_width=layer_w if name == "layer" else (40 if name == "notes" else None))
+                             max_width={"layer": layer_w, "notes": 40, "outliers": 18}.get(name))
         for r in report.layers:
             cells = dict(zip(_COLUMNS, _row(r)))
             cells["layer"] = _left_trim(r.layer, layer_w)

@@ -8,10 +8,10 @@ from qcompiler.serialize.errors import (BaseModelMismatchError, IntegrityError, 
                                         VersionMismatchError)
 from qcompiler.serialize.record import CompileRecord, WeightsDigest, weights_digest
 from qcompiler.serialize.saved_model import (DESCRIPTION_FILE, FORMAT_VERSION, WEIGHTS_FILE, load,
-                                             read_description, save)
+                                             read_description, read_tensors, save, verify_files)
 
 __all__ = [
-    "save", "load", "read_description",
+    "save", "load", "read_description", "read_tensors", "verify_files",
     "SaveError", "LoadError", "IntegrityError", "VersionMismatchError", "BaseModelMismatchError",
     "CompileRecord", "WeightsDigest", "weights_digest",
     "FORMAT_VERSION", "WEIGHTS_FILE", "DESCRIPTION_FILE",

@@ -36,7 +36,7 @@ from qcompiler.serialize.tensors import (TensorEntry, TensorTable, drop_unlisted
                                          set_tensor)
 from qcompiler.serialize.values import decode_arg, encode_arg, from_json, to_json
 
-__all__ = ["save", "load", "read_description", "FORMAT", "FORMAT_VERSION", "WEIGHTS_FILE", "DESCRIPTION_FILE"]
+__all__ = ["save", "load", "read_description", "read_tensors", "verify_files", "FORMAT", "FORMAT_VERSION", "WEIGHTS_FILE", "DESCRIPTION_FILE"]
 
 FORMAT = "qcompiler.saved_model"
 FORMAT_VERSION = 1
@@ -137,6 +137,9 @@ def save(qm: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | N
     weights = out / WEIGHTS_FILE
     tmp = out / (WEIGHTS_FILE + ".tmp")
     save_file(table.tensors, str(tmp), metadata={"format": FORMAT, _DESCRIPTION_SHA: _canonical_sha(doc)})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates the file private; make it like any other
     os.replace(tmp, weights)
     doc["weights"] = {"file": WEIGHTS_FILE, "bytes": weights.stat().st_size, "sha256": _file_sha256(weights)}
     tmp = out / (DESCRIPTION_FILE + ".tmp")
@@ -217,6 +220,30 @@ def _read_weights(root: Path, doc: dict[str, Any]) -> dict[str, torch.Tensor]:
             raise IntegrityError(f"alias {alias!r} points to missing tensor {key!r}")
         tensors[alias] = tensors[key]
     return tensors
+
+
+def verify_files(path: str | os.PathLike) -> dict[str, Any]:
+    """Checks a saved model's files (sha256 of the tensors, the description they were saved
+    with, every tensor's dtype and shape) without the base model; returns the description."""
+    doc = read_description(path)
+    _read_weights(Path(path), doc)
+    return doc
+
+
+def read_tensors(path: str | os.PathLike, keys: list[str]) -> dict[str, torch.Tensor]:
+    """Some tensors of a saved model by key (aliases followed), without checking the whole file:
+    for quick looks (``qcompiler inspect``); :func:`load` and :func:`verify_files` check it all."""
+    from safetensors import safe_open
+
+    doc = read_description(path)
+    aliases = doc.get("aliases", {})
+    file = Path(path) / str((doc.get("weights") or {}).get("file", WEIGHTS_FILE))
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {k: f.get_tensor(aliases.get(k, k)) for k in keys}
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise IntegrityError(f"cannot read tensors from {file}: {e}", hint="check the file: qcompiler inspect "
+                                                                           "--verify") from e
 
 
 def load(path: str | os.PathLike, model: nn.Module, *, check_versions: bool = True) -> nn.Module:

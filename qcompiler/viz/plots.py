@@ -128,14 +128,16 @@ def quantize_with_scale(x: torch.Tensor, alpha: float, bits: int) -> tuple[torch
 def plot_quantization_grid(row: torch.Tensor, path: str | os.PathLike, *, bits: int = 4,
                            factors: Sequence[float] = (1.7, 1.0, 0.45), count: int = 24,
                            name: str = "") -> Path:
-    """The first ``count`` values of ``row`` quantized with alpha = factor * max|row| for each
-    factor: the values (black), their quantized values (coloured), the grid of representable
-    values (grey lines) and clipped values (red). The default 4 bits (codes -7..7) make the
-    grid visible, as in the seed's figure; the panel titles give the mean squared error."""
+    """``count`` values of ``row`` around its largest one, quantized with alpha = factor * max|row|
+    for each factor: the values (black), their quantized values (blue; the grey stem between the
+    two is the perturbation), the grid of representable values (grey lines) and clipped values
+    (red). The default 4 bits (codes -7..7) make the grid visible, as in the seed's figure; the
+    panel titles give the mean squared error over the whole row."""
     if bits < 2 or bits > 8:
         raise ConfigError(f"bits must be 2..8, got {bits}")
     full = row.detach().double().cpu().flatten()
-    x = full[:count]
+    start = max(0, min(int(full.abs().argmax()) - count // 2, full.numel() - count))
+    x = full[start:start + count]
     amax = float(full.abs().max())
     if amax == 0:
         raise ConfigError("the row is all zeros: nothing to quantize")
@@ -143,32 +145,34 @@ def plot_quantization_grid(row: torch.Tensor, path: str | os.PathLike, *, bits: 
     fig = _figure(11, 2.6 * len(factors) + 0.6)
     axes = fig.subplots(len(factors), 1, sharex=True, squeeze=False)[:, 0]
     labels = {1: "larger than", 0: "equal to", -1: "smaller than"}
-    idx = torch.arange(x.numel()).numpy()
+    idx = torch.arange(start, start + x.numel()).numpy()
+    window = slice(start, start + x.numel())
     for ax, f in zip(axes, factors):
         alpha = f * amax
         _, deq = quantize_with_scale(full, alpha, bits)
         err = (deq - full)
-        clipped = (full.abs() > alpha)[: x.numel()]
+        clipped = (full.abs() > alpha)[window]
         step = alpha / qmax
-        lo, hi = min(float(x.min()), -step), max(float(x.max()), step)
-        k0, k1 = int(torch.floor(torch.tensor(lo / step))) - 1, int(torch.ceil(torch.tensor(hi / step))) + 1
-        for k in range(max(k0, -qmax), min(k1, qmax) + 1):
-            ax.axhline(k * step, color="#bbbbbb", linewidth=0.6, zorder=0)
-        ax.axhline(alpha, color="#d62728", linewidth=0.8, linestyle=":")
-        ax.axhline(-alpha, color="#d62728", linewidth=0.8, linestyle=":")
-        ax.vlines(idx, x.numpy(), deq[: x.numel()].numpy(), color="#999999", linewidth=1)
+        lim = 1.15 * amax
+        for k in range(-qmax, qmax + 1):
+            if abs(k * step) <= lim:
+                ax.axhline(k * step, color="#bbbbbb", linewidth=0.6, zorder=0)
+        if alpha <= lim:
+            ax.axhline(alpha, color="#d62728", linewidth=0.8, linestyle=":")
+            ax.axhline(-alpha, color="#d62728", linewidth=0.8, linestyle=":")
+        ax.vlines(idx, x.numpy(), deq[window].numpy(), color="#999999", linewidth=1)
         ax.scatter(idx, x.numpy(), color="black", s=14, label="x", zorder=3)
-        ax.scatter(idx, deq[: x.numel()].numpy(), color="#1f77b4", marker="_", s=120, linewidths=2,
+        ax.scatter(idx, deq[window].numpy(), color="#1f77b4", marker="_", s=120, linewidths=2,
                    label="dequantized", zorder=3)
         if bool(clipped.any()):
-            ax.scatter(idx[clipped.numpy()], deq[: x.numel()][clipped].numpy(), color="#d62728", marker="x", s=40,
+            ax.scatter(idx[clipped.numpy()], deq[window][clipped].numpy(), color="#d62728", marker="x", s=40,
                        label="clipped", zorder=4)
         rel = 0 if abs(f - 1) < 1e-9 else (1 if f > 1 else -1)
         ax.set_title(f"alpha = {alpha:.3g} ({labels[rel]} max|x| = {amax:.3g}): step {step:.3g}, "
                      f"MSE {float(err.square().mean()):.3g} over the row, "
                      f"{int((full.abs() > alpha).sum())} clipped", fontsize=9)
-        ax.set_ylim(min(lo, -alpha) - step, max(hi, alpha) + step)
+        ax.set_ylim(-lim, lim)
         ax.legend(loc="upper right", fontsize=7, ncols=3)
-    axes[-1].set_xlabel(f"element of {name or 'the row'} (first {x.numel()} of {full.numel()}); "
+    axes[-1].set_xlabel(f"element of {name or 'the row'} ({x.numel()} of {full.numel()}, around its max |x|); "
                         f"{bits}-bit absmax codes -{qmax}..{qmax}")
     return _save(fig, path)
