@@ -18,11 +18,12 @@ import qcompiler.schemes_weight_only  # noqa: F401,E402 - registers w8-weight-on
 import qcompiler.schemes_smoothquant  # noqa: F401,E402 - registers w8a8-smoothquant
 from qcompiler.spec import SPEC_KEY, LinearQuantSpec, get_spec
 from qcompiler.verify import verify_graph
+from qcompiler.export import export_onnx
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "compile", "QuantizedModel",
+    "compile", "QuantizedModel", "export_onnx",
     "list_schemes", "register_scheme", "Scheme", "pipeline_for",
     "register_pass", "list_passes", "parse_pipeline", "print_pipeline",
     "Pass", "GraphPass", "ProgramPass", "PassResult", "PassContext", "PassManager",

@@ -151,6 +151,8 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
     record = CompileRecord(scheme, dict(options), backend, method.value, whole_graph, str(manager), example[0],
                            example[1], base, before, dict(ctx.options.get(ABSMAX, {})))
     qm = QuantizedModel(qmodel, program, report, record)
+    if be.finalize is not None:
+        qm = be.finalize(qm, example)
     _compare_outputs(qm, ref_calls, ref_outs, report)
     return qm
 

@@ -4,7 +4,7 @@ passes that lower a compiled program for it, and checking up front that it can r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from qcompiler.errors import ConfigError
 
@@ -21,6 +21,9 @@ class Backend:
     lowering: str = ""                                 # pipeline text appended to the scheme's
     check: Callable[[], None] = _always                # raises UnsupportedError when unusable here
     description: str = ""
+    # Called by compile after the pipeline: (QuantizedModel, example call (args, kwargs)) ->
+    # the QuantizedModel to return, e.g. one whose model runs in another runtime. None: as is.
+    finalize: Callable[[Any, tuple[tuple, dict]], Any] | None = None
 
 
 _BACKENDS: dict[str, Backend] = {}

@@ -1,0 +1,77 @@
+"""``label-onnx-lowering``: writes into each layer's spec which ONNX operators it becomes, so
+``qm.report()`` says it (``LinearQuantSpec.lowering``). The graph itself is not changed.
+
+    int8_linear                    onnx:MatMulInteger (+ fp outliers: Gather/MatMul, n cols)
+    int8_linear_dynamic_outlier    onnx:MatMulInteger + fp outliers: NonZero/Gather (dynamic)
+    weight_only_linear             ort:MatMulNBits(8-bit, block 128)   when the target uses it
+                                   onnx:dequantize+MatMul              otherwise
+                                   (+ fp outliers: Gather/MatMul, n cols, after lower-ort-matmul-nbits)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+from torch import fx
+
+from qcompiler.backends.onnxruntime.translations import MATMUL_NBITS_BLOCKS
+from qcompiler.passes._graph import get_attr_value
+from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
+from qcompiler.spec import SPEC_KEY, get_spec
+
+__all__ = ["LabelOnnxLowering", "LABELS"]
+
+_ops = torch.ops.qcompiler
+
+
+def _outlier_cols(gm: fx.GraphModule, node: fx.Node) -> int:
+    """Columns of the static outlier product added to ``node``'s output (0 if none)."""
+    for user in node.users:
+        if user.target is torch.ops.aten.add.Tensor:
+            mm = user.args[1]
+            if isinstance(mm, fx.Node) and mm.target is torch.ops.aten.matmul.default:
+                return get_attr_value(gm, mm.args[0].args[2].target).numel()
+    return 0
+
+
+def _int8_linear(gm: fx.GraphModule, node: fx.Node, nbits: bool) -> str:
+    if node.args[4] is None:
+        return "onnx:MatMulInteger"
+    n = get_attr_value(gm, node.args[4].args[0].args[1].target).numel()
+    return f"onnx:MatMulInteger + fp outliers: Gather/MatMul ({n} cols)"
+
+
+def _dynamic(gm: fx.GraphModule, node: fx.Node, nbits: bool) -> str:
+    return "onnx:MatMulInteger + fp outliers: NonZero/Gather (dynamic)"
+
+
+def _weight_only(gm: fx.GraphModule, node: fx.Node, nbits: bool) -> str:
+    bits, group = node.args[5], node.args[6]
+    label = (f"ort:MatMulNBits({bits}-bit, block {group})" if nbits and bits in (4, 8) and group in MATMUL_NBITS_BLOCKS
+             else "onnx:dequantize+MatMul")
+    n = _outlier_cols(gm, node)
+    return label + (f" + fp outliers: Gather/MatMul ({n} cols)" if n else "")
+
+
+# op -> (graph module, node, target uses MatMulNBits) -> label
+LABELS: dict[object, Callable[[fx.GraphModule, fx.Node, bool], str]] = {
+    _ops.int8_linear.default: _int8_linear,
+    _ops.int8_linear_dynamic_outlier.default: _dynamic,
+    _ops.weight_only_linear.default: _weight_only,
+}
+
+
+@register_pass("label-onnx-lowering")
+@dataclass(frozen=True)
+class LabelOnnxLowering(GraphPass):
+    matmul_nbits: bool = False  # the target runs weight-only linears as com.microsoft.MatMulNBits
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        for node in gm.graph.nodes:
+            spec = get_spec(node)
+            label = LABELS.get(node.target) if node.op == "call_function" else None
+            if spec is not None and label is not None:
+                node.meta[SPEC_KEY] = replace(spec, lowering=label(gm, node, self.matmul_nbits))
+        return PassResult(gm, False, preserved=PassResult.ALL)

@@ -1,0 +1,155 @@
+"""``lower-ort-matmul-nbits``: int8 (W8A8) linears become weight-only 8-bit linears, which ONNX
+Runtime runs as ``com.microsoft.MatMulNBits``.
+
+Why: on ORT's CUDA execution provider ``MatMulInteger`` runs 5x slower than an fp16 MatMul, while
+``MatMulNBits`` (8-bit weights, block-wise steps, activations in fp16) is close to fp16 at large M
+and faster at M = 1 (``../shared/GPU.md``).
+
+Accuracy: the scheme's int8 weights are reused exactly (``codes = wq + 128``, every block's step
+``ws / 127``) and X is not quantized at all, so each layer's error is the scheme's weight error
+alone, never more than the scheme's. Static outlier input dims, whose weights the scheme keeps in
+float, keep their exact fp product (``fold_outliers=false``, the default)::
+
+    %q = qcompiler.quantize_rowwise(%x, %oidx)          %y  = qcompiler.weight_only_linear(
+    %y = qcompiler.int8_linear(%q[0], %q[1], %wq, %ws,          %x, %codes, %steps, None, %b, 8, 128)
+                               %q[2], %wout, %b, f16)    %xo = aten.index_select(%x, -1, %oidx)
+                                                         %y2 = aten.add(%y, aten.matmul(%xo, %wout.T))
+
+``fold_outliers=true`` writes the outlier weights into the 8-bit weight instead (one op per layer,
+faster at M = 1): their block keeps the channel's step when they fit under it, else gets a step
+of its own and is rounded afresh. Outlier weights are then rounded, and multiplied by the
+largest activations, so this can be less accurate than the scheme; the report notes say which
+layers were folded and how. Dynamic-outlier layers need neither: their int8 weight holds every
+column, and the scheme multiplies the outlier columns by those same int8 weights.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor, fx
+
+from qcompiler.ops import MATMUL_OPS
+from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
+from qcompiler.passes._graph import add_buffer, get_attr_value
+from qcompiler.spec import SPEC_KEY, get_spec
+
+__all__ = ["LowerOrtMatMulNBits", "choose_block_size", "int8_to_uint8_blocks"]
+
+_ops = torch.ops.qcompiler
+_PREFERRED_BLOCKS = (128, 64, 32, 16)
+
+
+def choose_block_size(k: int) -> int:
+    """The block (group) size for K input dims: the largest of 128/64/32/16 dividing K (ORT's fast
+    CUDA kernels need K % block == 0), else the largest below K (K padded), else K itself."""
+    for b in _PREFERRED_BLOCKS:
+        if k % b == 0:
+            return b
+    return next((b for b in _PREFERRED_BLOCKS if b < k), max(k, 1))
+
+
+def int8_to_uint8_blocks(wq: Tensor, w_scale: Tensor, block: int, outlier_idx: Tensor | None = None,
+                         outlier_weight: Tensor | None = None) -> tuple[Tensor, Tensor, int]:
+    """The int8 weight ``wq [N, K]`` (absmax ``w_scale [N]`` or ``[1]``) as symmetric 8-bit codes
+    ``[N, K]`` uint8 and steps ``[N, ceil(K / block)]`` float32 (``qcompiler::weight_only_linear``'s
+    layout). ``outlier_weight [N, n]`` (float) is written into columns ``outlier_idx``. Returns
+    ``(codes, steps, blocks given a step of their own)``."""
+    n, k = wq.shape
+    groups = -(-k // block) if k else 0
+    step = (w_scale.float().reshape(-1).expand(n) / 127.0).contiguous()
+    steps = step[:, None].expand(n, groups).clone()
+    q = wq.to(torch.int32).clone()
+    rescaled = 0
+    if outlier_idx is not None and outlier_idx.numel():
+        w = wq.float() * step[:, None]
+        w[:, outlier_idx] = outlier_weight.float()
+        for g in torch.unique(outlier_idx // block).tolist():
+            lo, hi = g * block, min(k, (g + 1) * block)
+            blk = w[:, lo:hi]
+            s = torch.maximum(step, blk.abs().amax(dim=1) / 127.0)
+            rescaled += int((s > step).any())
+            steps[:, g] = s
+            q[:, lo:hi] = torch.round(blk / s[:, None]).clamp_(-127, 127).to(torch.int32)
+    return (q + 128).to(torch.uint8), steps, rescaled
+
+
+def _source_x(node: fx.Node) -> fx.Node:
+    """The float input of an int8 matmul: the tensor its activation-quantize op reads."""
+    if node.target is _ops.int8_linear_dynamic_outlier.default:
+        return node.args[2]
+    item = node.args[0]
+    assert item.target is operator.getitem, f"{node.name}: int8 operand is not a quantize output"
+    return item.args[0].args[0]
+
+
+def _static_outliers(gm: fx.GraphModule, node: fx.Node) -> tuple[Tensor | None, Tensor | None]:
+    if node.target is not _ops.int8_linear.default or node.args[4] is None:
+        return None, None
+    quantize = node.args[4].args[0]
+    return get_attr_value(gm, quantize.args[1].target), get_attr_value(gm, node.args[5].target)
+
+
+@register_pass("lower-ort-matmul-nbits")
+@dataclass(frozen=True)
+class LowerOrtMatMulNBits(GraphPass):
+    """Every int8 matmul -> ``qcompiler::weight_only_linear`` (8-bit) on the same int8 weights.
+    ``block_size=0`` picks it per layer (:func:`choose_block_size`). Run ``dce`` after it."""
+
+    block_size: int = 0
+    fold_outliers: bool = False
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        modified = False
+        for node in list(gm.graph.nodes):
+            if node.op != "call_function" or node.target not in MATMUL_OPS:
+                continue
+            with ctx.at(node):
+                self._lower(gm, node)
+                modified = True
+        return PassResult(gm, modified)
+
+    def _lower(self, gm: fx.GraphModule, node: fx.Node) -> None:
+        dynamic = node.target is _ops.int8_linear_dynamic_outlier.default
+        wq_node, ws_node = (node.args[4], node.args[5]) if dynamic else (node.args[2], node.args[3])
+        bias = node.args[6]
+        wq, ws = get_attr_value(gm, wq_node.target), get_attr_value(gm, ws_node.target)
+        idx, w_out = _static_outliers(gm, node)
+        k = wq.shape[1]
+        block = self.block_size or choose_block_size(k)
+        fold = self.fold_outliers and idx is not None
+        codes, steps, rescaled = int8_to_uint8_blocks(wq, ws, block, *((idx, w_out) if fold else ()))
+        base = wq_node.target.removesuffix("_qweight")
+        x = _source_x(node)
+        out_dtype = node.args[7] if not dynamic else None
+        with gm.graph.inserting_before(node):
+            y = wol = gm.graph.call_function(_ops.weight_only_linear.default,
+                                       (x, gm.graph.get_attr(add_buffer(gm, base + "_nbits_codes", codes)),
+                                        gm.graph.get_attr(add_buffer(gm, base + "_nbits_steps", steps)),
+                                        None, bias, 8, min(block, k) if k else block))
+            x_dtype = x.meta["val"].dtype if "val" in x.meta else out_dtype
+            if idx is not None and not fold:  # the exact fp outlier product, as in the scheme
+                quantize = node.args[4].args[0]
+                xo = gm.graph.call_function(torch.ops.aten.index_select.default, (x, -1, quantize.args[1]))
+                wt = gm.graph.call_function(torch.ops.aten.t.default, (node.args[5],))
+                y = gm.graph.call_function(torch.ops.aten.add.Tensor,
+                                           (y, gm.graph.call_function(torch.ops.aten.matmul.default, (xo, wt))))
+            if out_dtype is not None and x_dtype is not None and out_dtype != x_dtype:
+                y = gm.graph.call_function(torch.ops.aten.to.dtype, (y, out_dtype))
+        spec = get_spec(node)
+        if spec is not None:
+            note = (f"weight-only on ONNX Runtime: X stays {str(x_dtype).removeprefix('torch.')}, "
+                    f"int8 weights reused exactly (block {block})")
+            if fold:
+                how = (f"{rescaled} block(s) given their own step" if rescaled else
+                       "their weights fit the channel steps")
+                note += f"; {idx.numel()} static outlier dims folded into the 8-bit weight ({how})"
+            elif idx is not None:
+                note += f"; {idx.numel()} static outlier dims kept as an exact fp product (Gather/MatMul)"
+            wol.meta[SPEC_KEY] = replace(spec, notes=spec.notes + (note,))
+        if "val" in node.meta:
+            y.meta["val"] = node.meta["val"]
+        node.replace_all_uses_with(y)
+        gm.graph.erase_node(node)

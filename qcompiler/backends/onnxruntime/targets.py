@@ -1,0 +1,64 @@
+"""Export targets: what a compiled program is lowered to before it is written as ONNX.
+
+A target is a registered object: the pass pipeline run on a copy of the program, the translation
+table handed to ``torch.onnx.export``, and the ONNX Runtime execution providers to open it with.
+
+=========  ===================================================  ===============================
+target     int8 (W8A8) layers become                            runs on
+=========  ===================================================  ===============================
+generic    MatMulInteger + fp outlier MatMul (standard ONNX)    any ONNX runtime
+ort-cpu    the same (MLAS int8 GEMM); weight-only: MatMulNBits  ONNX Runtime, CPU EP
+ort-cuda   MatMulNBits 8-bit, weight-only (X stays fp16)        ONNX Runtime, CUDA EP (or CPU)
+=========  ===================================================  ===============================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from qcompiler.backends.onnxruntime.translations import ort_table, standard_table
+from qcompiler.errors import ConfigError
+
+__all__ = ["ExportTarget", "register_target", "get_target", "list_targets"]
+
+
+@dataclass(frozen=True)
+class ExportTarget:
+    name: str
+    lowering: str                          # pipeline text run on a copy of the program
+    translations: Callable[[], dict]       # op overload -> onnxscript function
+    providers: tuple[str, ...]             # ORT execution providers, most preferred first
+    description: str = ""
+
+
+_TARGETS: dict[str, ExportTarget] = {}
+
+
+def register_target(target: ExportTarget) -> ExportTarget:
+    _TARGETS[target.name] = target
+    return target
+
+
+def get_target(name: str) -> ExportTarget:
+    try:
+        return _TARGETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown ONNX export target {name!r}",
+                          hint=f"available: {', '.join(list_targets())}") from None
+
+
+def list_targets() -> list[str]:
+    return sorted(_TARGETS)
+
+
+register_target(ExportTarget(
+    "generic", "label-onnx-lowering{matmul_nbits=false}", standard_table, ("CPUExecutionProvider",),
+    "standard ONNX operators only: the scheme exactly (int8 X and W, fp outliers)"))
+register_target(ExportTarget(
+    "ort-cpu", "label-onnx-lowering{matmul_nbits=true}", ort_table, ("CPUExecutionProvider",),
+    "ONNX Runtime CPU: int8 layers as MatMulInteger (MLAS int8 GEMM), weight-only as MatMulNBits"))
+register_target(ExportTarget(
+    "ort-cuda", "lower-ort-matmul-nbits,dce,label-onnx-lowering{matmul_nbits=true}", ort_table,
+    ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "ONNX Runtime CUDA: int8 layers as MatMulNBits 8-bit weight-only (MatMulInteger is 5x slower there)"))

@@ -1,0 +1,246 @@
+"""ONNX for each qcompiler op: onnxscript functions handed to ``torch.onnx.export``'s
+``custom_translation_table``, so the dynamo exporter writes our IR as ONNX operators.
+
+Standard operators (opset 18) only, unless a function's name says ``msft``::
+
+    quantize_rowwise(x, idx)        Cast, Where(keep-mask from ScatterElements), Abs, ReduceMax,
+                                    Max(tiny), Div(127, s), Mul, Round, Clip(-127, 127), Cast int8;
+                                    Gather(x, idx) for the outlier columns
+    int8_linear(xq, xs, wq, ws, ..) MatMulInteger(xq, wq^T) -> Cast -> Mul(xs) -> Mul(ws / 127^2);
+                                    + Cast(MatMul(x_outliers, w_outliers^T)); + bias; Cast
+    int8_linear_dynamic_outlier     the same, outlier columns by NonZero(mask) + Gather of X and W
+    weight_only_linear (standard)   Cast(q) - z, * per-group steps, MatMul   (weights dequantized)
+    weight_only_linear (msft)       com.microsoft MatMulNBits, the layout the op already stores
+
+Every function mirrors the reference implementation in ``qcompiler/ops`` step by step (same
+operand order for the float ops), so ONNX Runtime reproduces the int8 codes exactly and the
+outputs to float rounding. Constant sub-expressions (``wq^T``, ``ws / 127^2``, masks) are left
+for the exporter's optimizer and ONNX Runtime's constant folding.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import onnx
+import torch
+from onnxscript import ir
+from onnxscript import opset18 as op
+from onnxscript.values import Op, Opset
+
+__all__ = ["OPSET", "msft", "quantize_rowwise", "quantize_rowwise_dynamic", "quantize_tensorwise",
+           "int8_linear", "int8_linear_dynamic_outlier", "weight_only_linear_standard",
+           "weight_only_linear_msft", "standard_table", "ort_table", "MATMUL_NBITS_BLOCKS"]
+
+OPSET = 18
+msft = Opset("com.microsoft", 1)
+
+_F32 = ir.DataType.FLOAT
+_I8 = ir.DataType.INT8
+_TINY = 1e-12          # qcompiler.ops.quantize._TINY: the scale of an all-zero row
+_INV_127_SQ = 1.0 / (127.0 * 127.0)
+# Block sizes MatMulNBits accepts (a power of two >= 16); its CUDA kernels use 16 .. 256.
+MATMUL_NBITS_BLOCKS = (16, 32, 64, 128, 256)
+
+
+def _cast_like(v, ref):
+    """``Cast`` to ref's dtype when it is known at export (it folds on constants), else CastLike."""
+    dtype = getattr(ref, "dtype", None)
+    return op.Cast(v, to=int(dtype)) if dtype is not None else op.CastLike(v, ref)
+
+
+def _c(v: float):
+    return op.Constant(value_float=float(v))
+
+
+def _to_int8(xf, scale):
+    """``round(xf * (127 / scale)).clamp(-127, 127).to(int8)``, as ``_to_int8`` in the ops."""
+    q = op.Round(op.Mul(xf, op.Div(_c(127.0), scale)))
+    return op.Cast(op.Clip(q, _c(-127.0), _c(127.0)), to=_I8)
+
+
+def _last_dim(x):
+    """``[K]``: a constant when the feature dim is static (always, in practice), so masks fold."""
+    k = x.shape[-1] if x.shape is not None else None
+    return op.Constant(value_ints=[k]) if isinstance(k, int) else op.Shape(x, start=-1)
+
+
+def _row_scale(xf):
+    return op.Max(op.ReduceMax(op.Abs(xf), op.Constant(value_ints=[-1]), keepdims=1), _c(_TINY))
+
+
+def quantize_rowwise(x, outlier_idx):
+    """``qcompiler::quantize_rowwise``: (x int8 with the outlier columns zeroed, row scales, x[..., idx])."""
+    xf = op.Cast(x, to=_F32)
+    x_out = op.Gather(x, outlier_idx, axis=-1)
+    if outlier_idx.shape is None or outlier_idx.shape[0] != 0:
+        keep = op.ConstantOfShape(_last_dim(x), value=ir.tensor([True]))
+        drop = op.ConstantOfShape(op.Shape(outlier_idx), value=ir.tensor([False]))
+        keep = op.ScatterElements(keep, outlier_idx, drop, axis=0)
+        xf = op.Where(keep, xf, _c(0.0))
+    scale = _row_scale(xf)
+    return _to_int8(xf, scale), scale, x_out
+
+
+def quantize_rowwise_dynamic(x, threshold: float):
+    """``qcompiler::quantize_rowwise_dynamic``: outlier columns are those whose max |x| > threshold."""
+    xf = op.Cast(x, to=_F32)
+    rows = op.Reshape(op.Abs(xf), op.Concat(op.Constant(value_ints=[-1]), _last_dim(x), axis=0))
+    mask = op.Greater(op.ReduceMax(rows, op.Constant(value_ints=[0]), keepdims=0), _c(threshold))
+    xf = op.Where(mask, _c(0.0), xf)
+    scale = _row_scale(xf)
+    return _to_int8(xf, scale), scale, mask
+
+
+def quantize_tensorwise(x):
+    """``qcompiler::quantize_tensorwise``: one absmax scale, shape [1]."""
+    xf = op.Cast(x, to=_F32)
+    amax = op.Reshape(op.ReduceMax(op.Abs(xf), keepdims=0), op.Constant(value_ints=[1]))
+    scale = op.Max(amax, _c(_TINY))
+    return _to_int8(xf, scale), scale
+
+
+def _dequant(xq, x_scale, wq, w_scale):
+    acc = op.MatMulInteger(xq, op.Transpose(wq, perm=[1, 0]))
+    return op.Mul(op.Mul(op.Cast(acc, to=_F32), x_scale), op.Mul(w_scale, _c(_INV_127_SQ)))
+
+
+def int8_linear(xq, x_scale, wq, w_scale, x_outliers=None, w_outliers=None, bias=None, out_dtype=_F32):
+    """``qcompiler::int8_linear``: int8 x int8 -> int32 matmul, dequantized, plus the fp outlier product."""
+    y = _dequant(xq, x_scale, wq, w_scale)
+    if x_outliers is not None and w_outliers is not None:
+        w_o = _cast_like(op.Transpose(w_outliers, perm=[1, 0]), x_outliers)
+        y = op.Add(y, op.Cast(op.MatMul(x_outliers, w_o), to=_F32))
+    if bias is not None:
+        y = op.Add(y, op.Cast(bias, to=_F32))
+    return op.Cast(y, to=int(out_dtype))
+
+
+def int8_linear_dynamic_outlier(xq, x_scale, x, outlier_mask, wq, w_scale, bias=None):
+    """``qcompiler::int8_linear_dynamic_outlier``: the outlier columns found at run time (NonZero),
+    multiplied in x's dtype against the dequantized int8 weight columns."""
+    y = _dequant(xq, x_scale, wq, w_scale)
+    idx = op.Reshape(op.NonZero(outlier_mask), op.Constant(value_ints=[-1]))
+    w_cols = op.Mul(op.Cast(op.Gather(wq, idx, axis=1), to=_F32),
+                    op.Div(op.Reshape(w_scale, op.Constant(value_ints=[-1, 1])), _c(127.0)))
+    x_o = op.Gather(x, idx, axis=-1)
+    y = op.Add(y, op.Cast(op.MatMul(x_o, _cast_like(op.Transpose(w_cols, perm=[1, 0]), x)), to=_F32))
+    if bias is not None:
+        y = op.Add(y, op.Cast(bias, to=_F32))
+    return _cast_like(y, x)
+
+
+def _unpack4(qweight, k: int):
+    """[N, ceil(K/2)] uint8, low nibble first -> [N, K] uint8 codes."""
+    lo = op.BitwiseAnd(qweight, op.Constant(value=ir.tensor(15, dtype=ir.DataType.UINT8)))
+    hi = op.BitShift(qweight, op.Constant(value=ir.tensor(4, dtype=ir.DataType.UINT8)), direction="RIGHT")
+    both = op.Concat(op.Unsqueeze(lo, op.Constant(value_ints=[2])), op.Unsqueeze(hi, op.Constant(value_ints=[2])),
+                     axis=2)
+    flat = op.Reshape(both, op.Constant(value_ints=[0, -1]))
+    return op.Slice(flat, op.Constant(value_ints=[0]), op.Constant(value_ints=[k]), op.Constant(value_ints=[1]))
+
+
+def _per_weight(t, g: int, k: int):
+    """Per-group ``[N, G]`` -> per-weight ``[N, K]`` (``expand_groups`` in qcompiler.quant)."""
+    n, groups = t.shape[0], t.shape[1]
+    rep = op.Expand(op.Unsqueeze(t, op.Constant(value_ints=[2])), op.Constant(value_ints=[1, 1, g]))
+    flat = op.Reshape(rep, op.Constant(value_ints=[n, groups * g]))
+    return op.Slice(flat, op.Constant(value_ints=[0]), op.Constant(value_ints=[k]), op.Constant(value_ints=[1]))
+
+
+def weight_only_linear_standard(x, qweight, scales, zeros=None, bias=None, bits: int = 8, group_size: int = 0):
+    """``qcompiler::weight_only_linear`` in standard operators: W = (q - z) * s, then MatMul.
+    ONNX Runtime folds the dequantization at load time (float weights in memory, small file)."""
+    k = x.shape[-1]
+    codes = _unpack4(qweight, k) if bits == 4 else qweight
+    z = op.Cast(_per_weight(zeros, group_size, k), to=_F32) if zeros is not None else _c(2 ** (bits - 1))
+    w = op.Mul(op.Sub(op.Cast(codes, to=_F32), z), _per_weight(scales, group_size, k))
+    y = op.MatMul(op.Cast(x, to=_F32), op.Transpose(w, perm=[1, 0]))
+    if bias is not None:
+        y = op.Add(y, op.Cast(bias, to=_F32))
+    return _cast_like(y, x)
+
+
+def _pack_zero_points4(zeros, n: int, groups: int):
+    """[N, G] uint8 -> [N, ceil(G/2)] uint8, low nibble first (MatMulNBits' 4-bit zero points)."""
+    if groups % 2:
+        zeros = op.Pad(zeros, op.Constant(value_ints=[0, 0, 0, 1]), op.Constant(value=ir.tensor(8, dtype=ir.DataType.UINT8)))
+    pairs = op.Reshape(zeros, op.Constant(value_ints=[n, (groups + 1) // 2, 2]))
+    lo = op.Squeeze(op.Slice(pairs, op.Constant(value_ints=[0]), op.Constant(value_ints=[1]),
+                             op.Constant(value_ints=[2])), op.Constant(value_ints=[2]))
+    hi = op.Squeeze(op.Slice(pairs, op.Constant(value_ints=[1]), op.Constant(value_ints=[2]),
+                             op.Constant(value_ints=[2])), op.Constant(value_ints=[2]))
+    return op.BitwiseOr(lo, op.BitShift(hi, op.Constant(value=ir.tensor(4, dtype=ir.DataType.UINT8)),
+                                        direction="LEFT"))
+
+
+def weight_only_linear_msft(x, qweight, scales, zeros=None, bias=None, bits: int = 8, group_size: int = 0):
+    """``qcompiler::weight_only_linear`` as ONNX Runtime's ``com.microsoft.MatMulNBits``.
+
+    The op stores MatMulNBits' layout already: ``B [N, K/g, g*bits/8]`` is ``qweight`` reshaped
+    (K padded to whole blocks), ``scales`` are ours flattened in x's dtype, zero points ours
+    (packed two per byte for 4 bits), absent for the symmetric format (the same default 2^(bits-1)).
+    Group sizes MatMulNBits does not accept fall back to the standard form."""
+    n, k = qweight.shape[0], x.shape[-1]
+    if bits not in (4, 8) or group_size not in MATMUL_NBITS_BLOCKS or not isinstance(k, int):
+        return weight_only_linear_standard(x, qweight, scales, zeros, bias, bits, group_size)
+    groups = -(-k // group_size)
+    row = groups * group_size * bits // 8  # bytes per row, K padded to whole blocks
+    b = qweight
+    if qweight.shape[1] != row:  # pad with the zero code of the format, as if the weight were 0
+        pad_code = 0x88 if bits == 4 else 128
+        b = op.Pad(qweight, op.Constant(value_ints=[0, 0, 0, row - qweight.shape[1]]),
+                   op.Constant(value=ir.tensor(pad_code, dtype=ir.DataType.UINT8)))
+    b = op.Reshape(b, op.Constant(value_ints=[n, groups, group_size * bits // 8]))
+    s = op.Reshape(_cast_like(scales, x), op.Constant(value_ints=[-1]))
+    inputs = [x, b, s]
+    if zeros is not None:
+        zp = _pack_zero_points4(zeros, n, groups) if bits == 4 else zeros
+        inputs.append(op.Reshape(zp, op.Constant(value_ints=[-1])))
+    y = _MATMUL_NBITS(*inputs, K=k, N=n, bits=bits, block_size=group_size)
+    if bias is not None:
+        y = op.Add(y, _cast_like(bias, x))
+    return y
+
+
+
+def _matmul_nbits_schema() -> onnx.defs.OpSchema:
+    """ONNX itself has no schema for ORT's contrib ops; the exporter's op recorder needs one.
+    Built here (not registered globally): inputs and attributes as ORT's contrib_defs declare."""
+    S = onnx.defs.OpSchema
+    opt = S.FormalParameterOption.Optional
+    return S("MatMulNBits", "com.microsoft", 1, inputs=[
+        S.FormalParameter("A", "T1"), S.FormalParameter("B", "T2"), S.FormalParameter("scales", "T1"),
+        S.FormalParameter("zero_points", "T3", param_option=opt),
+        S.FormalParameter("g_idx", "T4", param_option=opt), S.FormalParameter("bias", "T1", param_option=opt)],
+        outputs=[S.FormalParameter("Y", "T1")],
+        type_constraints=[("T1", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], ""),
+                          ("T2", ["tensor(uint8)", "tensor(int32)"], ""),
+                          ("T3", ["tensor(uint8)", "tensor(int32)", "tensor(float16)", "tensor(float)",
+                                  "tensor(bfloat16)"], ""),
+                          ("T4", ["tensor(int32)"], "")],
+        attributes=[S.Attribute("K", S.AttrType.INT), S.Attribute("N", S.AttrType.INT),
+                    S.Attribute("bits", S.AttrType.INT), S.Attribute("block_size", S.AttrType.INT),
+                    S.Attribute("accuracy_level", S.AttrType.INT, required=False)])
+
+
+_MATMUL_NBITS = Op(msft, "MatMulNBits", _matmul_nbits_schema())
+
+_q = torch.ops.qcompiler
+
+
+def standard_table() -> dict[Callable, Callable]:
+    """Translations in standard ONNX operators only: runs in any ONNX runtime."""
+    return {
+        _q.quantize_rowwise.default: quantize_rowwise,
+        _q.quantize_rowwise_dynamic.default: quantize_rowwise_dynamic,
+        _q.quantize_tensorwise.default: quantize_tensorwise,
+        _q.int8_linear.default: int8_linear,
+        _q.int8_linear_dynamic_outlier.default: int8_linear_dynamic_outlier,
+        _q.weight_only_linear.default: weight_only_linear_standard,
+    }
+
+
+def ort_table() -> dict[Callable, Callable]:
+    """The standard table, with weight-only linears as ONNX Runtime's MatMulNBits."""
+    return {**standard_table(), _q.weight_only_linear.default: weight_only_linear_msft}
