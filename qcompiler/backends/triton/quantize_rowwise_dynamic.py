@@ -20,7 +20,8 @@ from torch import Tensor
 from qcompiler.backends.triton._config import TunedLauncher, make_config, pick_configs
 from qcompiler.backends.triton.quantize_rowwise import _TINY, quantize_rows_into
 
-__all__ = ["quantize_rowwise_dynamic", "find_outlier_columns", "outlier_index"]
+__all__ = ["quantize_rowwise_dynamic", "quantize_rowwise_dynamic_indexed", "find_outlier_columns",
+           "outlier_index"]
 
 
 def _col_absmax_configs() -> list[triton.Config]:
