@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any, Iterable
 
 import torch
@@ -13,7 +14,7 @@ from qcompiler.backends import get_backend
 from qcompiler.calibration import CalibrationSet, as_call
 from qcompiler.capture import CaptureMethod, capture_regions
 from qcompiler.errors import CalibrationError, CaptureError, ConfigError, UnsupportedError
-from qcompiler.pass_manager import PassContext, PassManager, Program, Region
+from qcompiler.pass_manager import PassContext, PassManager, Program, Region, parse_pipeline
 from qcompiler.passes.annotate_linears import SUPPORTED_DTYPES
 from qcompiler.passes.calibrate import ABSMAX
 from qcompiler.report import Report, build_report
@@ -96,7 +97,7 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
             example_inputs: Any = None, backend: str = "eager", capture: str = "export",
             whole_graph: bool = False, pipeline: str | None = None, verify: bool = False,
             progress: bool = True, max_calibration_batches: int | None = None,
-            **options: Any) -> QuantizedModel:
+            allow_fallback: bool = False, **options: Any) -> QuantizedModel:
     """Quantize ``model`` with ``scheme`` and return a module with the same call signature.
 
     >>> qm = qcompiler.compile(model, scheme="int8-outlier", calibration_data=batches, threshold=6.0)
@@ -105,8 +106,9 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
 
     ``calibration_data`` items may be a tensor, a tuple of positional args or a dict of keyword
     args. Scheme options (``threshold``, ``outlier_mode``, ...) go in ``options``. ``pipeline``
-    replaces the scheme's pass pipeline with a text pipeline of your own. The model passed in is
-    never modified: compile works on a copy.
+    replaces the scheme's pass pipeline with a text pipeline of your own. ``allow_fallback=True``
+    lets layers the backend cannot run keep the reference ops (each one noted in the report)
+    instead of failing. The model passed in is never modified: compile works on a copy.
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"compile takes a torch.nn.Module, got {type(model).__name__}")
@@ -123,10 +125,16 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
         raise ConfigError("compile needs example_inputs or calibration_data to capture the model")
     example = as_call(example_inputs) if example_inputs is not None else calib.calls[0]
     text = pipeline if pipeline is not None else sch.pipeline(config, calib is not None)
-    if be.lowering:
-        text = f"{text},{be.lowering}"
-    manager = PassManager(text)  # parse errors surface before any work
-    be.check()
+    lowering = parse_pipeline(be.lowering) if be.lowering else []
+    if allow_fallback:  # every lowering pass that can fall back is told it may
+        lowering = [dataclasses.replace(p, fallback=True) if "fallback" in {f.name for f in dataclasses.fields(p)}
+                    else p for p in lowering]
+    manager = PassManager(parse_pipeline(text) + lowering)  # parse errors surface before any work
+    try:
+        be.check()
+    except UnsupportedError:
+        if not allow_fallback:
+            raise
     _check_dtypes(model)
 
     ref_calls = (calib.calls[:2] if calib is not None else [example])

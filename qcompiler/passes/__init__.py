@@ -7,6 +7,7 @@ from qcompiler.passes.canonicalize_linear import CanonicalizeLinear
 from qcompiler.passes.dce import DeadCodeElimination
 from qcompiler.passes.decompose_matmul import DecomposeMatmul
 from qcompiler.passes.detect_outliers import DetectOutliers, OutlierAnalysis
+from qcompiler.passes.lower_triton import LowerTriton  # triton itself is imported lazily
 from qcompiler.passes.quantize_weights import QuantizeWeights
 from qcompiler.passes.scale_folding import ScaleFoldAnalysis
 from qcompiler.passes.share_activation_quant import ShareActivationQuant
@@ -20,6 +21,7 @@ __all__ = [
     "Calibrate",
     "ActivationStats",
     "DetectOutliers",
+    "LowerTriton",
     "OutlierAnalysis",
     "QuantizeWeights",
     "DecomposeMatmul",
