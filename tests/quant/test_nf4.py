@@ -57,3 +57,17 @@ def test_double_quantization_error_bound(n):
     deq = dequantize_blockwise_int8(q, a2, offset, 256)
     bound = a2.repeat_interleave(256)[:n] / 254  # half an int8 step of the (absmax - mean) block
     assert ((deq - absmax).abs() <= bound * (1 + 1e-5) + 1e-7).all()
+
+
+def test_matches_bitsandbytes():
+    """Same codes and absmax as bitsandbytes' own NF4 (K a multiple of the block: same blocks);
+    only the nibble order of the packed bytes differs (bitsandbytes puts the first code high)."""
+    bnbf = pytest.importorskip("bitsandbytes.functional", reason="bitsandbytes not installed (pip install bitsandbytes)")
+    w = torch.randn(32, 256, generator=torch.Generator().manual_seed(4))
+    packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
+    codes, absmax, _ = quantize_nf4(w, 64)
+    p = packed.reshape(-1).to(torch.int32)
+    bnb_codes = torch.stack((p >> 4, p & 0xF), dim=-1).reshape(32, 256)
+    assert torch.equal(codes.to(torch.int32), bnb_codes)
+    assert torch.equal(absmax.reshape(-1), state.absmax)
+    assert torch.equal(dequantize_nf4(codes, absmax, 64), bnbf.dequantize_4bit(packed, state))
