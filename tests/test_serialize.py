@@ -6,7 +6,6 @@ import shutil
 
 import pytest
 import torch
-from conftest import outlier_batch, token_batches, tiny_hf_model
 from torch import nn
 
 import qcompiler
@@ -15,6 +14,13 @@ from qcompiler.serialize import (BaseModelMismatchError, IntegrityError, LoadErr
 from qcompiler.serialize.graph_codec import decode_graph
 from qcompiler.serialize.values import decode_arg, encode_arg, from_json, to_json
 from qcompiler.spec import LAYER_KEY, SPEC_KEY, LinearQuantSpec, OutlierMode, WeightRefs
+
+
+def outlier_batch(rows: int = 16, features: int = 64, cols=(3, 17, 40), scale: float = 20.0, generator=None):
+    """Gaussian activations with a few feature columns scaled up (LLM.int8()'s outlier pattern)."""
+    x = torch.randn(rows, features, generator=generator)
+    x[:, list(cols)] *= scale
+    return x
 
 
 class Block(nn.Module):
@@ -83,13 +89,13 @@ def test_round_trip_bit_exact_every_scheme(scheme, block, tmp_path):
                for k in saved_state)
 
 
-def test_hf_causal_lm_regions_outer_state_and_generate(tmp_path):
-    model = tiny_hf_model("gpt2")  # split into several regions; embeddings and norms stay outside
-    qm = qcompiler.compile(model, "int8-outlier", token_batches(2, 2, 10), progress=False)
+def test_hf_causal_lm_regions_outer_state_and_generate(tmp_path, make_tiny_hf, make_token_batches):
+    model = make_tiny_hf("gpt2")  # split into several regions; embeddings and norms stay outside
+    qm = qcompiler.compile(model, "int8-outlier", make_token_batches(2, 2, 10), progress=False)
     assert len(qm.program.regions) > 1
     qcompiler.save(qm, tmp_path / "gpt2")
     loaded = qcompiler.load(tmp_path / "gpt2", model)
-    ids = token_batches(1, 2, 9, seed=3)[0]["input_ids"]
+    ids = make_token_batches(1, 2, 9, seed=3)[0]["input_ids"]
     with torch.no_grad():
         assert torch.equal(qm(input_ids=ids).logits, loaded(input_ids=ids).logits)
     assert torch.equal(qm.generate(ids, max_new_tokens=4, do_sample=False),

@@ -51,7 +51,7 @@ def print_report(report, fmt: str) -> None:
         except ImportError:
             print(report)
             return
-        Console(width=None if sys.stdout.isatty() else 160).print(report)
+        Console(width=None if sys.stdout.isatty() else 200).print(report)  # a pipe or file: no wrapping
 
 
 @dataclass

@@ -7,11 +7,17 @@ import xml.etree.ElementTree as ET
 
 import pytest
 import torch
-from conftest import outlier_batch
 from torch import nn
 
 import qcompiler
 from qcompiler.viz import graph_view
+
+
+def outlier_batch(rows: int = 16, features: int = 64, cols=(3, 17, 40), scale: float = 20.0, generator=None):
+    """Gaussian activations with a few feature columns scaled up (LLM.int8()'s outlier pattern)."""
+    x = torch.randn(rows, features, generator=generator)
+    x[:, list(cols)] *= scale
+    return x
 
 CHROMIUM = next((shutil.which(c) for c in ("chromium", "chromium-browser", "google-chrome") if shutil.which(c)), None)
 

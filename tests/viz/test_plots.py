@@ -2,10 +2,16 @@
 
 import pytest
 import torch
-from conftest import outlier_batch
 from torch import nn
 
 import qcompiler
+
+
+def outlier_batch(rows: int = 16, features: int = 64, cols=(3, 17, 40), scale: float = 20.0, generator=None):
+    """Gaussian activations with a few feature columns scaled up (LLM.int8()'s outlier pattern)."""
+    x = torch.randn(rows, features, generator=generator)
+    x[:, list(cols)] *= scale
+    return x
 
 plots = pytest.importorskip("qcompiler.viz.plots", reason="needs matplotlib (pip install 'qcompiler[tools]')")
 pytest.importorskip("matplotlib", reason="needs matplotlib (pip install 'qcompiler[tools]')")
