@@ -15,6 +15,17 @@ becomes ``int8_dynamic_outlier_linear(%x, %qweight, %wscale, threshold, %b)``. M
 other shape (per-tensor X, shared quantization with a different consumer) map op for op onto
 ``qcompiler_triton.int8_linear`` / ``quantize_rowwise``; ``quantize_tensorwise`` stays in torch.
 
+Weight-only ops map onto M-dispatched weight-only kernels (split-K GEMV that unpacks W in
+registers for M <= 16, dequantize + cuBLAS above); NF4's double quantization is fused in::
+
+    %y = qcompiler.weight_only_linear(%x, %qw, %s, %z, %b, 4, 128)
+      -> qcompiler_triton.weight_only_uint_linear(%x, %qw, %s, %z, %b, 4, 128)
+    %a = qcompiler.dequantize_blockwise_int8(%aq, %a2, %off, 256)
+    %y = qcompiler.nf4_linear(%x, %qw, %a, %b, 64)
+      -> qcompiler_triton.weight_only_nf4_linear(%x, %qw, %aq, %a2, %off, %b, 64, 256)
+
+Which op handles which reference op is the table :data:`RULES` (one :class:`LoweringRule` each).
+
 Where the kernels cannot run (no CUDA GPU of compute capability >= 7.5 and no
 ``TRITON_INTERPRET=1``, or activations not float16/bfloat16) the pass raises
 :class:`UnsupportedError`, unless ``fallback=true``: then the layer keeps the reference op and the
@@ -25,6 +36,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 from torch import fx
@@ -32,9 +44,10 @@ from torch import fx
 from qcompiler.errors import UnsupportedError
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
 from qcompiler.passes._graph import add_buffer, get_attr_value
+from qcompiler.passes.quantize_weights import FLOAT_WEIGHTS
 from qcompiler.spec import SPEC_KEY, get_spec, update_spec
 
-__all__ = ["LowerTriton"]
+__all__ = ["LowerTriton", "LoweringRule", "RULES"]
 
 _REF = torch.ops.qcompiler
 _SUPPORTED = (torch.float16, torch.bfloat16)
@@ -59,21 +72,24 @@ class LowerTriton(GraphPass):
         from qcompiler.backends.triton import is_available  # late: imports triton
 
         ops = torch.ops.qcompiler_triton
-        masks: dict[str, str] = {}
+        rules = {r.target: r for r in RULES}
+        state: dict = {"masks": {}}
         modified = False
         for node in list(gm.graph.nodes):
-            if node.op != "call_function" or node.target not in (
-                    _REF.int8_linear.default, _REF.int8_linear_dynamic_outlier.default):
+            rule = rules.get(node.target) if node.op == "call_function" else None
+            if rule is None:
                 continue
             with ctx.at(node):
                 spec = get_spec(node)
                 layer = spec.layer if spec is not None else node.name
-                dynamic = node.target is _REF.int8_linear_dynamic_outlier.default
-                wq = get_attr_value(gm, node.args[4 if dynamic else 2].target)
+                wq = get_attr_value(gm, node.args[rule.weight_arg].target)
                 ok, why = is_available(wq.device)
-                act = _dtype(node.args[2]) if dynamic else node.args[7]
+                act = rule.act_dtype(node) or _float_weight_dtype(ctx, spec)
                 if ok and act not in _SUPPORTED:
                     ok, why = False, f"activations are {act}; the kernels take float16/bfloat16"
+                if ok and rule.unsupported is not None:
+                    why = rule.unsupported(node)
+                    ok = why is None
                 if not ok:
                     if not self.fallback:
                         raise UnsupportedError(
@@ -84,8 +100,7 @@ class LowerTriton(GraphPass):
                     ctx.note(layer, f"lower-triton fell back to the reference op: {why}")
                     continue
                 with gm.graph.inserting_before(node):
-                    new, how = (self._dynamic(gm, node, ops) if dynamic
-                                else self._static(gm, node, ops, masks))
+                    new, how = rule.lower(gm, node, ops, state)
                 new.meta.update({k: v for k, v in node.meta.items() if k in (SPEC_KEY, "val")})
                 node.replace_all_uses_with(new)
                 gm.graph.erase_node(node)
@@ -97,7 +112,8 @@ class LowerTriton(GraphPass):
         return PassResult(gm, modified)
 
     @staticmethod
-    def _static(gm, node, ops, masks):
+    def _static(gm, node, ops, state):
+        masks = state["masks"]
         xq, xs, wq, ws, xo, wo, bias, out_dtype = node.args
         q = xq.args[0] if isinstance(xq, fx.Node) and xq.target is operator.getitem else None
         fused = (isinstance(q, fx.Node) and q.op == "call_function"
@@ -124,7 +140,7 @@ class LowerTriton(GraphPass):
         return new, "int8_outlier_linear (weight-only int8 for M<=16)"
 
     @staticmethod
-    def _dynamic(gm, node, ops):
+    def _dynamic(gm, node, ops, state):
         xq, xs, x, mask, wq, ws, bias = node.args
         q = xq.args[0] if isinstance(xq, fx.Node) and xq.target is operator.getitem else None
         if (isinstance(q, fx.Node) and q.op == "call_function"
@@ -156,6 +172,65 @@ class LowerTriton(GraphPass):
         for node in reversed(list(gm.graph.nodes)):
             if node.users or node.op != "call_function":
                 continue
-            if node.target in quant or (node.target is operator.getitem and isinstance(node.args[0], fx.Node)
+            if node.target in quant or node.target is _REF.dequantize_blockwise_int8.default or (node.target is operator.getitem and isinstance(node.args[0], fx.Node)
                                         and node.args[0].target in quant):
                 gm.graph.erase_node(node)
+
+
+def _float_weight_dtype(ctx: PassContext, spec) -> Optional[torch.dtype]:
+    """The layer's float weight dtype, where the graph carries no ``val`` for x (fx tracing)."""
+    w = ctx.options.get(FLOAT_WEIGHTS, {}).get(spec.layer) if spec is not None else None
+    return getattr(w, "dtype", None)
+
+
+def _lower_uint(gm, node, ops, state):
+    x, qweight, scales, zeros, bias, bits, group = node.args
+    new = gm.graph.call_function(ops.weight_only_uint_linear.default, tuple(node.args))
+    return new, (f"weight_only_uint_linear (w{bits} g{group}: split-K GEMV for M<=16, "
+                 f"dequantize+cuBLAS above)")
+
+
+def _lower_nf4(gm, node, ops, state):
+    x, qweight, absmax, bias, block = node.args
+    dq = _REF.dequantize_blockwise_int8.default
+    if isinstance(absmax, fx.Node) and absmax.op == "call_function" and absmax.target is dq:
+        codes, scale, offset, dq_block = absmax.args
+        args, how = (x, qweight, codes, scale, offset, bias, block, dq_block), " +dq fused"
+    else:
+        args, how = (x, qweight, absmax, None, None, bias, block, 1), ""
+    new = gm.graph.call_function(ops.weight_only_nf4_linear.default, args)
+    return new, f"weight_only_nf4_linear (b{block}{how}: split-K GEMV for M<=16, dequantize+cuBLAS above)"
+
+
+def _uint_bits(node) -> Optional[str]:
+    bits = node.args[5]
+    return None if bits in (4, 8) else f"{bits}-bit codes; the kernels take 4- or 8-bit codes"
+
+
+@dataclass(frozen=True)
+class LoweringRule:
+    """One reference op and how ``lower-triton`` replaces it.
+
+    ``weight_arg``: position of the stored weight (its device decides availability);
+    ``act_dtype(node)``: the activations' dtype (None if the graph does not say);
+    ``unsupported(node)``: why these operands cannot run on the kernels, or None;
+    ``lower(gm, node, ops, state) -> (new node, description)``; ``state`` is per pass run.
+    """
+
+    name: str
+    target: object
+    weight_arg: int
+    act_dtype: Callable[[fx.Node], Optional[torch.dtype]]
+    lower: Callable
+    unsupported: Optional[Callable[[fx.Node], Optional[str]]] = None
+
+
+RULES: tuple[LoweringRule, ...] = (
+    LoweringRule("int8-linear", _REF.int8_linear.default, 2, lambda n: n.args[7], LowerTriton._static),
+    LoweringRule("int8-linear-dynamic-outlier", _REF.int8_linear_dynamic_outlier.default, 4,
+                 lambda n: _dtype(n.args[2]), LowerTriton._dynamic),
+    LoweringRule("weight-only-uint", _REF.weight_only_linear.default, 1,
+                 lambda n: _dtype(n.args[0]) or _dtype(n), _lower_uint, _uint_bits),
+    LoweringRule("weight-only-nf4", _REF.nf4_linear.default, 1,
+                 lambda n: _dtype(n.args[0]) or _dtype(n), _lower_nf4),
+)

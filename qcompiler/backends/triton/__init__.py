@@ -1,4 +1,5 @@
-"""Triton GPU kernels for qcompiler's int8 ops (LLM.int8() with fp16/bf16 outliers).
+"""Triton GPU kernels for qcompiler's int8 ops (LLM.int8() with fp16/bf16 outliers) and its
+weight-only ops (8/4-bit UINT, NF4).
 
 Each reference op of :mod:`qcompiler.ops` has a kernel here with the same semantics, registered
 as a torch custom op in the ``qcompiler_triton`` namespace (:mod:`.ops`), plus two whole-linear
@@ -14,7 +15,12 @@ int8_linear_dynamic_outlier            int8_linear_dynamic_outlier
 quantize_rowwise + int8_linear         int8_outlier_linear (M-dispatched)
 quantize_rowwise_dynamic + ..._outlier int8_dynamic_outlier_linear (M-dispatched)
 (none)                                 weight_only_int8_linear
+weight_only_linear (8/4-bit)           weight_only_uint_linear (M-dispatched)
+nf4_linear (+ double-quant absmax)     weight_only_nf4_linear (M-dispatched)
 =====================================  ==============================================
+
+The weight-only ops run a split-K GEMV that unpacks W in registers for M <= 16
+(:mod:`.weight_only_gemv`) and dequantize-to-16-bit + cuBLAS above (:mod:`.dequantize_weight`).
 
 Kernels run on CUDA GPUs of compute capability >= 7.5 (int8 tensor cores), or on the CPU under
 ``TRITON_INTERPRET=1`` (set before this package is imported); :func:`is_available` says which.
@@ -39,6 +45,11 @@ __all__ = [
     "int8_dynamic_outlier_linear",
     "outlier_mask_from_idx",
     "SMALL_M",
+    "weight_only_uint_linear",
+    "weight_only_nf4_linear",
+    "weight_only_gemv",
+    "dequantize_weight",
+    "WEIGHT_ONLY_SMALL_M",
 ]
 
 # int8 mma (and so int8 tl.dot) needs Turing or newer.
@@ -61,6 +72,11 @@ if _TRITON_ERROR is None:
     from qcompiler.backends.triton.quantize_rowwise import outlier_mask_from_idx, quantize_rowwise
     from qcompiler.backends.triton.quantize_rowwise_dynamic import quantize_rowwise_dynamic
     from qcompiler.backends.triton.weight_only_linear import SMALL_M, weight_only_linear
+    from qcompiler.backends.triton.dequantize_weight import dequantize_weight
+    from qcompiler.backends.triton.weight_only_gemv import weight_only_gemv
+    from qcompiler.backends.triton.weight_only_linear_ops import (WEIGHT_ONLY_SMALL_M,
+                                                                  weight_only_nf4_linear,
+                                                                  weight_only_uint_linear)
 
 
 def _interpreting() -> bool:

@@ -33,6 +33,10 @@ from qcompiler.backends.triton.quantize_rowwise import quantize_rowwise as _quan
 from qcompiler.backends.triton.quantize_rowwise_dynamic import \
     quantize_rowwise_dynamic as _quantize_rowwise_dynamic
 from qcompiler.backends.triton.weight_only_linear import weight_only_linear as _weight_only_linear
+from qcompiler.backends.triton.weight_only_linear_ops import \
+    weight_only_nf4_linear as _weight_only_nf4_linear
+from qcompiler.backends.triton.weight_only_linear_ops import \
+    weight_only_uint_linear as _weight_only_uint_linear
 
 __all__ = [
     "quantize_rowwise",
@@ -42,6 +46,8 @@ __all__ = [
     "weight_only_int8_linear",
     "int8_outlier_linear",
     "int8_dynamic_outlier_linear",
+    "weight_only_uint_linear",
+    "weight_only_nf4_linear",
 ]
 
 _NS = "qcompiler_triton"
@@ -114,6 +120,21 @@ def int8_dynamic_outlier_linear(x: Tensor, wq: Tensor, w_scale: Tensor, threshol
     return _int8_dynamic_outlier_linear(x, wq, w_scale, threshold, bias)
 
 
+def weight_only_uint_linear(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tensor],
+                            bias: Optional[Tensor], bits: int, group_size: int) -> Tensor:
+    """Triton ``qcompiler::weight_only_linear`` (8/4-bit codes), dispatched on M."""
+    return _weight_only_uint_linear(x, qweight, scales, zeros, bias, bits, group_size)
+
+
+def weight_only_nf4_linear(x: Tensor, qweight: Tensor, absmax: Tensor, absmax_scale: Optional[Tensor],
+                           absmax_offset: Optional[Tensor], bias: Optional[Tensor], block_size: int,
+                           absmax_block: int) -> Tensor:
+    """Triton ``qcompiler::nf4_linear``, optionally with ``dequantize_blockwise_int8`` of the absmax
+    fused in (``absmax`` int8 codes + ``absmax_scale`` + ``absmax_offset``), dispatched on M."""
+    return _weight_only_nf4_linear(x, qweight, absmax, absmax_scale, absmax_offset, bias, block_size,
+                                   absmax_block)
+
+
 _define("quantize_rowwise(Tensor x, Tensor outlier_idx) -> (Tensor, Tensor, Tensor)",
         quantize_rowwise, _quantize_rowwise_fake)
 _define("quantize_rowwise_dynamic(Tensor x, float threshold) -> (Tensor, Tensor, Tensor)",
@@ -135,3 +156,11 @@ _define("int8_outlier_linear(Tensor x, Tensor wq, Tensor w_scale, Tensor outlier
 _define("int8_dynamic_outlier_linear(Tensor x, Tensor wq, Tensor w_scale, float threshold, "
         "Tensor? bias) -> Tensor", int8_dynamic_outlier_linear,
         lambda x, wq, w_scale, threshold, bias: _linear_out(x, wq, x.dtype))
+_define("weight_only_uint_linear(Tensor x, Tensor qweight, Tensor scales, Tensor? zeros, Tensor? bias, "
+        "int bits, int group_size) -> Tensor", weight_only_uint_linear,
+        lambda x, qweight, scales, zeros, bias, bits, group_size: _linear_out(x, qweight, x.dtype))
+_define("weight_only_nf4_linear(Tensor x, Tensor qweight, Tensor absmax, Tensor? absmax_scale, "
+        "Tensor? absmax_offset, Tensor? bias, int block_size, int absmax_block) -> Tensor",
+        weight_only_nf4_linear,
+        lambda x, qweight, absmax, absmax_scale, absmax_offset, bias, block_size, absmax_block:
+        _linear_out(x, qweight, x.dtype))

@@ -1,0 +1,290 @@
+"""Small-M (decode) weight-only linear: ``y = x @ W.T + bias`` with W in 8 or 4 bits (UINT) or NF4,
+unpacked in registers; x stays 16-bit. For M <= 16 the layer is bound by reading W, so the kernel
+is built to keep HBM busy:
+
+* **split-K**: the grid is ``(N / BLOCK_N, SPLIT_K)``; each program streams a ``[BLOCK_N, K /
+  SPLIT_K]`` slab, so even N = 4096 gives several programs (and several slabs of loads in flight)
+  per SM. The partial sums go to a float32 workspace; the program that arrives last at a per-tile
+  counter (one ``atomic_add``, acq_rel, after a CTA barrier: the grid-sync pattern) adds them up
+  in split order - deterministic, no zero-fill launch, no second kernel - writes y in x's dtype
+  and resets the counter to 0 for the next launch.
+* **one scale per tile**: ``BLOCK_K`` divides the group size (or there is one group per row), so
+  a tile's codes are turned into ``q - z`` (exact small integers) or NF4 levels, multiplied with x,
+  and the group scale is applied once per row and tile. Group sizes no ``BLOCK_K`` divides (odd
+  sizes) gather a scale per element instead (``PER_TILE=False``), correct but slower.
+* **packed int4 without shuffles**: byte j holds k = 2j (low nibble) and 2j + 1 (high); x's tile
+  is split into its even and odd columns (a register-only ``reshape`` + ``split``) and each
+  nibble plane is multiplied with its half: two half-K products, no interleaving of W.
+* **M = 1** (``DOT=False``): products on the CUDA cores into a ``[BLOCK_K/2, BLOCK_N]`` float32
+  accumulator, reduced once at the end; **2 <= M <= 16** (``DOT=True``): ``tl.dot`` with
+  ``BLOCK_M = 16`` (rows past M masked), W rounded to x's dtype (exact for ``q - z``).
+* NF4 levels come from a 16-entry float32 table (64 bytes: one L1 line, one wavefront per warp).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from qcompiler.backends.triton._config import TunedLauncher, interpreting, make_config, pick_configs
+from qcompiler.backends.triton._weight_operand import WeightOperand, code_value, group_scale, per_tile
+from qcompiler.backends.triton.int8_linear import _outlier_dot
+
+__all__ = ["weight_only_gemv", "GEMV_MAX_M"]
+
+# Rows up to which the GEMV is used (the dot path's BLOCK_M).
+GEMV_MAX_M = 16
+
+
+def _fma_configs() -> list[triton.Config]:
+    # M = 1. Several programs per SM (N / BLOCK_N * SPLIT_K >= 2 * #SMs for N >= 4096), 32-64 B of
+    # each W row per tile; BLOCK_K 64/128 divide the usual group sizes (NF4 64, int4 128).
+    c = make_config
+    gpu = [c(BLOCK_N=32, BLOCK_K=128, SPLIT_K=4, num_warps=4, num_stages=3),
+           c(BLOCK_N=16, BLOCK_K=128, SPLIT_K=4, num_warps=2, num_stages=3),
+           c(BLOCK_N=64, BLOCK_K=128, SPLIT_K=8, num_warps=4, num_stages=3),
+           c(BLOCK_N=32, BLOCK_K=64, SPLIT_K=8, num_warps=4, num_stages=3),
+           c(BLOCK_N=16, BLOCK_K=64, SPLIT_K=8, num_warps=2, num_stages=3),
+           c(BLOCK_N=64, BLOCK_K=64, SPLIT_K=16, num_warps=4, num_stages=2),
+           c(BLOCK_N=32, BLOCK_K=256, SPLIT_K=2, num_warps=4, num_stages=3),
+           c(BLOCK_N=16, BLOCK_K=512, SPLIT_K=1, num_warps=4, num_stages=3),
+           c(BLOCK_N=8, BLOCK_K=256, SPLIT_K=2, num_warps=2, num_stages=3)]
+    return pick_configs(gpu, c(BLOCK_N=32, BLOCK_K=64, SPLIT_K=2, num_warps=4))
+
+
+def _dot_configs() -> list[triton.Config]:
+    # 2 <= M <= 16: tl.dot needs BLOCK_N >= 16; wider tiles re-read x less often.
+    c = make_config
+    gpu = [c(BLOCK_N=32, BLOCK_K=128, SPLIT_K=4, num_warps=4, num_stages=3),
+           c(BLOCK_N=64, BLOCK_K=128, SPLIT_K=4, num_warps=4, num_stages=3),
+           c(BLOCK_N=16, BLOCK_K=128, SPLIT_K=4, num_warps=4, num_stages=3),
+           c(BLOCK_N=128, BLOCK_K=128, SPLIT_K=8, num_warps=4, num_stages=3),
+           c(BLOCK_N=32, BLOCK_K=64, SPLIT_K=8, num_warps=4, num_stages=3),
+           c(BLOCK_N=64, BLOCK_K=64, SPLIT_K=8, num_warps=4, num_stages=3),
+           c(BLOCK_N=16, BLOCK_K=64, SPLIT_K=8, num_warps=2, num_stages=3),
+           c(BLOCK_N=64, BLOCK_K=256, SPLIT_K=2, num_warps=4, num_stages=3),
+           c(BLOCK_N=32, BLOCK_K=512, SPLIT_K=1, num_warps=4, num_stages=3)]
+    return pick_configs(gpu, c(BLOCK_N=16, BLOCK_K=64, SPLIT_K=2, num_warps=4))
+
+
+def _prune(configs, named_args, **kwargs):
+    """Per-tile scales where any candidate allows them; no more splits than K tiles."""
+    a = {**named_args, **kwargs}
+    ok = [c for c in configs if per_tile(a["GROUP"], a["G"], c.kwargs["BLOCK_K"])] or list(configs)
+    fit = [c for c in ok if c.kwargs["SPLIT_K"] <= max(1, -(-a["K"] // c.kwargs["BLOCK_K"]))]
+    return fit or ok
+
+
+_HEURISTICS = {
+    "PER_TILE": lambda a: per_tile(a["GROUP"], a["G"], a["BLOCK_K"]),
+    "EVEN_K": lambda a: a["KB"] % (a["BLOCK_K"] // a["PACK"]) == 0,
+}
+
+
+@triton.jit
+def _store_out(out, b_ptr, y_ptr, rn, offs_m, offs_n, m_ok, n_ok, stride_ym, stride_yn,
+               HAS_BIAS: tl.constexpr):
+    if HAS_BIAS:
+        out += tl.load(b_ptr + rn).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n.to(tl.int64)[None, :] * stride_yn
+    tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _weight_only_gemv_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, cb_ptr, dqs_ptr, dqo_ptr, b_ptr, y_ptr, part_ptr, lock_ptr,
+    M, N, K, KB, G, GROUP, M_BUCKET,
+    stride_xm, stride_xk, stride_ym, stride_yn,
+    FMT: tl.constexpr, PACK: tl.constexpr, ZERO: tl.constexpr, HAS_ZEROS: tl.constexpr,
+    DQ: tl.constexpr, DQ_BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
+    DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, PER_TILE: tl.constexpr, EVEN_K: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_m = tl.arange(0, BLOCK_M)
+    m_ok = offs_m < M
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    rn = offs_n % N  # wrapped rows keep the W loads unmasked; the store drops them
+    offs_j = tl.arange(0, BLOCK_K // PACK)  # bytes of a W row in one tile
+    offs_k = tl.arange(0, BLOCK_K)
+    w_rows = w_ptr + rn.to(tl.int64) * KB
+    g_rows = rn * G
+    dq_off = 0.0
+    if DQ:
+        dq_off = tl.load(dqo_ptr)
+
+    # This split's K tiles.
+    n_tiles = tl.cdiv(KB, BLOCK_K // PACK)
+    per_split = tl.cdiv(n_tiles, SPLIT_K)
+    t_lo = pid_k * per_split
+    t_hi = tl.minimum(t_lo + per_split, n_tiles)
+
+    if DOT:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    else:
+        acc2 = tl.zeros((BLOCK_K // PACK, BLOCK_N), dtype=tl.float32)
+    for t in range(t_lo, t_hi):
+        jb = t * (BLOCK_K // PACK) + offs_j
+        kk = t * BLOCK_K + offs_k
+        if EVEN_K:
+            b = tl.load(w_rows[None, :] + jb[:, None])
+        else:
+            b = tl.load(w_rows[None, :] + jb[:, None], mask=(jb < KB)[:, None], other=0)
+        b = b.to(tl.int32)
+        # x tile (16-bit), split into even / odd columns for the two nibble planes.
+        if DOT:
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :] * stride_xk,
+                        mask=m_ok[:, None] & (kk < K)[None, :], other=0.0)
+            if PACK == 2:
+                x_lo, x_hi = tl.split(tl.reshape(x, (BLOCK_M, BLOCK_K // 2, 2)))
+            else:
+                x_lo = x
+        else:
+            x = tl.load(x_ptr + kk * stride_xk, mask=kk < K, other=0.0).to(tl.float32)
+            if PACK == 2:
+                x_lo, x_hi = tl.split(tl.reshape(x, (BLOCK_K // 2, 2)))
+            else:
+                x_lo = x
+        if PACK == 2:
+            c_lo = b & 0xF
+        else:
+            c_lo = b
+
+        if PER_TILE:
+            # One group for the whole tile: scale (and zero) per output row, applied afterwards.
+            s, zf = group_scale(s_ptr, z_ptr, dqs_ptr, g_rows + (t * BLOCK_K) // GROUP, n_ok, dq_off,
+                                HAS_ZEROS, DQ, DQ_BLOCK, ZERO)
+            if HAS_ZEROS:
+                zf = zf[None, :]
+            v_lo = code_value(c_lo, zf, cb_ptr, FMT)
+            if DOT:
+                wdt = x_ptr.dtype.element_ty
+                part = _outlier_dot(x_lo, v_lo.to(wdt), tl.zeros((BLOCK_M, BLOCK_N), tl.float32), DOT_F32)
+                if PACK == 2:
+                    v_hi = code_value(b >> 4, zf, cb_ptr, FMT)
+                    part = _outlier_dot(x_hi, v_hi.to(wdt), part, DOT_F32)
+                acc += part * s[None, :]
+            else:
+                p = x_lo[:, None] * v_lo
+                if PACK == 2:
+                    p += x_hi[:, None] * code_value(b >> 4, zf, cb_ptr, FMT)
+                acc2 += p * s[None, :]
+        else:
+            # Groups change inside the tile: a scale per element (k = PACK * j and PACK * j + 1).
+            k_lo = t * BLOCK_K + PACK * offs_j
+            ok = (k_lo < K)[:, None]
+            s, zf = group_scale(s_ptr, z_ptr, dqs_ptr, g_rows[None, :] + (k_lo // GROUP)[:, None], ok,
+                                dq_off, HAS_ZEROS, DQ, DQ_BLOCK, ZERO)
+            w_lo = code_value(c_lo, zf, cb_ptr, FMT) * s
+            if PACK == 2:
+                ok = (k_lo + 1 < K)[:, None]
+                s, zf = group_scale(s_ptr, z_ptr, dqs_ptr, g_rows[None, :] + ((k_lo + 1) // GROUP)[:, None],
+                                    ok, dq_off, HAS_ZEROS, DQ, DQ_BLOCK, ZERO)
+                w_hi = code_value(b >> 4, zf, cb_ptr, FMT) * s
+            if DOT:
+                wdt = x_ptr.dtype.element_ty
+                acc = _outlier_dot(x_lo, w_lo.to(wdt), acc, DOT_F32)
+                if PACK == 2:
+                    acc = _outlier_dot(x_hi, w_hi.to(wdt), acc, DOT_F32)
+            else:
+                p = x_lo[:, None] * w_lo
+                if PACK == 2:
+                    p += x_hi[:, None] * w_hi
+                acc2 += p
+
+    if DOT:
+        out = acc
+    else:
+        out = tl.sum(acc2, axis=0)[None, :]
+    if SPLIT_K == 1:
+        _store_out(out, b_ptr, y_ptr, rn, offs_m, offs_n, m_ok, n_ok, stride_ym, stride_yn, HAS_BIAS)
+    else:
+        # Partial sums [SPLIT_K, M, N]; the last program of this N tile to arrive reduces them.
+        mask = m_ok[:, None] & n_ok[None, :]
+        p_off = offs_m[:, None] * N + offs_n[None, :]
+        tl.store(part_ptr + pid_k * M * N + p_off, out, mask=mask)
+        tl.debug_barrier()  # every thread's partial is written before the counter moves
+        arrived = tl.atomic_add(lock_ptr + pid_n, 1, sem="acq_rel")
+        if arrived == SPLIT_K - 1:
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for s_i in tl.static_range(SPLIT_K):  # fixed order: the same bits on every run
+                total += tl.load(part_ptr + s_i * M * N + p_off, mask=mask, other=0.0, cache_modifier=".cg")
+            _store_out(total, b_ptr, y_ptr, rn, offs_m, offs_n, m_ok, n_ok, stride_ym, stride_yn, HAS_BIAS)
+            tl.atomic_xchg(lock_ptr + pid_n, 0)
+
+
+_KEY = ["M_BUCKET", "N", "K", "GROUP", "FMT", "PACK", "HAS_ZEROS", "DQ"]
+_LAUNCH = {
+    dot: TunedLauncher(triton.autotune(configs=(_dot_configs() if dot else _fma_configs()), key=_KEY,
+                                       prune_configs_by={"early_config_prune": _prune})(
+        triton.heuristics(values=_HEURISTICS)(_weight_only_gemv_kernel)))
+    for dot in (False, True)
+}
+
+# Split-K scratch per device: float32 partials and int32 counters that every launch leaves at 0.
+_SCRATCH: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+
+def _scratch(device: torch.device, parts: int, locks: int) -> tuple[Tensor, Tensor]:
+    """Grown, never shrunk (a CUDA graph captured after a warm-up call keeps valid pointers)."""
+    part, lock = _SCRATCH.get(device, (None, None))
+    if part is None or part.numel() < parts:
+        part = torch.empty(max(parts, 1 << 16), dtype=torch.float32, device=device)
+    if lock is None or lock.numel() < locks:
+        lock = torch.zeros(max(locks, 4096), dtype=torch.int32, device=device)
+    _SCRATCH[device] = (part, lock)
+    return part, lock
+
+
+def _m_bucket(m: int) -> int:
+    return triton.next_power_of_2(max(m, 1))
+
+
+def weight_only_gemv(x: Tensor, w: WeightOperand, bias: Optional[Tensor], *, dot: Optional[bool] = None,
+                     config: Optional[dict] = None) -> Tensor:
+    """``x [..., K]`` (float16/bfloat16, at most 16 rows) times the weight-only ``w``; output in
+    x's dtype. ``dot`` forces the tensor-core (True) or CUDA-core (False) form (default: CUDA
+    cores for one row); ``config`` (``BLOCK_N``, ``BLOCK_K``, ``SPLIT_K``, ``num_warps``,
+    ``num_stages``) skips the autotuner - for tests and benchmarks."""
+    if x.dtype not in (torch.float16, torch.bfloat16):
+        raise TypeError(f"weight_only_gemv: x must be float16/bfloat16, got {x.dtype}")
+    k, n = x.shape[-1], w.n
+    if k != w.k:
+        raise ValueError(f"weight_only_gemv: x has K={k}, the weight K={w.k}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, k)
+    m = x2.shape[0]
+    if m > GEMV_MAX_M:
+        raise ValueError(f"weight_only_gemv handles at most {GEMV_MAX_M} rows, got {m}")
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m == 0 or n == 0:
+        return y.reshape(*lead, n)
+    if bias is not None and (bias.numel() != n or bias.device != x.device):
+        raise ValueError(f"weight_only_gemv: bias must have {n} values on {x.device}, got {tuple(bias.shape)}")
+    use_dot = m > 1 if dot is None else dot
+    block_m = GEMV_MAX_M if use_dot else 1
+    if not use_dot and m != 1:
+        raise ValueError("weight_only_gemv: the CUDA-core form (dot=False) takes one row")
+    kb = w.qweight.shape[1]
+    max_split, min_block_n = 16, 8
+    part, lock = _scratch(x.device, max_split * m * n, triton.cdiv(n, min_block_n))
+    args = (x2, *w.args(y), bias if bias is not None else y, y, part, lock,
+            m, n, k, kb, w.groups, w.group, _m_bucket(m), x2.stride(0), x2.stride(1), y.stride(0), y.stride(1))
+    meta = dict(**w.meta(), HAS_BIAS=bias is not None, DOT=use_dot, DOT_F32=interpreting(), BLOCK_M=block_m)
+    grid = lambda c: (triton.cdiv(n, c["BLOCK_N"]), c["SPLIT_K"])  # noqa: E731
+    if config is not None:
+        cfg = dict(config)
+        launch = dict(num_warps=cfg.pop("num_warps", 4), num_stages=cfg.pop("num_stages", 3))
+        named = {"GROUP": w.group, "G": w.groups, "KB": kb, "PACK": w.pack, **cfg}
+        cfg.update({name: fn(named) for name, fn in _HEURISTICS.items()})
+        _weight_only_gemv_kernel[grid(cfg)](*args, **meta, **cfg, **launch)
+    else:
+        # M_BUCKET only keys the autotuner (one tuning per power-of-two row count).
+        _LAUNCH[use_dot]((_m_bucket(m), x.dtype, bias is not None, *w.key()), grid, *args, **meta)
+    return y.reshape(*lead, n)

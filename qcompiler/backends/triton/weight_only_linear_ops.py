@@ -1,0 +1,58 @@
+"""Whole weight-only linears (UINT 8/4-bit and NF4), dispatched by the number of rows M:
+
+* ``M <= 16`` (decode): :func:`weight_only_gemv` - one split-K launch that unpacks W in registers;
+* otherwise: :func:`dequantize_weight` (W to x's dtype, one pass) then ``F.linear`` (cuBLAS).
+
+These are what ``lower-triton`` puts in the graph for ``qcompiler::weight_only_linear`` and
+``qcompiler::nf4_linear`` (the latter with NF4's double quantization fused in), since M is only
+known at run time (prefill vs decode).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from qcompiler.backends.triton._weight_operand import WeightOperand, nf4_operand, uint_operand
+from qcompiler.backends.triton.dequantize_weight import dequantize_weight
+from qcompiler.backends.triton.weight_only_gemv import GEMV_MAX_M, weight_only_gemv
+
+__all__ = ["weight_only_uint_linear", "weight_only_nf4_linear", "WEIGHT_ONLY_SMALL_M"]
+
+# Rows up to which the GEMV runs; above, dequantize + cuBLAS.
+WEIGHT_ONLY_SMALL_M = GEMV_MAX_M
+
+
+def _check_x(x: Tensor, what: str) -> None:
+    if x.dtype not in (torch.float16, torch.bfloat16):
+        raise TypeError(f"{what}: x must be float16/bfloat16, got {x.dtype}")
+
+
+def _linear(x: Tensor, w: WeightOperand, bias: Optional[Tensor]) -> Tensor:
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else x.shape[:-1].numel()
+    if rows <= WEIGHT_ONLY_SMALL_M:
+        return weight_only_gemv(x, w, bias)
+    wd = dequantize_weight(w, x.dtype)
+    return F.linear(x, wd, bias.to(x.dtype) if bias is not None else None)
+
+
+def weight_only_uint_linear(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tensor],
+                            bias: Optional[Tensor], bits: int, group_size: int) -> Tensor:
+    """Same semantics as ``torch.ops.qcompiler.weight_only_linear`` (W multiplied in x's dtype)."""
+    _check_x(x, "weight_only_uint_linear")
+    return _linear(x, uint_operand(qweight, scales, zeros, bits, group_size, x.shape[-1], x.device), bias)
+
+
+def weight_only_nf4_linear(x: Tensor, qweight: Tensor, absmax: Tensor, absmax_scale: Optional[Tensor],
+                           absmax_offset: Optional[Tensor], bias: Optional[Tensor], block_size: int,
+                           absmax_block: int) -> Tensor:
+    """``torch.ops.qcompiler.nf4_linear``; with ``absmax_scale``/``absmax_offset`` given, ``absmax``
+    holds int8 codes and the op is ``nf4_linear(x, qweight, dequantize_blockwise_int8(absmax,
+    absmax_scale, absmax_offset, absmax_block), bias, block_size)`` in one launch."""
+    _check_x(x, "weight_only_nf4_linear")
+    w = nf4_operand(qweight, absmax, absmax_scale, absmax_offset, block_size, absmax_block, x.shape[-1],
+                    x.device)
+    return _linear(x, w, bias)
