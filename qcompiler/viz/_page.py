@@ -119,6 +119,7 @@ PAGE_JS = r"""
     });
   });
   fitWidth();
+  if (zoom < 0.7) { zoom = 0.7; applyZoom(); }  // readable labels first; 'fit width' is a click away
   focusFirstQuantized();
   document.body.dataset.qcReady = '1';
 })();

@@ -181,9 +181,11 @@ def to_svg(g: nx.DiGraph, title: str = "", *, css_class: str = "qc-graph") -> st
         x1, y1, x2, y2 = s.x, s.y + s.h, t.x, t.y
         span = max(0.0, y2 - y1)
         bend = 0.0 if span < 120 else min(160.0, span / 8)
+        # Long edges (masks, residuals) would hide the local structure: draw them faint.
+        opacity = 1.0 if span < 200 else max(0.15, 200 / span)
         parts.append(f'<path class="qc-edge" d="M {x1:.1f} {y1:.1f} C {x1 + bend:.1f} {y1 + span / 3:.1f}, '
-                     f'{x2 + bend:.1f} {y2 - span / 3:.1f}, {x2:.1f} {y2:.1f}" fill="none" stroke="#999" '
-                     f'stroke-width="1" marker-end="url(#qc-arrow)"/>')
+                     f'{x2 + bend:.1f} {y2 - span / 3:.1f}, {x2:.1f} {y2:.1f}" fill="none" stroke="#888" '
+                     f'stroke-opacity="{opacity:.2f}" stroke-width="1" marker-end="url(#qc-arrow)"/>')
     for n, d in g.nodes(data=True):
         bx = boxes[n]
         left = bx.x - bx.w / 2
