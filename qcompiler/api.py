@@ -152,6 +152,8 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
                       calibration_data=calib, verify=verify)
     before = {r.label: snapshot_graph(r.gm, r.label) for r in program.regions}
     manager.run(program, ctx)
+    for region in program.regions:  # no pass runs after this: drop export's per-call plumbing
+        region.module.freeze()
 
     report = build_report(program, ctx, scheme=scheme, backend=backend, pipeline=str(manager),
                           split=plan.split, model_bytes_before=_state_bytes(model))

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from qcompiler.errors import CaptureError, UnsupportedError
 
@@ -46,6 +46,7 @@ def _bind(module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
     """All arguments of a call by name, ``**kwargs`` flattened in."""
     sig = inspect.signature(module.forward)
     bound = sig.bind(*args, **kwargs)
+    bound.apply_defaults()  # a default is a constant the graph bakes in, like an explicit one
     out: dict[str, Any] = {}
     for name, value in bound.arguments.items():
         kind = sig.parameters[name].kind
@@ -131,6 +132,7 @@ def capture_module(module: nn.Module, path: str, args: tuple, kwargs: dict, meth
 
 
 _SIMPLE = (bool, int, float, str, type(None))
+_ABSENT = object()
 
 
 def _capture_key(module: nn.Module, tensors: dict[str, Any], consts: dict[str, Any]) -> tuple:
@@ -154,47 +156,78 @@ def _rebind(gm: fx.GraphModule, source: nn.Module, target: nn.Module) -> fx.Grap
 
 
 class RegionModule(nn.Module):
-    """Stands in for a captured submodule: same call signature, runs the (rewritten) graph."""
+    """Stands in for a captured submodule: same call signature, runs the (rewritten) graph.
+
+    After :meth:`freeze` (the end of compile) an exported graph is called positionally, without
+    torch.export's input checks and pytree plumbing: a region sits on the hot path of every token.
+    """
 
     def __init__(self, gm: fx.GraphModule, original: nn.Module, path: str, consts: dict[str, Any],
-                 method: CaptureMethod):
+                 method: CaptureMethod, names: list[str]):
         super().__init__()
         self.gm = gm
         self.path = path
-        self._signature_of = type(original).forward
+        self._signature = inspect.signature(type(original).forward)
         self._consts = consts
         self._method = method
+        self._names = list(names)  # the tensor arguments, in the order the graph takes them
+        params = [p for p in list(self._signature.parameters)[1:]]
+        self._positional = not consts and self._names == params[: len(self._names)]
+        self._out_spec = None  # set by freeze()
         self._original_type = type(original).__name__
 
+    def freeze(self) -> None:
+        """Turn an exported graph into a plain positional one (idempotent)."""
+        codegen = self.gm.graph._codegen
+        if self._method is not CaptureMethod.EXPORT or not hasattr(codegen, "pytree_info"):
+            return
+        gm = self.gm
+        for node in list(gm.graph.nodes):
+            if node.op == "call_module" and node.target == "_guards_fn" and not node.users:
+                gm.graph.erase_node(node)
+        if hasattr(gm, "_guards_fn"):
+            gm.delete_submodule("_guards_fn")
+        self._out_spec = codegen.pytree_info.out_spec
+        gm.graph._codegen = fx.graph.CodeGen()
+        gm._forward_pre_hooks.clear()
+        gm._forward_pre_hooks_with_kwargs.clear()
+        gm.recompile()
+
+    def _unflatten(self, flat):
+        spec = self._out_spec
+        return flat[0] if spec.is_leaf() else tree_unflatten(list(flat), spec)
+
     def forward(self, *args, **kwargs):
-        named = _bind_sig(self._signature_of, args, kwargs)
+        if self._out_spec is not None and self._positional and not kwargs and len(args) == len(self._names) \
+                and all(type(a) is torch.Tensor or isinstance(a, nn.Parameter) for a in args):
+            return self._unflatten(self.gm(*args))  # the hot path: q_proj(x), mlp(x)
+        bound = self._signature.bind(None, *args, **kwargs)
+        bound.apply_defaults()
         tensors, consts = {}, {}
-        for k, v in named.items():
-            (tensors if _is_tensor_tree(v) else consts)[k] = v
+        for i, (k, v) in enumerate(bound.arguments.items()):
+            if i == 0:
+                continue
+            items = v.items() if self._signature.parameters[k].kind is inspect.Parameter.VAR_KEYWORD else [(k, v)]
+            for name, value in items:
+                (tensors if _is_tensor_tree(value) else consts)[name] = value
         if consts != self._consts:
             diff = {k: (self._consts.get(k, "<absent>"), consts.get(k, "<absent>"))
-                    for k in set(consts) | set(self._consts) if self._consts.get(k, 0) != consts.get(k, 0)}
+                    for k in sorted(set(consts) | set(self._consts))
+                    if self._consts.get(k, _ABSENT) != consts.get(k, _ABSENT)}
             raise UnsupportedError(
                 f"region '{self.path or '<model>'}' ({self._original_type}) was captured with other "
                 f"constant arguments than this call: {', '.join(f'{k}: captured {a!r}, now {b!r}' for k, (a, b) in diff.items())}",
                 hint="calibrate (or give example_inputs) with calls shaped like the ones you will make")
         if self._method is CaptureMethod.SYMBOLIC_TRACE:
             return self.gm(**tensors, **consts)
+        if self._out_spec is not None:
+            if set(tensors) != set(self._names):
+                raise UnsupportedError(
+                    f"region '{self.path or '<model>'}' was captured with tensor arguments {self._names}, "
+                    f"now called with {sorted(tensors)}",
+                    hint="calibrate (or give example_inputs) with calls shaped like the ones you will make")
+            return self._unflatten(self.gm(*tree_flatten([tensors[n] for n in self._names])[0]))
         return self.gm(**tensors)
-
-
-def _bind_sig(forward, args, kwargs) -> dict[str, Any]:
-    sig = inspect.signature(forward)
-    bound = sig.bind(None, *args, **kwargs)  # None stands for self
-    out = {}
-    for i, (name, value) in enumerate(bound.arguments.items()):
-        if i == 0:
-            continue
-        if sig.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
-            out.update(value)
-        else:
-            out[name] = value
-    return out
 
 
 @dataclass
@@ -252,7 +285,7 @@ def capture_regions(model: nn.Module, args: tuple, kwargs: dict, method: Capture
                 visit(f"{path}.{name}" if path else name, child, mod, name)
             return
         try:
-            gm, _, consts = capture_module(mod, path, *calls[mod], method=method, cache=cache)
+            gm, tensors, consts = capture_module(mod, path, *calls[mod], method=method, cache=cache)
         except CaptureError as e:
             if whole and parent is None:
                 children = [n for n, c in mod.named_children() if _has_linear(c)]
@@ -265,7 +298,7 @@ def capture_regions(model: nn.Module, args: tuple, kwargs: dict, method: Capture
             for name, child in mod.named_children():
                 visit(f"{path}.{name}" if path else name, child, mod, name)
             return
-        region = RegionModule(gm, mod, path, consts, method)
+        region = RegionModule(gm, mod, path, consts, method, list(tensors))
         plan.regions.append((path, region))
         if parent is not None:
             setattr(parent, attr, region)

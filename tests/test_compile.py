@@ -171,3 +171,21 @@ def test_untraceable_model_is_split_and_reported():
     assert [r.path for r in qm.program.regions] == ["a", "b"]
     assert qm.report().split[0][0] == "<model>"
     assert _rel(qm(x), model(x)) < 0.02
+
+
+class Flagged(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x, double=False):
+        return self.lin(x) * (2 if double else 1)
+
+
+def test_region_called_with_other_constants_is_an_error_not_a_wrong_answer():
+    """A graph captured with double=False cannot compute double=True: say so, don't guess."""
+    model, x = Flagged(), torch.randn(3, 8)
+    qm = qcompiler.compile(model, "int8-vectorwise", [x], progress=False)
+    assert _rel(qm(x), model(x)) < 0.02 and _rel(qm(x, double=False), model(x)) < 0.02
+    with pytest.raises(UnsupportedError, match="double: captured False, now True"):
+        qm(x, double=True)

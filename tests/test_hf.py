@@ -34,15 +34,3 @@ def test_causal_lm_logits_and_generate(arch, make_tiny_hf, make_token_batches):
     # Greedy decoding may diverge once two logits are within the quantization error of each other;
     # the first tokens must agree.
     assert torch.equal(gen[:, :7], ref_gen[:, :7]), (gen, ref_gen)
-
-
-def test_region_called_differently_than_captured_is_an_error(make_tiny_hf, make_token_batches):
-    """A region captured with one set of constant arguments refuses a call with others, rather
-    than silently computing something else."""
-    from qcompiler.capture import RegionModule
-
-    qm = qcompiler.compile(make_tiny_hf("llama"), "int8-vectorwise", make_token_batches(n=1), progress=False)
-    region = next(m for m in qm.model.modules() if isinstance(m, RegionModule))
-    region._consts = {"unexpected": True}
-    with pytest.raises(qcompiler.UnsupportedError, match="captured with other constant arguments"):
-        qm(input_ids=torch.randint(3, 256, (1, 4)))
