@@ -318,15 +318,21 @@ def _run_exporter(root: nn.Module, call: CallSpec, tensors, axes, table):
 
 
 def _should_fold(node) -> bool | None:
-    """Fold every ``Transpose`` of a constant (weights, whatever their size, so the file stores
-    ``W^T`` as MatMul wants it) and the small outlier masks (ConstantOfShape/ScatterElements of
-    [K]), which onnxscript leaves alone by default; other ops by its default size limits."""
+    """Beyond onnxscript's size limits, fold on constants: every ``Transpose`` (weights, so the
+    file stores ``W^T`` as MatMul wants it), the outlier masks (ConstantOfShape/ScatterElements
+    of [K]) and the int8 -> uint8 shift of weights (Cast/Add to types of at most 2 bytes), none
+    of which grows the file. Other ops by the default rules (so dequantized float weights never
+    replace the stored codes)."""
     if node.domain != "":
         return None
     if node.op_type in ("Transpose", "ScatterElements"):
         return True
     if node.op_type == "ConstantOfShape" and node.inputs[0].const_value is not None:
         return int(np.prod(node.inputs[0].const_value.numpy())) <= 2**20
+    if node.op_type in ("Cast", "Add") and all(v is not None and v.const_value is not None for v in node.inputs):
+        from onnxscript import ir
+        out = ir.DataType(node.attributes["to"].value) if node.op_type == "Cast" else node.inputs[0].dtype
+        return out is not None and out.itemsize <= 2 and not out.is_floating_point()
     return None
 
 

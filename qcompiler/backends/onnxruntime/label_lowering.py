@@ -1,7 +1,7 @@
 """``label-onnx-lowering``: writes into each layer's spec which ONNX operators it becomes, so
 ``qm.report()`` says it (``LinearQuantSpec.lowering``). The graph itself is not changed.
 
-    int8_linear                    onnx:MatMulInteger (+ fp outliers: Gather/MatMul, n cols)
+    int8_linear                    onnx:MatMulInteger[(u8 x u8)] (+ fp outliers: Gather/MatMul, n cols)
     int8_linear_dynamic_outlier    onnx:MatMulInteger + fp outliers: NonZero/Gather (dynamic)
     weight_only_linear             ort:MatMulNBits(8-bit, block 128)   when the target uses it
                                    onnx:dequantize+MatMul              otherwise
@@ -36,27 +36,29 @@ def _outlier_cols(gm: fx.GraphModule, node: fx.Node) -> int:
     return 0
 
 
-def _int8_linear(gm: fx.GraphModule, node: fx.Node, nbits: bool) -> str:
+def _int8_linear(gm: fx.GraphModule, node: fx.Node, p: "LabelOnnxLowering") -> str:
+    mm = "onnx:MatMulInteger" + ("(u8 x u8)" if p.u8_activations else "")
     if node.args[4] is None:
-        return "onnx:MatMulInteger"
+        return mm
     n = get_attr_value(gm, node.args[4].args[0].args[1].target).numel()
-    return f"onnx:MatMulInteger + fp outliers: Gather/MatMul ({n} cols)"
+    return f"{mm} + fp outliers: Gather/MatMul ({n} cols)"
 
 
-def _dynamic(gm: fx.GraphModule, node: fx.Node, nbits: bool) -> str:
-    return "onnx:MatMulInteger + fp outliers: NonZero/Gather (dynamic)"
+def _dynamic(gm: fx.GraphModule, node: fx.Node, p: "LabelOnnxLowering") -> str:
+    mm = "onnx:MatMulInteger" + ("(u8 x u8)" if p.u8_activations else "")
+    return f"{mm} + fp outliers: NonZero/Gather (dynamic)"
 
 
-def _weight_only(gm: fx.GraphModule, node: fx.Node, nbits: bool) -> str:
+def _weight_only(gm: fx.GraphModule, node: fx.Node, p: "LabelOnnxLowering") -> str:
     bits, group = node.args[5], node.args[6]
-    label = (f"ort:MatMulNBits({bits}-bit, block {group})" if nbits and bits in (4, 8) and group in MATMUL_NBITS_BLOCKS
+    label = (f"ort:MatMulNBits({bits}-bit, block {group})" if p.matmul_nbits and bits in (4, 8) and group in MATMUL_NBITS_BLOCKS
              else "onnx:dequantize+MatMul")
     n = _outlier_cols(gm, node)
     return label + (f" + fp outliers: Gather/MatMul ({n} cols)" if n else "")
 
 
-# op -> (graph module, node, target uses MatMulNBits) -> label
-LABELS: dict[object, Callable[[fx.GraphModule, fx.Node, bool], str]] = {
+# op -> (graph module, node, the pass and its options) -> label
+LABELS: dict[object, Callable[[fx.GraphModule, fx.Node, "LabelOnnxLowering"], str]] = {
     _ops.int8_linear.default: _int8_linear,
     _ops.int8_linear_dynamic_outlier.default: _dynamic,
     _ops.weight_only_linear.default: _weight_only,
@@ -66,12 +68,13 @@ LABELS: dict[object, Callable[[fx.GraphModule, fx.Node, bool], str]] = {
 @register_pass("label-onnx-lowering")
 @dataclass(frozen=True)
 class LabelOnnxLowering(GraphPass):
-    matmul_nbits: bool = False  # the target runs weight-only linears as com.microsoft.MatMulNBits
+    matmul_nbits: bool = False    # the target runs weight-only linears as com.microsoft.MatMulNBits
+    u8_activations: bool = False  # int8 matmuls take X as uint8 (+128, zero point 128)
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         for node in gm.graph.nodes:
             spec = get_spec(node)
             label = LABELS.get(node.target) if node.op == "call_function" else None
             if spec is not None and label is not None:
-                node.meta[SPEC_KEY] = replace(spec, lowering=label(gm, node, self.matmul_nbits))
+                node.meta[SPEC_KEY] = replace(spec, lowering=label(gm, node, self))
         return PassResult(gm, False, preserved=PassResult.ALL)

@@ -26,10 +26,10 @@ __all__ = ["CallSpec", "call_signature", "FlatCall"]
 
 def call_signature(module: nn.Module) -> inspect.Signature:
     """The signature users call ``module`` with (a captured region keeps its original one)."""
-    original = getattr(module, "_signature_of", None)  # qcompiler.capture.RegionModule
-    if original is not None:
-        params = list(inspect.signature(original).parameters.values())[1:]  # drop self
-        return inspect.Signature(params)
+    from qcompiler.capture import RegionModule
+    if isinstance(module, RegionModule):  # it keeps the captured module's forward signature
+        sig = getattr(module, "_signature", None) or inspect.signature(module._signature_of)
+        return inspect.Signature(list(sig.parameters.values())[1:])  # drop self
     return inspect.signature(module.forward)
 
 

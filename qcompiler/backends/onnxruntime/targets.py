@@ -3,13 +3,18 @@
 A target is a registered object: the pass pipeline run on a copy of the program, the translation
 table handed to ``torch.onnx.export``, and the ONNX Runtime execution providers to open it with.
 
-=========  ===================================================  ===============================
-target     int8 (W8A8) layers become                            runs on
-=========  ===================================================  ===============================
-generic    MatMulInteger + fp outlier MatMul (standard ONNX)    any ONNX runtime
-ort-cpu    the same (MLAS int8 GEMM); weight-only: MatMulNBits  ONNX Runtime, CPU EP
-ort-cuda   MatMulNBits 8-bit, weight-only (X stays fp16)        ONNX Runtime, CUDA EP (or CPU)
-=========  ===================================================  ===============================
+=========  =====================================================  ==========================
+target     int8 (W8A8) layers become                              runs on
+=========  =====================================================  ==========================
+generic    MatMulInteger int8 x int8 + fp outlier MatMul          any ONNX runtime
+ort-cpu    MatMulInteger on uint8 X+128 and W+128, zero points    ONNX Runtime, CPU EP
+           128 (exact; MLAS's fast u8 x u8 path) + fp outliers
+ort-cuda   MatMulNBits 8-bit weight-only on the same int8         ONNX Runtime, CUDA EP
+           weights (X stays fp16) + fp outlier MatMul             (CPU EP runs it too)
+=========  =====================================================  ==========================
+
+Weight-only layers (``w8-weight-only``, ``w4-weight-only``) become MatMulNBits on the ``ort-*``
+targets and dequantize + MatMul on ``generic``.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from qcompiler.backends.onnxruntime.translations import ort_table, standard_table
+from qcompiler.backends.onnxruntime.translations import ort_cpu_table, ort_table, standard_table
 from qcompiler.errors import ConfigError
 
 __all__ = ["ExportTarget", "register_target", "get_target", "list_targets"]
@@ -56,8 +61,9 @@ register_target(ExportTarget(
     "generic", "label-onnx-lowering{matmul_nbits=false}", standard_table, ("CPUExecutionProvider",),
     "standard ONNX operators only: the scheme exactly (int8 X and W, fp outliers)"))
 register_target(ExportTarget(
-    "ort-cpu", "label-onnx-lowering{matmul_nbits=true}", ort_table, ("CPUExecutionProvider",),
-    "ONNX Runtime CPU: int8 layers as MatMulInteger (MLAS int8 GEMM), weight-only as MatMulNBits"))
+    "ort-cpu", "label-onnx-lowering{matmul_nbits=true,u8_activations=true}", ort_cpu_table,
+    ("CPUExecutionProvider",),
+    "ONNX Runtime CPU: int8 layers as MatMulInteger uint8 x uint8 (MLAS, exact), weight-only as MatMulNBits"))
 register_target(ExportTarget(
     "ort-cuda", "lower-ort-matmul-nbits,dce,label-onnx-lowering{matmul_nbits=true}", ort_table,
     ("CUDAExecutionProvider", "CPUExecutionProvider"),
