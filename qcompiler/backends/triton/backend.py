@@ -27,5 +27,5 @@ def _check() -> None:
 
 
 TRITON = register_backend(Backend(
-    "triton", "lower-triton", _check,
+    "triton", "lower-triton,dce", _check,
     "Triton kernels: fused int8 GEMM + fp16 outliers, weight-only int8 for M <= 16"))
