@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from qcompiler.report import LayerReport, Report
@@ -78,15 +79,15 @@ def _row(r: LayerReport) -> list[str]:
 
 def _total_row(report: Report) -> list[str]:
     t = totals(report)
-    return [f"total ({t['quantized']}/{t['layers']} quantized)", "", "", "", _kib(t["bytes_before"]),
+    return [f"total {t['quantized']}/{t['layers']} quantized", "", "", "", _kib(t["bytes_before"]),
             _kib(t["bytes_after"]), f"min {_num(t['min_sqnr_db'], '.1f')}", "", "", ""]
 
 
-# Rich columns in the order they are given up when the terminal is narrow (last ones first):
-# (name, min width, right-aligned). Dropped notes are listed under the table instead.
-_RICH_COLUMNS = [("layer", 24, False), ("shape", 9, True), ("op", 24, False), ("outliers", 10, False),
-                 ("KiB before", 10, True), ("KiB after", 9, True), ("SQNR dB", 8, True), ("lowering", 12, False),
-                 ("rel. err", 8, True), ("notes", 24, False)]
+# Rich columns in the order they are given up when the terminal is narrow (last ones first);
+# the second field: no narrower than this. Dropped notes are listed under the table instead.
+_RICH_COLUMNS = [("layer", 20), ("shape", 9), ("op", 22), ("outliers", 16), ("KiB before", 10),
+                 ("KiB after", 9), ("SQNR dB", 8), ("lowering", 12), ("rel. err", 8), ("notes", 30)]
+_RIGHT = {"shape", "KiB before", "KiB after", "SQNR dB", "rel. err"}
 
 
 def _left_trim(text: str, width: int) -> str:
@@ -94,37 +95,63 @@ def _left_trim(text: str, width: int) -> str:
 
 
 class _RichReport:
-    """Lays the table out for the console width it is printed on."""
+    """Lays the table out for the console width it is printed on: full layer names when they
+    fit, else trimmed from the left (the distinctive end stays), then the right-most columns go.
+    Every column gets an explicit width, so rich never squeezes a header into pieces."""
 
     def __init__(self, report: Report, title: str | None):
         self.report, self.title = report, title
+
+    def _widths(self, max_width: int) -> tuple[list[str], dict[str, int]]:
+        report = self.report
+        natural = {n: max([len(n), w] + [len(c) for c in self._column(n)]) for n, w in _RICH_COLUMNS}
+        names = [n for n, _ in _RICH_COLUMNS]
+        widths = {n: min(natural[n], w) if n != "notes" else min(natural[n], 48) for n, w in _RICH_COLUMNS}
+        widths["layer"] = natural["layer"]
+        widths["op"] = natural["op"]
+
+        def total() -> int:  # each column: 2 padding + 1 rule (a space in this box style); + edges
+            return sum(widths[n] + 3 for n in names) + 1
+
+        # Give up width in this order: op wraps down to its minimum, layer names get trimmed,
+        # then columns go from the right.
+        op_min, layer_min = dict(_RICH_COLUMNS)["op"], dict(_RICH_COLUMNS)["layer"]
+        widths["op"] = max(op_min, widths["op"] - max(0, total() - max_width))
+        widths["layer"] = max(28, widths["layer"] - max(0, total() - max_width))
+        while total() > max_width and len(names) > 3:
+            names.pop()
+        widths["layer"] = max(layer_min, widths["layer"] - max(0, total() - max_width))
+        widths["op"] = max(10, widths["op"] - max(0, total() - max_width))  # a very narrow terminal
+        for name in ("layer", "op"):  # width left over: full layer names first, then op on one line
+            widths[name] = min(natural[name], widths[name] + max(0, max_width - total()))
+        return names, widths
+
+    def _column(self, name: str) -> list[str]:
+        i = _COLUMNS.index(name)
+        return [self._cells(r)[i] for r in self.report.layers] + [_total_row(self.report)[i]]
+
+    @staticmethod
+    def _cells(r: LayerReport) -> list[str]:
+        cells = _row(r)
+        cells[2] = re.sub(r" \(\d+ static\)$", "", cells[2])  # the count is in the outliers column
+        return cells
 
     def __rich_console__(self, console, options):
         from rich import box
         from rich.table import Table
         from rich.text import Text
 
-        report, width = self.report, options.max_width
-        budget, cols = width - 1, []  # each column costs its width + 2 padding + 1 rule
-        for name, min_w, right in _RICH_COLUMNS:
-            if budget - (min_w + 3) < 0:
-                break
-            budget -= min_w + 3
-            cols.append((name, min_w, right))
-        names = [c[0] for c in cols]
-        longest = max((len(r.layer) for r in report.layers), default=24)
-        layer_w = max(24, min(longest, 24 + budget // 2))
+        report = self.report
+        names, widths = self._widths(options.max_width)
         table = Table(title=self.title or f"qcompiler report - scheme {report.scheme}, backend {report.backend}",
-                      show_footer=True, header_style="bold", footer_style="bold", expand=False,
-                      box=box.SIMPLE_HEAVY)
+                      show_footer=True, header_style="bold", footer_style="bold", box=box.SIMPLE_HEAVY)
         foot = dict(zip(_COLUMNS, _total_row(report)))
-        for name, min_w, right in cols:
-            table.add_column(name, footer=foot[name], justify="right" if right else "left", min_width=min_w,
-                             no_wrap=name in ("layer", "shape"), overflow="fold",
-                             max_width={"layer": layer_w, "notes": 40, "outliers": 18}.get(name))
+        for name in names:
+            table.add_column(name, footer=foot[name], justify="right" if name in _RIGHT else "left",
+                             width=widths[name], no_wrap=name in ("layer", "shape"), overflow="fold")
         for r in report.layers:
-            cells = dict(zip(_COLUMNS, _row(r)))
-            cells["layer"] = _left_trim(r.layer, layer_w)
+            cells = dict(zip(_COLUMNS, self._cells(r)))
+            cells["layer"] = _left_trim(r.layer, widths["layer"])
             style = "dim" if r.op == "float" else ("yellow" if r.notes else None)
             table.add_row(*(cells[n] for n in names), style=style)
         yield table

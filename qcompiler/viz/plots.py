@@ -85,8 +85,9 @@ def short_layer_names(names: Sequence[str]) -> list[str]:
 
 def plot_scheme_errors(reports: Mapping[str, object], path: str | os.PathLike, *,
                        metric: str = "sqnr_db") -> Path:
-    """Grouped bars: one group per layer, one bar per scheme (``{scheme: Report}``); higher SQNR
-    is better. Layers a scheme kept in float or has no figure for are left empty."""
+    """Each layer's error under each scheme (``{scheme: Report}``), side by side: grouped bars
+    for a few layers, one marker line per scheme when bars would be too thin. Higher SQNR is
+    better; a layer a scheme has no figure for (kept in float, not calibrated) is left out."""
     if not reports:
         raise ConfigError("plot_scheme_errors needs at least one report")
     layers: list[str] = []
@@ -95,7 +96,8 @@ def plot_scheme_errors(reports: Mapping[str, object], path: str | os.PathLike, *
             if r.layer not in layers:
                 layers.append(r.layer)
     n, k = len(layers), len(reports)
-    fig = _figure(max(8.0, 0.28 * n * max(1, k) / 1.5 + 2), 4.8)
+    bars = n * k <= 80
+    fig = _figure(min(16.0, max(8.0, 0.32 * n + 2)), 5.2)
     ax = fig.add_subplot()
     width = 0.8 / k
     for j, (scheme, rep) in enumerate(reports.items()):
@@ -104,15 +106,20 @@ def plot_scheme_errors(reports: Mapping[str, object], path: str | os.PathLike, *
         for i, layer in enumerate(layers):
             v = by.get(layer)
             if v is not None and v == v and abs(v) != float("inf"):
-                xs.append(i - 0.4 + width * (j + 0.5))
+                xs.append(i - 0.4 + width * (j + 0.5) if bars else i)
                 ys.append(v)
-        ax.bar(xs, ys, width=width, label=scheme, color=_SCHEME_COLOURS[j % len(_SCHEME_COLOURS)])
-    ax.set_xticks(range(n), short_layer_names(layers), rotation=75, ha="right", fontsize=7)
+        colour = _SCHEME_COLOURS[j % len(_SCHEME_COLOURS)]
+        if bars:
+            ax.bar(xs, ys, width=width, label=scheme, color=colour)
+        else:
+            ax.plot(xs, ys, marker="o", markersize=4, linewidth=1, label=scheme, color=colour)
+    names = [name if len(name) <= 30 else "\u2026" + name[-29:] for name in short_layer_names(layers)]
+    ax.set_xticks(range(n), names, rotation=70, ha="right", fontsize=7)
     ax.set_xlim(-0.6, n - 0.4)
     ax.set_ylabel({"sqnr_db": "SQNR on calibration rows [dB] (higher is better)",
                    "rel_error": "relative error on calibration rows"}.get(metric, metric))
-    ax.set_title("per-layer error of each scheme")
-    ax.legend(ncols=min(k, 4), fontsize=8)
+    ax.set_title(f"per-layer error of each scheme ({n} layers)")
+    ax.legend(ncols=min(k, 6), fontsize=8, loc="lower left")
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 

@@ -10,7 +10,7 @@ def test_inspect_table_markdown_json(minilm_cli, run_qcompiler, capsys):
     out, _ = minilm_cli
     r = run_qcompiler("inspect", out)
     assert r.returncode == 0, r.stderr
-    assert "encoder.layer.0.intermediate.dense" in r.stdout and "total (37/37 quantized)" in r.stdout
+    assert "encoder.layer.0.intermediate.dense" in r.stdout and "total 37/37 quantized" in r.stdout
     assert "BertModel" in r.stdout and "cosine" in r.stdout
     # The other formats in-process: same code path, no second interpreter start.
     assert main(["inspect", str(out), "--format", "markdown"]) == 0
