@@ -319,11 +319,14 @@ def _check_base(model: nn.Module, base: WeightsDigest) -> None:
 def _rebuild_region(rmod: nn.Module, saved: dict[str, Any], tensors: dict[str, torch.Tensor],
                     params: dict[int, nn.Parameter]) -> None:
     label = saved["path"] or "<model>"
-    consts = decode_arg(saved["consts"])
-    if consts != rmod._consts:
-        raise BaseModelMismatchError(f"region '{label}' is called with {rmod._consts}, saved with {consts}")
     gm = rmod.gm
     graph = decode_graph(saved["graph"], gm)
+    # The saved graph runs under the re-captured calling convention: their inputs must agree.
+    inputs = lambda g: [n.name for n in g.nodes if n.op == "placeholder"]  # noqa: E731
+    if inputs(graph) != inputs(gm.graph):
+        raise BaseModelMismatchError(f"region '{label}' takes inputs {inputs(gm.graph)} when captured now, "
+                                     f"{inputs(graph)} in the file",
+                                     hint="the model's code (or qcompiler's capture) differs from the one saved")
     entries = {t: (e["key"], TensorEntry(e["kind"], bool(e.get("requires_grad", False))))
                for t, e in saved["tensors"].items()}
     current = region_tensors(gm)
