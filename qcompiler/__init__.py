@@ -16,6 +16,8 @@ from qcompiler.schemes import Scheme, list_schemes, pipeline_for, register_schem
 from qcompiler.serialize import load, save
 import qcompiler.schemes_weight_only  # noqa: F401,E402 - registers w8-weight-only, w4-weight-only, nf4
 import qcompiler.schemes_smoothquant  # noqa: F401,E402 - registers w8a8-smoothquant
+import qcompiler.schemes_gptq_awq  # noqa: F401,E402 - registers gptq-w4, gptq-w8, awq-w4
+from qcompiler.qat import QATModel, convert, prepare_qat  # noqa: E402
 from qcompiler.spec import SPEC_KEY, LinearQuantSpec, get_spec
 from qcompiler.verify import verify_graph
 from qcompiler.export import export_onnx
@@ -32,4 +34,5 @@ __all__ = [
     "QCompilerError", "CaptureError", "CalibrationError", "ConfigError", "UnsupportedError",
     "PassError", "VerificationError",
     "save", "load",
+    "prepare_qat", "convert", "QATModel",
 ]
