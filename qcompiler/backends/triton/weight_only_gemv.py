@@ -41,33 +41,37 @@ GEMV_MAX_M = 16
 
 
 def _fma_configs() -> list[triton.Config]:
-    # M = 1. Several programs per SM (N / BLOCK_N * SPLIT_K >= 2 * #SMs for N >= 4096), 32-64 B of
-    # each W row per tile; BLOCK_K 64/128 divide the usual group sizes (NF4 64, int4 128).
+    # M = 1. Enough bytes in flight per SM: 32-64 B of W per thread per tile (plus the next tile,
+    # prefetched), and N / BLOCK_N * SPLIT_K >= 2 programs per SM for N >= 4096. BLOCK_K 64 / 128
+    # divide the usual group sizes (NF4 64, int4 128); larger tiles serve per-channel scales.
     c = make_config
-    gpu = [c(BLOCK_N=32, BLOCK_K=128, SPLIT_K=4, num_warps=4, num_stages=3),
-           c(BLOCK_N=16, BLOCK_K=128, SPLIT_K=4, num_warps=2, num_stages=3),
-           c(BLOCK_N=64, BLOCK_K=128, SPLIT_K=8, num_warps=4, num_stages=3),
-           c(BLOCK_N=32, BLOCK_K=64, SPLIT_K=8, num_warps=4, num_stages=3),
-           c(BLOCK_N=16, BLOCK_K=64, SPLIT_K=8, num_warps=2, num_stages=3),
-           c(BLOCK_N=64, BLOCK_K=64, SPLIT_K=16, num_warps=4, num_stages=2),
-           c(BLOCK_N=32, BLOCK_K=256, SPLIT_K=2, num_warps=4, num_stages=3),
-           c(BLOCK_N=16, BLOCK_K=512, SPLIT_K=1, num_warps=4, num_stages=3),
-           c(BLOCK_N=8, BLOCK_K=256, SPLIT_K=2, num_warps=2, num_stages=3)]
+    gpu = [c(BLOCK_N=64, BLOCK_K=128, SPLIT_K=8, num_warps=4, num_stages=1),
+           c(BLOCK_N=32, BLOCK_K=128, SPLIT_K=8, num_warps=4, num_stages=1),
+           c(BLOCK_N=128, BLOCK_K=128, SPLIT_K=8, num_warps=4, num_stages=1),
+           c(BLOCK_N=128, BLOCK_K=128, SPLIT_K=4, num_warps=8, num_stages=1),
+           c(BLOCK_N=16, BLOCK_K=128, SPLIT_K=4, num_warps=2, num_stages=1),
+           c(BLOCK_N=64, BLOCK_K=64, SPLIT_K=16, num_warps=4, num_stages=1),
+           c(BLOCK_N=128, BLOCK_K=64, SPLIT_K=16, num_warps=4, num_stages=1),
+           c(BLOCK_N=32, BLOCK_K=64, SPLIT_K=16, num_warps=2, num_stages=1),
+           c(BLOCK_N=64, BLOCK_K=256, SPLIT_K=4, num_warps=4, num_stages=1),
+           c(BLOCK_N=32, BLOCK_K=512, SPLIT_K=2, num_warps=4, num_stages=1)]
     return pick_configs(gpu, c(BLOCK_N=32, BLOCK_K=64, SPLIT_K=2, num_warps=4))
 
 
 def _dot_configs() -> list[triton.Config]:
-    # 2 <= M <= 16: tl.dot needs BLOCK_N >= 16; wider tiles re-read x less often.
+    # 2 <= M <= 16: tl.dot needs BLOCK_N >= 16; wider tiles re-read x less often. Triton
+    # software-pipelines the W loads (num_stages) since they feed the dot.
     c = make_config
-    gpu = [c(BLOCK_N=32, BLOCK_K=128, SPLIT_K=4, num_warps=4, num_stages=3),
-           c(BLOCK_N=64, BLOCK_K=128, SPLIT_K=4, num_warps=4, num_stages=3),
-           c(BLOCK_N=16, BLOCK_K=128, SPLIT_K=4, num_warps=4, num_stages=3),
+    gpu = [c(BLOCK_N=64, BLOCK_K=128, SPLIT_K=8, num_warps=4, num_stages=3),
+           c(BLOCK_N=32, BLOCK_K=128, SPLIT_K=8, num_warps=4, num_stages=3),
            c(BLOCK_N=128, BLOCK_K=128, SPLIT_K=8, num_warps=4, num_stages=3),
-           c(BLOCK_N=32, BLOCK_K=64, SPLIT_K=8, num_warps=4, num_stages=3),
-           c(BLOCK_N=64, BLOCK_K=64, SPLIT_K=8, num_warps=4, num_stages=3),
-           c(BLOCK_N=16, BLOCK_K=64, SPLIT_K=8, num_warps=2, num_stages=3),
-           c(BLOCK_N=64, BLOCK_K=256, SPLIT_K=2, num_warps=4, num_stages=3),
-           c(BLOCK_N=32, BLOCK_K=512, SPLIT_K=1, num_warps=4, num_stages=3)]
+           c(BLOCK_N=64, BLOCK_K=128, SPLIT_K=4, num_warps=4, num_stages=4),
+           c(BLOCK_N=16, BLOCK_K=128, SPLIT_K=4, num_warps=4, num_stages=4),
+           c(BLOCK_N=64, BLOCK_K=64, SPLIT_K=16, num_warps=4, num_stages=3),
+           c(BLOCK_N=128, BLOCK_K=64, SPLIT_K=16, num_warps=4, num_stages=3),
+           c(BLOCK_N=32, BLOCK_K=64, SPLIT_K=8, num_warps=4, num_stages=4),
+           c(BLOCK_N=64, BLOCK_K=256, SPLIT_K=4, num_warps=4, num_stages=3),
+           c(BLOCK_N=32, BLOCK_K=512, SPLIT_K=2, num_warps=4, num_stages=3)]
     return pick_configs(gpu, c(BLOCK_N=16, BLOCK_K=64, SPLIT_K=2, num_warps=4))
 
 
@@ -92,6 +96,36 @@ def _store_out(out, b_ptr, y_ptr, rn, offs_m, offs_n, m_ok, n_ok, stride_ym, str
         out += tl.load(b_ptr + rn).to(tl.float32)[None, :]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n.to(tl.int64)[None, :] * stride_yn
     tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _load_tile(w_rows, x_ptr, s_ptr, z_ptr, dqs_ptr, t, offs_j, offs_k, offs_m, m_ok, g_rows, n_ok, dq_off,
+               K, KB, GROUP, stride_xm, stride_xk,
+               PACK: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, DOT: tl.constexpr,
+               PER_TILE: tl.constexpr, HAS_ZEROS: tl.constexpr, DQ: tl.constexpr, DQ_BLOCK: tl.constexpr,
+               ZERO: tl.constexpr):
+    """K tile ``t``: W's bytes ``[BLOCK_K / PACK, BLOCK_N]`` (int32), x's ``[BLOCK_M, BLOCK_K]`` (16-bit;
+    for one row ``[BLOCK_K]`` float32) and, with ``PER_TILE``, the tile's scale and ``z + 2**23``
+    per output row (``[BLOCK_N]``; zeros otherwise)."""
+    jb = t * (BLOCK_K // PACK) + offs_j
+    kk = t * BLOCK_K + offs_k
+    if EVEN_K:
+        b = tl.load(w_rows[None, :] + jb[:, None])
+    else:
+        b = tl.load(w_rows[None, :] + jb[:, None], mask=(jb < KB)[:, None], other=0)
+    if DOT:
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :] * stride_xk,
+                    mask=m_ok[:, None] & (kk < K)[None, :], other=0.0)
+    else:
+        x = tl.load(x_ptr + kk * stride_xk, mask=kk < K, other=0.0).to(tl.float32)
+    zero = tl.zeros_like(g_rows).to(tl.float32)
+    if PER_TILE:
+        s, zf = group_scale(s_ptr, z_ptr, dqs_ptr, g_rows + (t * BLOCK_K) // GROUP, n_ok, dq_off,
+                            HAS_ZEROS, DQ, DQ_BLOCK, ZERO)
+        zf = zf + zero
+    else:
+        s, zf = zero, zero
+    return b.to(tl.int32), x, s, zf
 
 
 @triton.jit
@@ -129,28 +163,32 @@ def _weight_only_gemv_kernel(
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     else:
         acc2 = tl.zeros((BLOCK_K // PACK, BLOCK_N), dtype=tl.float32)
+        # Hand-pipelined: tile t + 1 is loading while tile t is computed (Triton pipelines only
+        # loads that feed tl.dot). Indices are clamped, so the loads stay in bounds and unmasked.
+        b_nx, x_nx, s_nx, zf_nx = _load_tile(
+            w_rows, x_ptr, s_ptr, z_ptr, dqs_ptr, tl.minimum(t_lo, n_tiles - 1), offs_j, offs_k, offs_m,
+            m_ok, g_rows, n_ok, dq_off, K, KB, GROUP, stride_xm, stride_xk,
+            PACK, BLOCK_K, EVEN_K, DOT, PER_TILE, HAS_ZEROS, DQ, DQ_BLOCK, ZERO)
     for t in range(t_lo, t_hi):
-        jb = t * (BLOCK_K // PACK) + offs_j
-        kk = t * BLOCK_K + offs_k
-        if EVEN_K:
-            b = tl.load(w_rows[None, :] + jb[:, None])
-        else:
-            b = tl.load(w_rows[None, :] + jb[:, None], mask=(jb < KB)[:, None], other=0)
-        b = b.to(tl.int32)
-        # x tile (16-bit), split into even / odd columns for the two nibble planes.
         if DOT:
-            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :] * stride_xk,
-                        mask=m_ok[:, None] & (kk < K)[None, :], other=0.0)
-            if PACK == 2:
+            b, x, s, zf = _load_tile(
+                w_rows, x_ptr, s_ptr, z_ptr, dqs_ptr, t, offs_j, offs_k, offs_m, m_ok, g_rows, n_ok, dq_off,
+                K, KB, GROUP, stride_xm, stride_xk, PACK, BLOCK_K, EVEN_K, DOT, PER_TILE, HAS_ZEROS, DQ,
+                DQ_BLOCK, ZERO)
+        else:
+            b, x, s, zf = b_nx, x_nx, s_nx, zf_nx
+            b_nx, x_nx, s_nx, zf_nx = _load_tile(
+                w_rows, x_ptr, s_ptr, z_ptr, dqs_ptr, tl.minimum(t + 1, t_hi - 1), offs_j, offs_k, offs_m,
+                m_ok, g_rows, n_ok, dq_off, K, KB, GROUP, stride_xm, stride_xk,
+                PACK, BLOCK_K, EVEN_K, DOT, PER_TILE, HAS_ZEROS, DQ, DQ_BLOCK, ZERO)
+        # x's tile split into even / odd columns for the two nibble planes.
+        if PACK == 2:
+            if DOT:
                 x_lo, x_hi = tl.split(tl.reshape(x, (BLOCK_M, BLOCK_K // 2, 2)))
             else:
-                x_lo = x
-        else:
-            x = tl.load(x_ptr + kk * stride_xk, mask=kk < K, other=0.0).to(tl.float32)
-            if PACK == 2:
                 x_lo, x_hi = tl.split(tl.reshape(x, (BLOCK_K // 2, 2)))
-            else:
-                x_lo = x
+        else:
+            x_lo = x
         if PACK == 2:
             c_lo = b & 0xF
         else:
@@ -158,10 +196,7 @@ def _weight_only_gemv_kernel(
 
         if PER_TILE:
             # One group for the whole tile: scale (and zero) per output row, applied afterwards.
-            s, zf = group_scale(s_ptr, z_ptr, dqs_ptr, g_rows + (t * BLOCK_K) // GROUP, n_ok, dq_off,
-                                HAS_ZEROS, DQ, DQ_BLOCK, ZERO)
-            if HAS_ZEROS:
-                zf = zf[None, :]
+            zf = zf[None, :]
             v_lo = code_value(c_lo, zf, cb_ptr, FMT)
             if DOT:
                 wdt = x_ptr.dtype.element_ty
@@ -267,6 +302,9 @@ def weight_only_gemv(x: Tensor, w: WeightOperand, bias: Optional[Tensor], *, dot
         return y.reshape(*lead, n)
     if bias is not None and (bias.numel() != n or bias.device != x.device):
         raise ValueError(f"weight_only_gemv: bias must have {n} values on {x.device}, got {tuple(bias.shape)}")
+    if k == 0:  # nothing to stream; the kernels assume at least one K tile
+        y.zero_()
+        return (y + bias.to(y.dtype) if bias is not None else y).reshape(*lead, n)
     use_dot = m > 1 if dot is None else dot
     block_m = GEMV_MAX_M if use_dot else 1
     if not use_dot and m != 1:
