@@ -91,6 +91,7 @@ def load_base_model(name: str, loader: str = "auto", dtype: str = "float32") -> 
         raise CliError("loading Hugging Face models needs transformers", ExitCode.UNAVAILABLE,
                        hint="pip install 'qcompiler[hf]'") from e
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # our own bars say what is happening
     try:
         config = transformers.AutoConfig.from_pretrained(path)
         if loader == "auto":
