@@ -225,3 +225,24 @@ def test_loaded_graph_keeps_node_meta(saved_block, block):
         return {(label, n.name): n.meta.get(key) for label, gm in m.graph_modules.items() for n in gm.graph.nodes}
     assert meta(loaded, LAYER_KEY) == meta(qm, LAYER_KEY)
     assert {s.layer for s in _specs(loaded).values()} == {"up", "down"}
+
+
+@pytest.mark.parametrize("backend", ["triton", "onnxruntime"])
+def test_round_trip_other_backends(backend, block, tmp_path):
+    """Lowered graphs (Triton ops) and finalized models (ONNX Runtime) load the same way."""
+    try:
+        qcompiler.backends.get_backend(backend).check()
+    except qcompiler.QCompilerError as e:
+        pytest.skip(f"backend {backend} not usable here: {e.message}")
+    model, calib, x = block, _calib(), outlier_batch(rows=7, generator=torch.Generator().manual_seed(9))
+    if backend == "triton":
+        if not torch.cuda.is_available():
+            pytest.skip("lower-triton rewrites fp16 layers on a CUDA GPU only; this machine has none")
+        model = Block().half().cuda().eval()
+        calib, x = [c.half().cuda() for c in calib], x.half().cuda()
+    qm = qcompiler.compile(model, "int8-outlier", calib, backend=backend, progress=False)
+    qcompiler.save(qm, tmp_path / backend)
+    loaded = qcompiler.load(tmp_path / backend, model)
+    with torch.no_grad():
+        assert torch.equal(qm(x), loaded(x))
+    assert type(loaded.model) is type(qm.model) and loaded.report() == qm.report()

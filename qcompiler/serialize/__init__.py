@@ -7,8 +7,9 @@
 from qcompiler.serialize.errors import (BaseModelMismatchError, IntegrityError, LoadError, SaveError,
                                         VersionMismatchError)
 from qcompiler.serialize.record import CompileRecord, WeightsDigest, weights_digest
-from qcompiler.serialize.saved_model import (DESCRIPTION_FILE, FORMAT_VERSION, WEIGHTS_FILE, load,
-                                             read_description, read_tensors, save, verify_files)
+from qcompiler.serialize.files import (DESCRIPTION_FILE, FORMAT_VERSION, WEIGHTS_FILE, read_description, read_tensors,
+                                       verify_files)
+from qcompiler.serialize.saved_model import load, save
 
 __all__ = [
     "save", "load", "read_description", "read_tensors", "verify_files",

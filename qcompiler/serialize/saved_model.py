@@ -18,53 +18,25 @@ present or future, round-trips bit for bit. Nothing in either file is executed.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
-import platform
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from qcompiler.serialize.errors import (BaseModelMismatchError, IntegrityError, LoadError, SaveError,
-                                        VersionMismatchError)
+from qcompiler.serialize.errors import BaseModelMismatchError, IntegrityError, LoadError, SaveError
+from qcompiler.serialize.files import (DESCRIPTION_FILE, DESCRIPTION_SHA, FORMAT, FORMAT_VERSION, WEIGHTS_FILE,
+                                       canonical_sha, check_versions, file_sha256, read_description, read_weights,
+                                       versions)
 from qcompiler.serialize.graph_codec import decode_graph, encode_graph
 from qcompiler.serialize.record import CompileRecord, WeightsDigest, weights_digest
 from qcompiler.serialize.tensors import (TensorEntry, TensorTable, drop_unlisted, outer_tensors, region_tensors,
                                          set_tensor)
 from qcompiler.serialize.values import decode_arg, encode_arg, from_json, to_json
 
-__all__ = ["save", "load", "read_description", "read_tensors", "verify_files", "FORMAT", "FORMAT_VERSION", "WEIGHTS_FILE", "DESCRIPTION_FILE"]
-
-FORMAT = "qcompiler.saved_model"
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-DESCRIPTION_FILE = "qcompiler.json"
-_DESCRIPTION_SHA = "qcompiler.description_sha256"  # safetensors metadata: ties the two files together
-
-
-def _versions() -> dict[str, str]:
-    import safetensors
-
-    import qcompiler
-    return {"qcompiler": qcompiler.__version__, "torch": torch.__version__.split("+")[0],
-            "safetensors": safetensors.__version__, "python": platform.python_version()}
-
-
-def _canonical_sha(doc: dict[str, Any]) -> str:
-    body = {k: v for k, v in doc.items() if k != "weights"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
+__all__ = ["save", "load"]
 
 def _options_json(options: dict[str, Any]) -> dict[str, Any]:
     out = {}
@@ -108,7 +80,7 @@ def save(qm: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | N
                         "before": rec.graphs_before[region.label].to_dict()
                         if region.label in rec.graphs_before else None})
     outer = {}
-    for name, (t, entry) in outer_tensors(qm.model, RegionModule).items():
+    for name, (t, entry) in outer_tensors(qm.program.root, RegionModule).items():  # eager, even if finalized
         key = f"outer/{name}"
         table.add(key, t)
         outer[name] = {"key": key, **to_json(entry)}
@@ -117,7 +89,7 @@ def save(qm: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | N
         absmax[layer] = f"calibration/absmax/{layer}"
         table.add(absmax[layer], t)
     doc = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "versions": _versions(),
+        "format": FORMAT, "format_version": FORMAT_VERSION, "versions": versions(),
         "compile": {"scheme": rec.scheme, "options": _options_json(rec.options), "backend": rec.backend,
                     "capture": rec.capture, "whole_graph": rec.whole_graph, "pipeline": rec.pipeline},
         "base_model": to_json(rec.base),
@@ -136,12 +108,12 @@ def save(qm: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | N
 
     weights = out / WEIGHTS_FILE
     tmp = out / (WEIGHTS_FILE + ".tmp")
-    save_file(table.tensors, str(tmp), metadata={"format": FORMAT, _DESCRIPTION_SHA: _canonical_sha(doc)})
+    save_file(table.tensors, str(tmp), metadata={"format": FORMAT, DESCRIPTION_SHA: canonical_sha(doc)})
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # safetensors creates the file private; make it like any other
     os.replace(tmp, weights)
-    doc["weights"] = {"file": WEIGHTS_FILE, "bytes": weights.stat().st_size, "sha256": _file_sha256(weights)}
+    doc["weights"] = {"file": WEIGHTS_FILE, "bytes": weights.stat().st_size, "sha256": file_sha256(weights)}
     tmp = out / (DESCRIPTION_FILE + ".tmp")
     tmp.write_text(json.dumps(doc, indent=1))
     os.replace(tmp, out / DESCRIPTION_FILE)
@@ -152,98 +124,6 @@ def _add(table: TensorTable, prefix: str, t: torch.Tensor) -> str:
     key = f"{prefix}/{len(table.tensors) + len(table.aliases)}"
     table.add(key, t)
     return key
-
-
-def read_description(path: str | os.PathLike) -> dict[str, Any]:
-    """The parsed ``qcompiler.json`` of a saved model (format checked, tensors not read)."""
-    p = Path(path) / DESCRIPTION_FILE
-    if not p.is_file():
-        raise IntegrityError(f"{p} does not exist", hint=f"give the directory qcompiler.save wrote "
-                                                         f"({DESCRIPTION_FILE} + {WEIGHTS_FILE})")
-    try:
-        doc = json.loads(p.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise IntegrityError(f"{p} is not valid JSON ({e})", hint="the file is damaged: save the model again") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise IntegrityError(f"{p} is not a qcompiler saved model")
-    if doc.get("format_version") != FORMAT_VERSION:
-        raise VersionMismatchError(f"{p} has format version {doc.get('format_version')!r}; this qcompiler "
-                                   f"reads version {FORMAT_VERSION}",
-                                   hint=f"load it with the qcompiler that saved it "
-                                        f"({doc.get('versions', {}).get('qcompiler', '?')})")
-    return doc
-
-
-def _major_minor(v: str) -> tuple[str, ...]:
-    return tuple(v.split("+")[0].split(".")[:2])
-
-
-def _check_versions(doc: dict[str, Any]) -> None:
-    now, then = _versions(), doc.get("versions", {})
-    for name in ("qcompiler", "torch"):
-        if _major_minor(str(then.get(name, "?"))) != _major_minor(now[name]):
-            raise VersionMismatchError(
-                f"saved with {name} {then.get(name, '?')}, this is {name} {now[name]}",
-                hint=f"use {name} {then.get(name, '?')}, or pass check_versions=False to try anyway")
-
-
-def _read_weights(root: Path, doc: dict[str, Any]) -> dict[str, torch.Tensor]:
-    w = doc.get("weights") or {}
-    p = root / str(w.get("file", WEIGHTS_FILE))
-    if not p.is_file():
-        raise IntegrityError(f"{p} does not exist", hint="copy the whole saved directory")
-    size = p.stat().st_size
-    if size != w.get("bytes"):
-        raise IntegrityError(f"{p} is {size} bytes, {w.get('bytes')} were written"
-                             + (" (truncated)" if isinstance(w.get("bytes"), int) and size < w["bytes"] else ""),
-                             hint="the file is damaged or incomplete: copy or save it again")
-    if _file_sha256(p) != w.get("sha256"):
-        raise IntegrityError(f"{p} does not match the sha256 recorded in {DESCRIPTION_FILE}",
-                             hint="the file was changed after it was written: save the model again")
-    from safetensors import safe_open
-
-    with safe_open(str(p), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get(_DESCRIPTION_SHA) != _canonical_sha(doc):
-            raise IntegrityError(f"{DESCRIPTION_FILE} was changed after the model was saved",
-                                 hint="its contents no longer match the hash stored with the tensors")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    manifest = doc.get("tensors", {})
-    if set(manifest) != set(tensors):
-        raise IntegrityError("the tensors in the file differ from those listed in the description")
-    for k, t in tensors.items():
-        want = manifest[k]
-        if str(t.dtype).removeprefix("torch.") != want["dtype"] or list(t.shape) != want["shape"]:
-            raise IntegrityError(f"tensor {k!r} is {t.dtype}{list(t.shape)}, listed as {want['dtype']}{want['shape']}")
-    for alias, key in doc.get("aliases", {}).items():
-        if key not in tensors:
-            raise IntegrityError(f"alias {alias!r} points to missing tensor {key!r}")
-        tensors[alias] = tensors[key]
-    return tensors
-
-
-def verify_files(path: str | os.PathLike) -> dict[str, Any]:
-    """Checks a saved model's files (sha256 of the tensors, the description they were saved
-    with, every tensor's dtype and shape) without the base model; returns the description."""
-    doc = read_description(path)
-    _read_weights(Path(path), doc)
-    return doc
-
-
-def read_tensors(path: str | os.PathLike, keys: list[str]) -> dict[str, torch.Tensor]:
-    """Some tensors of a saved model by key (aliases followed), without checking the whole file:
-    for quick looks (``qcompiler inspect``); :func:`load` and :func:`verify_files` check it all."""
-    from safetensors import safe_open
-
-    doc = read_description(path)
-    aliases = doc.get("aliases", {})
-    file = Path(path) / str((doc.get("weights") or {}).get("file", WEIGHTS_FILE))
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            return {k: f.get_tensor(aliases.get(k, k)) for k in keys}
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-        raise IntegrityError(f"cannot read tensors from {file}: {e}", hint="check the file: qcompiler inspect "
-                                                                           "--verify") from e
 
 
 def load(path: str | os.PathLike, model: nn.Module, *, check_versions: bool = True) -> nn.Module:
@@ -261,20 +141,22 @@ def load(path: str | os.PathLike, model: nn.Module, *, check_versions: bool = Tr
     root = Path(path)
     doc = read_description(root)
     if check_versions:
-        _check_versions(doc)
+        check_versions(doc)
     try:
         base = from_json(WeightsDigest, doc["base_model"])
         comp = doc["compile"]
     except (KeyError, ValueError, TypeError) as e:
         raise IntegrityError(f"{DESCRIPTION_FILE} is missing or has a malformed entry: {e}") from None
-    tensors = _read_weights(root, doc)
+    tensors = read_weights(root, doc)
     _check_base(model, base)
     try:
-        get_backend(comp["backend"])  # registers the backend's ops, which the graphs may call
+        backend = get_backend(comp["backend"])  # registers the backend's ops, which the graphs may call
     except QCompilerError as e:
         raise LoadError(f"the model was compiled for backend {comp['backend']!r}: {e.message}", hint=e.hint) from e
 
-    take = lambda key: tensors[key]  # noqa: E731
+    device = next((t.device for t in list(model.parameters()) + list(model.buffers())), torch.device("cpu"))
+    moved = _Mover()
+    take = lambda key: moved(tensors[key], device)  # noqa: E731 - the example runs where the model is
     args = decode_arg(doc["example"]["args"], tensor=take)
     kwargs = decode_arg(doc["example"]["kwargs"], tensor=take)
     qmodel = copy.deepcopy(model).eval()
@@ -288,8 +170,10 @@ def load(path: str | os.PathLike, model: nn.Module, *, check_versions: bool = Tr
         qmodel = plan.regions[0][1]
     params: dict[int, nn.Parameter] = {}
     for (rpath, rmod), saved in zip(plan.regions, doc["regions"]):
-        _rebuild_region(rmod, saved, tensors, params)
-    _restore_outer(qmodel, doc["outer"], tensors, params)
+        _rebuild_region(rmod, saved, tensors, params, moved)
+        if hasattr(rmod, "freeze"):
+            rmod.freeze()  # as compile leaves its regions
+    _restore_outer(qmodel, doc["outer"], tensors, params, moved)
 
     program = Program([Region(p, m) for p, m in plan.regions], qmodel)
     report = from_json(Report, doc["report"])
@@ -297,8 +181,12 @@ def load(path: str | os.PathLike, model: nn.Module, *, check_versions: bool = Tr
                            comp["whole_graph"], comp["pipeline"], tuple(args), dict(kwargs), base,
                            {(r["path"] or "<model>"): GraphSnapshot.from_dict(r["before"])
                             for r in doc["regions"] if r.get("before")},
-                           {layer: tensors[key] for layer, key in doc["calibration_absmax"].items()})
-    return QuantizedModel(qmodel, program, report, record)
+                           {layer: tensors[key] for layer, key in doc["calibration_absmax"].items()})  # on cpu
+    qm = QuantizedModel(qmodel, program, report, record)
+    if backend.finalize is not None:  # e.g. onnxruntime: the model runs in another runtime
+        qm = backend.finalize(qm, (tuple(args), dict(kwargs)))
+        qm._report = from_json(Report, doc["report"])  # as saved: finalize notes its own temp files
+    return qm
 
 
 def _check_base(model: nn.Module, base: WeightsDigest) -> None:
@@ -316,8 +204,21 @@ def _check_base(model: nn.Module, base: WeightsDigest) -> None:
                                  hint="pass the float model the saved model was compiled from, unmodified")
 
 
+class _Mover:
+    """``tensor.to(device)`` once per (tensor, device), so tied tensors stay one object."""
+
+    def __init__(self):
+        self._done: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def __call__(self, t: torch.Tensor, device: torch.device) -> torch.Tensor:
+        key = (id(t), device)
+        if key not in self._done:
+            self._done[key] = t.to(device)
+        return self._done[key]
+
+
 def _rebuild_region(rmod: nn.Module, saved: dict[str, Any], tensors: dict[str, torch.Tensor],
-                    params: dict[int, nn.Parameter]) -> None:
+                    params: dict[int, nn.Parameter], moved: _Mover) -> None:
     label = saved["path"] or "<model>"
     gm = rmod.gm
     graph = decode_graph(saved["graph"], gm)
@@ -336,11 +237,14 @@ def _rebuild_region(rmod: nn.Module, saved: dict[str, Any], tensors: dict[str, t
             t = current[target][0]
             raise BaseModelMismatchError(f"region '{label}': '{target}' is {t.dtype}{list(t.shape)} in the model, "
                                          f"{tensors[key].dtype}{list(tensors[key].shape)} in the file")
+    # New buffers go where the region's float weights are; replaced ones where they were.
+    home = next((t.device for t, _ in current.values()), torch.device("cpu"))
     gm.graph = graph
     drop_unlisted(gm, set(entries))
     for target, (key, entry) in entries.items():
+        where = current[target][0].device if target in current else home
         try:
-            set_tensor(gm, target, tensors[key], entry, params)
+            set_tensor(gm, target, moved(tensors[key], where), entry, params)
         except AttributeError as e:
             raise LoadError(f"region '{label}': cannot place '{target}': {e}") from None
     gm.recompile()
@@ -352,7 +256,7 @@ def _rebuild_region(rmod: nn.Module, saved: dict[str, Any], tensors: dict[str, t
 
 
 def _restore_outer(qmodel: nn.Module, saved: dict[str, Any], tensors: dict[str, torch.Tensor],
-                   params: dict[int, nn.Parameter]) -> None:
+                   params: dict[int, nn.Parameter], moved: _Mover) -> None:
     from qcompiler.capture import RegionModule
 
     current = outer_tensors(qmodel, RegionModule)
@@ -365,4 +269,5 @@ def _restore_outer(qmodel: nn.Module, saved: dict[str, Any], tensors: dict[str, 
         if (t.shape, t.dtype) != (tensors[key].shape, tensors[key].dtype):
             raise BaseModelMismatchError(f"'{name}' is {t.dtype}{list(t.shape)} in the model, "
                                          f"{tensors[key].dtype}{list(tensors[key].shape)} in the file")
-        set_tensor(qmodel, name, tensors[key], TensorEntry(e["kind"], bool(e.get("requires_grad", False))), params)
+        set_tensor(qmodel, name, moved(tensors[key], t.device),
+                   TensorEntry(e["kind"], bool(e.get("requires_grad", False))), params)

@@ -1,0 +1,142 @@
+"""The two files of a saved model: names, format version, hashes, and reading them back checked.
+
+``model.safetensors`` carries the sha256 of the description (in its metadata); ``qcompiler.json``
+carries the sha256 and size of ``model.safetensors``. Either file changed after saving, or cut
+short, is an :class:`~qcompiler.serialize.errors.IntegrityError` before anything is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qcompiler.serialize.errors import IntegrityError, VersionMismatchError
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "WEIGHTS_FILE", "DESCRIPTION_FILE", "DESCRIPTION_SHA", "versions",
+           "canonical_sha", "file_sha256", "read_description", "check_versions", "read_weights", "verify_files",
+           "read_tensors"]
+
+FORMAT = "qcompiler.saved_model"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+DESCRIPTION_FILE = "qcompiler.json"
+DESCRIPTION_SHA = "qcompiler.description_sha256"  # safetensors metadata: ties the two files together
+
+
+def versions() -> dict[str, str]:
+    import safetensors
+
+    import qcompiler
+    return {"qcompiler": qcompiler.__version__, "torch": torch.__version__.split("+")[0],
+            "safetensors": safetensors.__version__, "python": platform.python_version()}
+
+
+def canonical_sha(doc: dict[str, Any]) -> str:
+    body = {k: v for k, v in doc.items() if k != "weights"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_description(path: str | os.PathLike) -> dict[str, Any]:
+    """The parsed ``qcompiler.json`` of a saved model (format checked, tensors not read)."""
+    p = Path(path) / DESCRIPTION_FILE
+    if not p.is_file():
+        raise IntegrityError(f"{p} does not exist", hint=f"give the directory qcompiler.save wrote "
+                                                         f"({DESCRIPTION_FILE} + {WEIGHTS_FILE})")
+    try:
+        doc = json.loads(p.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise IntegrityError(f"{p} is not valid JSON ({e})", hint="the file is damaged: save the model again") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise IntegrityError(f"{p} is not a qcompiler saved model")
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise VersionMismatchError(f"{p} has format version {doc.get('format_version')!r}; this qcompiler "
+                                   f"reads version {FORMAT_VERSION}",
+                                   hint=f"load it with the qcompiler that saved it "
+                                        f"({doc.get('versions', {}).get('qcompiler', '?')})")
+    return doc
+
+
+def _major_minor(v: str) -> tuple[str, ...]:
+    return tuple(v.split("+")[0].split(".")[:2])
+
+
+def check_versions(doc: dict[str, Any]) -> None:
+    now, then = versions(), doc.get("versions", {})
+    for name in ("qcompiler", "torch"):
+        if _major_minor(str(then.get(name, "?"))) != _major_minor(now[name]):
+            raise VersionMismatchError(
+                f"saved with {name} {then.get(name, '?')}, this is {name} {now[name]}",
+                hint=f"use {name} {then.get(name, '?')}, or pass check_versions=False to try anyway")
+
+
+def read_weights(root: Path, doc: dict[str, Any]) -> dict[str, torch.Tensor]:
+    w = doc.get("weights") or {}
+    p = root / str(w.get("file", WEIGHTS_FILE))
+    if not p.is_file():
+        raise IntegrityError(f"{p} does not exist", hint="copy the whole saved directory")
+    size = p.stat().st_size
+    if size != w.get("bytes"):
+        raise IntegrityError(f"{p} is {size} bytes, {w.get('bytes')} were written"
+                             + (" (truncated)" if isinstance(w.get("bytes"), int) and size < w["bytes"] else ""),
+                             hint="the file is damaged or incomplete: copy or save it again")
+    if file_sha256(p) != w.get("sha256"):
+        raise IntegrityError(f"{p} does not match the sha256 recorded in {DESCRIPTION_FILE}",
+                             hint="the file was changed after it was written: save the model again")
+    from safetensors import safe_open
+
+    with safe_open(str(p), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get(DESCRIPTION_SHA) != canonical_sha(doc):
+            raise IntegrityError(f"{DESCRIPTION_FILE} was changed after the model was saved",
+                                 hint="its contents no longer match the hash stored with the tensors")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    manifest = doc.get("tensors", {})
+    if set(manifest) != set(tensors):
+        raise IntegrityError("the tensors in the file differ from those listed in the description")
+    for k, t in tensors.items():
+        want = manifest[k]
+        if str(t.dtype).removeprefix("torch.") != want["dtype"] or list(t.shape) != want["shape"]:
+            raise IntegrityError(f"tensor {k!r} is {t.dtype}{list(t.shape)}, listed as {want['dtype']}{want['shape']}")
+    for alias, key in doc.get("aliases", {}).items():
+        if key not in tensors:
+            raise IntegrityError(f"alias {alias!r} points to missing tensor {key!r}")
+        tensors[alias] = tensors[key]
+    return tensors
+
+
+def verify_files(path: str | os.PathLike) -> dict[str, Any]:
+    """Checks a saved model's files (sha256 of the tensors, the description they were saved
+    with, every tensor's dtype and shape) without the base model; returns the description."""
+    doc = read_description(path)
+    read_weights(Path(path), doc)
+    return doc
+
+
+def read_tensors(path: str | os.PathLike, keys: list[str]) -> dict[str, torch.Tensor]:
+    """Some tensors of a saved model by key (aliases followed), without checking the whole file:
+    for quick looks (``qcompiler inspect``); :func:`load` and :func:`verify_files` check it all."""
+    from safetensors import safe_open
+
+    doc = read_description(path)
+    aliases = doc.get("aliases", {})
+    file = Path(path) / str((doc.get("weights") or {}).get("file", WEIGHTS_FILE))
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {k: f.get_tensor(aliases.get(k, k)) for k in keys}
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise IntegrityError(f"cannot read tensors from {file}: {e}", hint="check the file: qcompiler inspect "
+                                                                           "--verify") from e
