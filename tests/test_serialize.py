@@ -10,7 +10,7 @@ from torch import nn
 
 import qcompiler
 from qcompiler.serialize import (BaseModelMismatchError, IntegrityError, LoadError, SaveError, VersionMismatchError,
-                                 saved_model)
+                                 files)
 from qcompiler.serialize.graph_codec import decode_graph
 from qcompiler.serialize.values import decode_arg, encode_arg, from_json, to_json
 from qcompiler.spec import LAYER_KEY, SPEC_KEY, LinearQuantSpec, OutlierMode, WeightRefs
@@ -159,8 +159,8 @@ def test_missing_or_unreadable_files(damage, saved_block, block, tmp_path):
 
 def test_version_mismatch(saved_block, block, monkeypatch):
     path = saved_block[1]
-    real = saved_model._versions
-    monkeypatch.setattr(saved_model, "_versions", lambda: {**real(), "qcompiler": "9.0.0"})
+    real = files.versions
+    monkeypatch.setattr(files, "versions", lambda: {**real(), "qcompiler": "9.0.0"})
     with pytest.raises(VersionMismatchError, match="qcompiler 0.1.0, this is qcompiler 9.0.0"):
         qcompiler.load(path, block)
     x = outlier_batch(rows=5)

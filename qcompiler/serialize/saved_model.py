@@ -27,8 +27,9 @@ import torch
 from torch import nn
 
 from qcompiler.serialize.errors import BaseModelMismatchError, IntegrityError, LoadError, SaveError
+from qcompiler.serialize.files import check_versions as _check_versions
 from qcompiler.serialize.files import (DESCRIPTION_FILE, DESCRIPTION_SHA, FORMAT, FORMAT_VERSION, WEIGHTS_FILE,
-                                       canonical_sha, check_versions, file_sha256, read_description, read_weights,
+                                       canonical_sha, file_sha256, read_description, read_weights,
                                        versions)
 from qcompiler.serialize.graph_codec import decode_graph, encode_graph
 from qcompiler.serialize.record import CompileRecord, WeightsDigest, weights_digest
@@ -141,7 +142,7 @@ def load(path: str | os.PathLike, model: nn.Module, *, check_versions: bool = Tr
     root = Path(path)
     doc = read_description(root)
     if check_versions:
-        check_versions(doc)
+        _check_versions(doc)
     try:
         base = from_json(WeightsDigest, doc["base_model"])
         comp = doc["compile"]
