@@ -26,7 +26,7 @@ def _op_nodes(qm):
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_causal_lm(arch, scheme, make_tiny_hf, make_token_batches):
     model = make_tiny_hf(arch)
-    qm = qcompiler.compile(model, scheme, make_token_batches(n=1), verify=True, progress=False)
+    qm = qcompiler.compile(model, scheme, example_inputs=make_token_batches(n=1)[0], verify=True, progress=False)
     rep = qm.report()
     assert len(rep.quantized) == len(rep.layers) == len(_op_nodes(qm))  # every linear is a weight-only op
     assert not any(is_linear(n) for gm in qm.graph_modules.values() for n in gm.graph.nodes)
