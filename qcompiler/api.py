@@ -141,7 +141,7 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
     ref_outs = _run_reference(model, ref_calls)
     base = weights_digest(model)
     qmodel = copy.deepcopy(model).eval()
-    plan = capture_regions(qmodel, *example, method=method, whole=whole_graph)
+    plan = capture_regions(qmodel, *example, method=method, whole=whole_graph, progress=progress)
     if not plan.regions:
         raise CaptureError("no part of the model holding a linear layer could be captured",
                            hint="; ".join(f"{p}: {why}" for p, why in plan.split[:3]) or None)

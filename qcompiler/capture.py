@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
+from tqdm.auto import tqdm
 
 from qcompiler.errors import CaptureError, UnsupportedError
 
@@ -265,7 +266,7 @@ def _record_calls(model: nn.Module, args: tuple, kwargs: dict) -> dict[nn.Module
 
 
 def capture_regions(model: nn.Module, args: tuple, kwargs: dict, method: CaptureMethod,
-                    whole: bool = False) -> CapturePlan:
+                    whole: bool = False, progress: bool = False) -> CapturePlan:
     """Capture ``model`` in place: every capturable region is swapped for a RegionModule.
 
     ``whole=True`` captures the model as one graph or raises CaptureError naming what broke it
@@ -274,6 +275,7 @@ def capture_regions(model: nn.Module, args: tuple, kwargs: dict, method: Capture
     calls = _record_calls(model, args, kwargs)
     plan = CapturePlan()
     cache: dict = {}
+    bar = tqdm(desc="capturing", unit="module", leave=False, disable=not progress)
 
     def visit(path: str, mod: nn.Module, parent: nn.Module | None, attr: str) -> None:
         if not _has_linear(mod):
@@ -284,9 +286,12 @@ def capture_regions(model: nn.Module, args: tuple, kwargs: dict, method: Capture
             for name, child in mod.named_children():  # containers (ModuleList) are never called
                 visit(f"{path}.{name}" if path else name, child, mod, name)
             return
+        bar.set_postfix_str(path or "<model>")
         try:
             gm, tensors, consts = capture_module(mod, path, *calls[mod], method=method, cache=cache)
+            bar.update(1)
         except CaptureError as e:
+            bar.update(1)
             if whole and parent is None:
                 children = [n for n, c in mod.named_children() if _has_linear(c)]
                 raise CaptureError(e.message, hint=(
@@ -303,5 +308,8 @@ def capture_regions(model: nn.Module, args: tuple, kwargs: dict, method: Capture
         if parent is not None:
             setattr(parent, attr, region)
 
-    visit("", model, None, "")
+    try:
+        visit("", model, None, "")
+    finally:
+        bar.close()
     return plan
