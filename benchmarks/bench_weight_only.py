@@ -9,9 +9,10 @@ For each M x K x N: X fp16 ~ N(0, 1), W ~ N(0, 0.02^2), no bias. Rows:
 * torchao int4 weight-only (group 128, tinygemm; bf16 X) - optional, "n/a: reason" if it fails;
 * qcompiler ``qcompiler_triton.weight_only_uint_linear`` int8 (per channel) / int4 g128
   (symmetric, asymmetric) and ``weight_only_nf4_linear`` b64 (+ double quant): split-K GEMV for
-  M <= 16, dequantize + cuBLAS above;
-* profile rows: the same int4 GEMV in its tensor-core form at M = 1 (``dot=True``), the dequantize
-  kernel alone (M > 16), and the older ``weight_only_int8_linear`` (int8 W, 128 programs).
+  M <= 16, the same kernel tiled over M (mixed-input GEMM) up to 256 rows, dequantize + cuBLAS above;
+* profile rows: the int4 GEMV in its tensor-core form at M = 1 (``dot=True``); for M > 16 both
+  large-M paths forced (mixed-input GEMM, dequantize + cuBLAS) and the dequantize kernel alone; the
+  older ``weight_only_int8_linear`` (int8 W, 128 programs) for M <= 16.
 
 Times after a warm-up call (which also autotunes): ``ms`` = median of ``triton.testing.do_bench``
 (L2 flushed between calls); ``gpu ms`` = the same with the GPU held back by ``torch.cuda._sleep``
@@ -39,7 +40,9 @@ import torch.nn.functional as F
 
 __all__ = ["main"]
 
-SHAPES = [(1, 4096, 4096), (16, 4096, 4096), (2048, 4096, 4096), (1, 4096, 11008), (16, 4096, 11008)]
+# The issue's five shapes, plus M = 128: where the mixed-input GEMM and dequantize + cuBLAS meet.
+SHAPES = [(1, 4096, 4096), (16, 4096, 4096), (2048, 4096, 4096), (1, 4096, 11008), (16, 4096, 11008),
+          (128, 4096, 4096)]
 QUICK = [(1, 4096, 4096), (16, 4096, 4096), (2048, 4096, 4096)]
 TINY = [(1, 256, 192), (5, 256, 200), (40, 256, 136)]  # odd N on purpose; runs in the interpreter
 GROUP, BLOCK = 128, 64
@@ -138,6 +141,22 @@ def _int4_gemv_dot(x, w):
     return lambda: weight_only_gemv(x, op, None, dot=True)
 
 
+def _int4_mixed_gemm(x, w):
+    if x.shape[0] <= 16:
+        raise RuntimeError("profile row for M > 16 only")
+    from qcompiler.backends.triton import weight_only_matmul
+    op = _int4_operand(w)
+    return lambda: weight_only_matmul(x, op, None)
+
+
+def _int4_dequant_cublas(x, w):
+    if x.shape[0] <= 16:
+        raise RuntimeError("profile row for M > 16 only")
+    from qcompiler.backends.triton import dequantize_weight
+    op = _int4_operand(w)
+    return lambda: F.linear(x, dequantize_weight(op, x.dtype))
+
+
 def _int4_dequant_only(x, w):
     if x.shape[0] <= 16:
         raise RuntimeError("profile row for M > 16 only")
@@ -167,6 +186,8 @@ METHODS = [  # (name, make, check error)
     ("qc nf4 b64", _nf4(False), True),
     ("qc nf4 b64 +dq", _nf4(True), True),
     ("  qc int4 GEMV, tl.dot form", _int4_gemv_dot, True),
+    ("  qc int4 mixed GEMM (forced)", _int4_mixed_gemm, True),
+    ("  qc int4 dequant+cuBLAS (forced)", _int4_dequant_cublas, True),
     ("  qc int4 dequantize only", _int4_dequant_only, False),
     ("  qc old weight_only_int8_linear", _old_int8, True),
 ]
@@ -297,8 +318,8 @@ def _goals(results) -> str:
 
 def _best_configs():
     """The configs the autotuner picked, per kernel and key (for RESULTS.md)."""
-    mods = {"gemv_fma": ("weight_only_gemv", False), "gemv_dot": ("weight_only_gemv", True),
-            "dequantize_weight": ("dequantize_weight", None)}
+    mods = {"gemv_fma": ("weight_only_gemv", "fma"), "gemv_dot": ("weight_only_gemv", "dot"),
+            "mixed_gemm": ("weight_only_gemv", "gemm"), "dequantize_weight": ("dequantize_weight", None)}
     out = {}
     for label, (mod, sel) in mods.items():
         # sys.modules: the package re-exports launchers under the same names as these modules.

@@ -16,7 +16,8 @@ other shape (per-tensor X, shared quantization with a different consumer) map op
 ``qcompiler_triton.int8_linear`` / ``quantize_rowwise``; ``quantize_tensorwise`` stays in torch.
 
 Weight-only ops map onto M-dispatched weight-only kernels (split-K GEMV that unpacks W in
-registers for M <= 16, dequantize + cuBLAS above); NF4's double quantization is fused in::
+registers for M <= 16, the same kernel tiled over M up to 256 rows, dequantize + cuBLAS above);
+NF4's double quantization is fused in::
 
     %y = qcompiler.weight_only_linear(%x, %qw, %s, %z, %b, 4, 128)
       -> qcompiler_triton.weight_only_uint_linear(%x, %qw, %s, %z, %b, 4, 128)
@@ -183,11 +184,13 @@ def _float_weight_dtype(ctx: PassContext, spec) -> Optional[torch.dtype]:
     return getattr(w, "dtype", None)
 
 
+_WO_DISPATCH = ": split-K GEMV for M<=16, mixed-input GEMM for M<=256, dequantize+cuBLAS above"
+
+
 def _lower_uint(gm, node, ops, state):
     x, qweight, scales, zeros, bias, bits, group = node.args
     new = gm.graph.call_function(ops.weight_only_uint_linear.default, tuple(node.args))
-    return new, (f"weight_only_uint_linear (w{bits} g{group}: split-K GEMV for M<=16, "
-                 f"dequantize+cuBLAS above)")
+    return new, f"weight_only_uint_linear (w{bits} g{group}{_WO_DISPATCH})"
 
 
 def _lower_nf4(gm, node, ops, state):
@@ -199,7 +202,7 @@ def _lower_nf4(gm, node, ops, state):
     else:
         args, how = (x, qweight, absmax, None, None, bias, block, 1), ""
     new = gm.graph.call_function(ops.weight_only_nf4_linear.default, args)
-    return new, f"weight_only_nf4_linear (b{block}{how}: split-K GEMV for M<=16, dequantize+cuBLAS above)"
+    return new, f"weight_only_nf4_linear (b{block}{how}{_WO_DISPATCH})"
 
 
 def _uint_bits(node) -> Optional[str]:

@@ -20,7 +20,8 @@ nf4_linear (+ double-quant absmax)     weight_only_nf4_linear (M-dispatched)
 =====================================  ==============================================
 
 The weight-only ops run a split-K GEMV that unpacks W in registers for M <= 16
-(:mod:`.weight_only_gemv`) and dequantize-to-16-bit + cuBLAS above (:mod:`.dequantize_weight`).
+(:mod:`.weight_only_gemv`), the same kernel tiled over M (a mixed-input GEMM) up to M = 256, and
+dequantize-to-16-bit + cuBLAS above (:mod:`.dequantize_weight`).
 
 Kernels run on CUDA GPUs of compute capability >= 7.5 (int8 tensor cores), or on the CPU under
 ``TRITON_INTERPRET=1`` (set before this package is imported); :func:`is_available` says which.
@@ -48,8 +49,10 @@ __all__ = [
     "weight_only_uint_linear",
     "weight_only_nf4_linear",
     "weight_only_gemv",
+    "weight_only_matmul",
     "dequantize_weight",
     "WEIGHT_ONLY_SMALL_M",
+    "WEIGHT_ONLY_GEMM_MAX_M",
 ]
 
 # int8 mma (and so int8 tl.dot) needs Turing or newer.
@@ -73,8 +76,9 @@ if _TRITON_ERROR is None:
     from qcompiler.backends.triton.quantize_rowwise_dynamic import quantize_rowwise_dynamic
     from qcompiler.backends.triton.weight_only_linear import SMALL_M, weight_only_linear
     from qcompiler.backends.triton.dequantize_weight import dequantize_weight
-    from qcompiler.backends.triton.weight_only_gemv import weight_only_gemv
-    from qcompiler.backends.triton.weight_only_linear_ops import (WEIGHT_ONLY_SMALL_M,
+    from qcompiler.backends.triton.weight_only_gemv import weight_only_gemv, weight_only_matmul
+    from qcompiler.backends.triton.weight_only_linear_ops import (WEIGHT_ONLY_GEMM_MAX_M,
+                                                                  WEIGHT_ONLY_SMALL_M,
                                                                   weight_only_nf4_linear,
                                                                   weight_only_uint_linear)
 

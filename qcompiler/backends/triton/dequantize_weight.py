@@ -1,11 +1,11 @@
 """Large-M weight-only path, part one: a weight-only W (UINT 8/4-bit or NF4) dequantized to a dense
 ``[N, K]`` float16/bfloat16 matrix, which ``F.linear`` (cuBLAS) then multiplies.
 
-Why not a mixed-input Triton GEMM: at M = 2048, K = N = 4096 the GEMM is compute-bound
-(~0.1 ms on an H100/H200 with cuBLAS); writing the 33 MB fp16 W costs ~0.01 ms more, while a Triton
-GEMM that unpacks int4 tiles into shared memory for the tensor cores (no TMA, no warp
-specialisation on triton 3.6) typically runs well below cuBLAS there. For M between 17 and a few
-hundred a fused GEMM would win; see ``benchmarks/bench_weight_only.py`` for the measured numbers.
+Why not only the mixed-input Triton GEMM (``weight_only_matmul``): at M = 2048, K = N = 4096 the
+GEMM is compute-bound (~0.1 ms on an H100/H200 with cuBLAS); writing the 33 MB fp16 W costs
+~0.01 ms more, while a Triton GEMM that unpacks int4 tiles for the tensor cores (no TMA, no warp
+specialisation on triton 3.6) is expected to run below cuBLAS there. For moderate M the fused GEMM
+reads 4x fewer bytes; ``benchmarks/bench_weight_only.py`` measures both.
 
 Each program writes a ``[BLOCK_N, BLOCK_K]`` tile of W; 4-bit tiles are unpacked by joining the
 low and high nibble planes (``tl.join`` + ``reshape``: k = 2j, 2j + 1 side by side), so the

@@ -1,6 +1,7 @@
 """Small-M (decode) weight-only linear: ``y = x @ W.T + bias`` with W in 8 or 4 bits (UINT) or NF4,
 unpacked in registers; x stays 16-bit. For M <= 16 the layer is bound by reading W, so the kernel
-is built to keep HBM busy:
+is built to keep HBM busy (the same kernel tiled over M as well is :func:`weight_only_matmul`, a
+mixed-input GEMM for moderate M):
 
 * **split-K**: the grid is ``(N / BLOCK_N, SPLIT_K)``; each program streams a ``[BLOCK_N, K /
   SPLIT_K]`` slab, so even N = 4096 gives several programs (and several slabs of loads in flight)
@@ -34,7 +35,7 @@ from qcompiler.backends.triton._config import TunedLauncher, interpreting, make_
 from qcompiler.backends.triton._weight_operand import WeightOperand, code_value, group_scale, per_tile
 from qcompiler.backends.triton.int8_linear import _outlier_dot
 
-__all__ = ["weight_only_gemv", "GEMV_MAX_M"]
+__all__ = ["weight_only_gemv", "weight_only_matmul", "GEMV_MAX_M"]
 
 # Rows up to which the GEMV is used (the dot path's BLOCK_M).
 GEMV_MAX_M = 16
@@ -75,12 +76,38 @@ def _dot_configs() -> list[triton.Config]:
     return pick_configs(gpu, c(BLOCK_N=16, BLOCK_K=64, SPLIT_K=2, num_warps=4))
 
 
+def _gemm_configs() -> list[triton.Config]:
+    # 16 < M <= GEMM_MAX_M: the same kernel tiled over M as well (a mixed-input GEMM: W unpacked in
+    # registers, fed to the tensor cores); still W-bound for small M, so split-K stays available.
+    c = make_config
+    gpu = [c(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, SPLIT_K=1, num_warps=4, num_stages=3),
+           c(BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, SPLIT_K=2, num_warps=4, num_stages=3),
+           c(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, SPLIT_K=2, num_warps=4, num_stages=4),
+           c(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, SPLIT_K=1, num_warps=8, num_stages=3),
+           c(BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, SPLIT_K=1, num_warps=4, num_stages=3),
+           c(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, SPLIT_K=4, num_warps=4, num_stages=4),
+           c(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, SPLIT_K=2, num_warps=4, num_stages=4),
+           c(BLOCK_M=64, BLOCK_N=256, BLOCK_K=64, SPLIT_K=1, num_warps=8, num_stages=3)]
+    return pick_configs(gpu, c(BLOCK_M=32, BLOCK_N=32, BLOCK_K=64, SPLIT_K=2, num_warps=4))
+
+
+# Split-K partial sums are bounded: configs whose [SPLIT_K, M, N] float32 workspace would exceed
+# this are dropped (vocabulary-size heads at larger M).
+_SCRATCH_BYTES = 64 << 20
+
+
+def _max_split(m_bucket: int, n: int) -> int:
+    return max(1, _SCRATCH_BYTES // (4 * m_bucket * max(n, 1)))
+
+
 def _prune(configs, named_args, **kwargs):
-    """Per-tile scales where any candidate allows them; no more splits than K tiles."""
+    """Per-tile scales where any candidate allows them; no more splits than K tiles or than the
+    workspace holds."""
     a = {**named_args, **kwargs}
     ok = [c for c in configs if per_tile(a["GROUP"], a["G"], c.kwargs["BLOCK_K"])] or list(configs)
-    fit = [c for c in ok if c.kwargs["SPLIT_K"] <= max(1, -(-a["K"] // c.kwargs["BLOCK_K"]))]
-    return fit or ok
+    cap = _max_split(a["M_BUCKET"], a["N"])
+    fit = [c for c in ok if c.kwargs["SPLIT_K"] <= min(cap, max(1, -(-a["K"] // c.kwargs["BLOCK_K"])))]
+    return fit or [c for c in ok if c.kwargs["SPLIT_K"] == 1] or ok
 
 
 _HEURISTICS = {
@@ -140,7 +167,8 @@ def _weight_only_gemv_kernel(
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    offs_m = tl.arange(0, BLOCK_M)
+    pid_m = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < M
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
@@ -245,21 +273,22 @@ def _weight_only_gemv_kernel(
         p_off = offs_m[:, None] * N + offs_n[None, :]
         tl.store(part_ptr + pid_k * M * N + p_off, out, mask=mask)
         tl.debug_barrier()  # every thread's partial is written before the counter moves
-        arrived = tl.atomic_add(lock_ptr + pid_n, 1, sem="acq_rel")
+        lock = lock_ptr + pid_m * tl.num_programs(0) + pid_n
+        arrived = tl.atomic_add(lock, 1, sem="acq_rel")
         if arrived == SPLIT_K - 1:
             total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             for s_i in tl.static_range(SPLIT_K):  # fixed order: the same bits on every run
                 total += tl.load(part_ptr + s_i * M * N + p_off, mask=mask, other=0.0, cache_modifier=".cg")
             _store_out(total, b_ptr, y_ptr, rn, offs_m, offs_n, m_ok, n_ok, stride_ym, stride_yn, HAS_BIAS)
-            tl.atomic_xchg(lock_ptr + pid_n, 0)
+            tl.atomic_xchg(lock, 0)
 
 
 _KEY = ["M_BUCKET", "N", "K", "GROUP", "FMT", "PACK", "HAS_ZEROS", "DQ"]
+_CONFIGS = {"fma": _fma_configs, "dot": _dot_configs, "gemm": _gemm_configs}
 _LAUNCH = {
-    dot: TunedLauncher(triton.autotune(configs=(_dot_configs() if dot else _fma_configs()), key=_KEY,
-                                       prune_configs_by={"early_config_prune": _prune})(
+    mode: TunedLauncher(triton.autotune(configs=make(), key=_KEY, prune_configs_by={"early_config_prune": _prune})(
         triton.heuristics(values=_HEURISTICS)(_weight_only_gemv_kernel)))
-    for dot in (False, True)
+    for mode, make in _CONFIGS.items()
 }
 
 # Split-K scratch per device: float32 partials and int32 counters that every launch leaves at 0.
@@ -287,42 +316,58 @@ def weight_only_gemv(x: Tensor, w: WeightOperand, bias: Optional[Tensor], *, dot
     x's dtype. ``dot`` forces the tensor-core (True) or CUDA-core (False) form (default: CUDA
     cores for one row); ``config`` (``BLOCK_N``, ``BLOCK_K``, ``SPLIT_K``, ``num_warps``,
     ``num_stages``) skips the autotuner - for tests and benchmarks."""
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else x.shape[:-1].numel()
+    if rows > GEMV_MAX_M:
+        raise ValueError(f"weight_only_gemv handles at most {GEMV_MAX_M} rows, got {rows}")
+    use_dot = rows > 1 if dot is None else dot
+    if not use_dot and rows > 1:
+        raise ValueError("weight_only_gemv: the CUDA-core form (dot=False) takes one row")
+    return _run("weight_only_gemv", x, w, bias, "dot" if use_dot else "fma", config)
+
+
+def weight_only_matmul(x: Tensor, w: WeightOperand, bias: Optional[Tensor], *,
+                       config: Optional[dict] = None) -> Tensor:
+    """Any number of rows, tiled over M too (``BLOCK_M`` 32..128): a mixed-input GEMM on the tensor
+    cores with the same unpacking and split-K reduction. ``config`` as for :func:`weight_only_gemv`,
+    plus ``BLOCK_M``."""
+    return _run("weight_only_matmul", x, w, bias, "gemm", config)
+
+
+def _run(what: str, x: Tensor, w: WeightOperand, bias: Optional[Tensor], mode: str,
+         config: Optional[dict]) -> Tensor:
     if x.dtype not in (torch.float16, torch.bfloat16):
-        raise TypeError(f"weight_only_gemv: x must be float16/bfloat16, got {x.dtype}")
+        raise TypeError(f"{what}: x must be float16/bfloat16, got {x.dtype}")
     k, n = x.shape[-1], w.n
     if k != w.k:
-        raise ValueError(f"weight_only_gemv: x has K={k}, the weight K={w.k}")
+        raise ValueError(f"{what}: x has K={k}, the weight K={w.k}")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)
     m = x2.shape[0]
-    if m > GEMV_MAX_M:
-        raise ValueError(f"weight_only_gemv handles at most {GEMV_MAX_M} rows, got {m}")
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0 or n == 0:
         return y.reshape(*lead, n)
     if bias is not None and (bias.numel() != n or bias.device != x.device):
-        raise ValueError(f"weight_only_gemv: bias must have {n} values on {x.device}, got {tuple(bias.shape)}")
+        raise ValueError(f"{what}: bias must have {n} values on {x.device}, got {tuple(bias.shape)}")
     if k == 0:  # nothing to stream; the kernels assume at least one K tile
         y.zero_()
         return (y + bias.to(y.dtype) if bias is not None else y).reshape(*lead, n)
-    use_dot = m > 1 if dot is None else dot
-    block_m = GEMV_MAX_M if use_dot else 1
-    if not use_dot and m != 1:
-        raise ValueError("weight_only_gemv: the CUDA-core form (dot=False) takes one row")
-    kb = w.qweight.shape[1]
-    max_split, min_block_n = 16, 8
-    part, lock = _scratch(x.device, max_split * m * n, triton.cdiv(n, min_block_n))
+    kb, mb = w.qweight.shape[1], _m_bucket(m)
+    splits = config["SPLIT_K"] if config is not None else min(
+        _max_split(mb, n), max(c.kwargs["SPLIT_K"] for c in _LAUNCH[mode].autotuner.configs))
+    part, lock = _scratch(x.device, splits * m * n, triton.cdiv(m, 16) * triton.cdiv(n, 8))
     args = (x2, *w.args(y), bias if bias is not None else y, y, part, lock,
-            m, n, k, kb, w.groups, w.group, _m_bucket(m), x2.stride(0), x2.stride(1), y.stride(0), y.stride(1))
-    meta = dict(**w.meta(), HAS_BIAS=bias is not None, DOT=use_dot, DOT_F32=interpreting(), BLOCK_M=block_m)
-    grid = lambda c: (triton.cdiv(n, c["BLOCK_N"]), c["SPLIT_K"])  # noqa: E731
+            m, n, k, kb, w.groups, w.group, mb, x2.stride(0), x2.stride(1), y.stride(0), y.stride(1))
+    meta = dict(**w.meta(), HAS_BIAS=bias is not None, DOT=mode != "fma", DOT_F32=interpreting())
+    if mode != "gemm":
+        meta["BLOCK_M"] = GEMV_MAX_M if mode == "dot" else 1
+    grid = lambda c: (triton.cdiv(n, c["BLOCK_N"]), c["SPLIT_K"], triton.cdiv(m, c["BLOCK_M"]))  # noqa: E731
     if config is not None:
         cfg = dict(config)
         launch = dict(num_warps=cfg.pop("num_warps", 4), num_stages=cfg.pop("num_stages", 3))
         named = {"GROUP": w.group, "G": w.groups, "KB": kb, "PACK": w.pack, **cfg}
         cfg.update({name: fn(named) for name, fn in _HEURISTICS.items()})
-        _weight_only_gemv_kernel[grid(cfg)](*args, **meta, **cfg, **launch)
+        _weight_only_gemv_kernel[grid({**meta, **cfg})](*args, **meta, **cfg, **launch)
     else:
         # M_BUCKET only keys the autotuner (one tuning per power-of-two row count).
-        _LAUNCH[use_dot]((_m_bucket(m), x.dtype, bias is not None, *w.key()), grid, *args, **meta)
+        _LAUNCH[mode]((mb, x.dtype, bias is not None, *w.key()), lambda c: grid({**meta, **c}), *args, **meta)
     return y.reshape(*lead, n)

@@ -1,7 +1,13 @@
 """Whole weight-only linears (UINT 8/4-bit and NF4), dispatched by the number of rows M:
 
 * ``M <= 16`` (decode): :func:`weight_only_gemv` - one split-K launch that unpacks W in registers;
-* otherwise: :func:`dequantize_weight` (W to x's dtype, one pass) then ``F.linear`` (cuBLAS).
+* ``16 < M <= WEIGHT_ONLY_GEMM_MAX_M``: :func:`weight_only_matmul` - the same kernel tiled over M
+  (mixed-input GEMM): reads the packed W once, where dequantize + cuBLAS would write and re-read a
+  16-bit copy of it;
+* otherwise: :func:`dequantize_weight` (W to x's dtype, one pass) then ``F.linear`` (cuBLAS), which
+  wins once the GEMM is compute-bound.
+
+The two thresholds are module constants; ``benchmarks/bench_weight_only.py`` measures both sides.
 
 These are what ``lower-triton`` puts in the graph for ``qcompiler::weight_only_linear`` and
 ``qcompiler::nf4_linear`` (the latter with NF4's double quantization fused in), since M is only
@@ -18,12 +24,17 @@ from torch import Tensor
 
 from qcompiler.backends.triton._weight_operand import WeightOperand, nf4_operand, uint_operand
 from qcompiler.backends.triton.dequantize_weight import dequantize_weight
-from qcompiler.backends.triton.weight_only_gemv import GEMV_MAX_M, weight_only_gemv
+from qcompiler.backends.triton.weight_only_gemv import GEMV_MAX_M, weight_only_gemv, weight_only_matmul
 
-__all__ = ["weight_only_uint_linear", "weight_only_nf4_linear", "WEIGHT_ONLY_SMALL_M"]
+__all__ = ["weight_only_uint_linear", "weight_only_nf4_linear", "WEIGHT_ONLY_SMALL_M",
+           "WEIGHT_ONLY_GEMM_MAX_M"]
 
-# Rows up to which the GEMV runs; above, dequantize + cuBLAS.
+# Rows up to which the GEMV runs.
 WEIGHT_ONLY_SMALL_M = GEMV_MAX_M
+# Rows up to which the mixed-input GEMM runs; above, dequantize + cuBLAS. An estimate, not yet a
+# measurement: at M = 2048 cuBLAS's fp16 GEMM is compute-bound and beats a Triton GEMM without
+# TMA / warp specialisation, while at M <= ~256 reading 4x fewer bytes of W should win.
+WEIGHT_ONLY_GEMM_MAX_M = 256
 
 
 def _check_x(x: Tensor, what: str) -> None:
@@ -35,6 +46,8 @@ def _linear(x: Tensor, w: WeightOperand, bias: Optional[Tensor]) -> Tensor:
     rows = x.numel() // x.shape[-1] if x.shape[-1] else x.shape[:-1].numel()
     if rows <= WEIGHT_ONLY_SMALL_M:
         return weight_only_gemv(x, w, bias)
+    if rows <= WEIGHT_ONLY_GEMM_MAX_M:
+        return weight_only_matmul(x, w, bias)
     wd = dequantize_weight(w, x.dtype)
     return F.linear(x, wd, bias.to(x.dtype) if bias is not None else None)
 

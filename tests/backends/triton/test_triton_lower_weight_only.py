@@ -58,7 +58,7 @@ def test_lowered_graph_and_outputs(scheme, options, op):
     assert sum(t in _WEIGHT_ONLY for t in targets) == 2
     assert not any(t in _REFERENCE for t in targets)
     assert [r.lowering.split(":", 1)[1].startswith(op) for r in tri.report().quantized] == [True, True]
-    for rows in (1, 3, 20):  # GEMV (FMA form), GEMV (tl.dot form), dequantize + matmul
+    for rows in (1, 3, 20, 300):  # GEMV (CUDA cores), GEMV (tl.dot), M-tiled kernel, dequantize + matmul
         xx = torch.randn(rows, 64).to(DEVICE, dtype)
         # Same codes and scales; the kernels round W to fp16 on the dot path and sum in another
         # order: differences of the order of fp16's eps (1e-3) relative to |y|.

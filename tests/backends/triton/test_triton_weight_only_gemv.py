@@ -1,6 +1,7 @@
-"""The small-M weight-only GEMV (``weight_only_gemv``): int8 / int4 (packed, with and without zero
-points) and NF4 (with and without double-quantized absmax) against float64 on the same decoded
-weights, and against the float model in units of the format's quantization step.
+"""The weight-only kernel: the small-M GEMV (``weight_only_gemv``) and the same kernel tiled over M
+(``weight_only_matmul``, the mixed-input GEMM): int8 / int4 (packed, with and without zero points)
+and NF4 (with and without double-quantized absmax) against float64 on the same decoded weights,
+and against the float model in units of the format's quantization step.
 
 Shapes are awkward on purpose: K = 301 (odd: the last byte of a packed row holds one code; not a
 multiple of the groups 128 / 64 / 48 / 50, so the last group is short), N = 40 (not a multiple of
@@ -14,7 +15,7 @@ import pytest
 import torch
 from weight_only_problems import FORMATS, dequant_ref, make_problem, make_x16, rounding_tol, within
 
-from qcompiler.backends.triton.weight_only_gemv import _SCRATCH, GEMV_MAX_M, weight_only_gemv
+from qcompiler.backends.triton.weight_only_gemv import _SCRATCH, GEMV_MAX_M, weight_only_gemv, weight_only_matmul
 
 DTYPES = [torch.float16, torch.bfloat16]
 K, N = 301, 40
@@ -83,6 +84,23 @@ def test_gemv_larger_single_row():
     p = make_problem(FORMATS["w4-g128"], 200, 2048, dtype, seed=5, bias=False)
     x = make_x16(1, 2048, dtype, seed=6)
     _check(weight_only_gemv(x, p.operand(), None), x, p, dtype)
+
+
+@pytest.mark.parametrize("fmt,m,config", [
+    ("w4-g128", 17, None),                                                   # interpreter config
+    ("w4-g48-asym", 40, dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=128, SPLIT_K=1)),  # per-element scales
+    ("nf4-b64-dq", 70, dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=64, SPLIT_K=3)),    # 2 M tiles x 3 splits
+    ("w8-g64-asym", 33, dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, SPLIT_K=2)),
+], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_matmul_tiled_over_m(fmt, m, config, dtype):
+    # M not a multiple of BLOCK_M; the split-K counters are per (M tile, N tile) and end at 0.
+    p = make_problem(FORMATS[fmt], N, K, dtype, seed=m)
+    x = make_x16(m, K, dtype, seed=m + 3)
+    y = weight_only_matmul(x, p.operand(), p.bias, config=config)
+    assert y.shape == (m, N) and y.dtype == dtype
+    _check(y, x, p, dtype)
+    assert all(int(lock.count_nonzero()) == 0 for _, lock in _SCRATCH.values())
 
 
 def test_gemv_rejects_bad_inputs():

@@ -1,5 +1,6 @@
 """The M-dispatched weight-only ops ``qcompiler_triton.weight_only_uint_linear`` /
-``weight_only_nf4_linear``: the GEMV for M <= 16, dequantize + ``F.linear`` above, both against the
+``weight_only_nf4_linear``: the GEMV for M <= 16, the M-tiled kernel up to 256 rows, dequantize +
+``F.linear`` above, all against the
 reference ops (``qcompiler::weight_only_linear`` / ``nf4_linear``, float32 on the same codes), plus
 operand checks and the fake implementations (export keeps the kernels as opaque calls)."""
 
@@ -9,13 +10,13 @@ import pytest
 import torch
 from weight_only_problems import FORMATS, OPS, dequant_ref, make_problem, make_x16, rounding_tol, within
 
-from qcompiler.backends.triton.weight_only_linear_ops import WEIGHT_ONLY_SMALL_M
+from qcompiler.backends.triton.weight_only_linear_ops import WEIGHT_ONLY_GEMM_MAX_M, WEIGHT_ONLY_SMALL_M
 
 K, N = 200, 48
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("m", [1, 3, WEIGHT_ONLY_SMALL_M + 1])
+@pytest.mark.parametrize("m", [1, 3, WEIGHT_ONLY_SMALL_M + 1, WEIGHT_ONLY_GEMM_MAX_M + 1])
 @pytest.mark.parametrize("fmt", ["w4-g48-asym", "w8-channel", "nf4-b64-dq"], ids=str)
 def test_op_matches_reference_op(fmt, m, dtype):
     p = make_problem(FORMATS[fmt], N, K, dtype, seed=m)
@@ -24,7 +25,7 @@ def test_op_matches_reference_op(fmt, m, dtype):
     assert y.shape == y_ref.shape == (m, N) and y.dtype == y_ref.dtype == dtype
     ref = dequant_ref(p, x)
     # Both round the same float64 value once to 16 bits (the reference after float32 sums, the
-    # kernels after float32 sums of W in x's dtype; cuBLAS for M > 16): each within the bound.
+    # kernels after float32 sums of W in x's dtype; a 16-bit matmul for M > 256): each within it.
     tol = rounding_tol(x, p, ref, dtype)
     within(y, ref, tol)
     within(y_ref, ref, tol)
@@ -32,7 +33,7 @@ def test_op_matches_reference_op(fmt, m, dtype):
 
 def test_op_leading_dims_and_no_bias():
     p = make_problem(FORMATS["nf4-b64"], N, K, torch.float16, seed=3, bias=False)
-    for rows in (2, 9):  # 2 x 2 = 4 rows (GEMV), 2 x 9 = 18 rows (dequantize + cuBLAS)
+    for rows in (2, 9, 150):  # 4 rows (GEMV), 18 rows (M-tiled kernel), 300 rows (dequantize + matmul)
         x = make_x16(rows, K, torch.float16, seed=rows, lead=(2,))
         y = p.triton_op(x)
         assert y.shape == (2, rows, N)
