@@ -23,18 +23,19 @@ from torch import Tensor
 
 from qcompiler.quant.nf4 import NF4_CODEBOOK
 
-__all__ = ["FMT_UINT", "FMT_NF4", "WeightOperand", "uint_operand", "nf4_operand", "per_tile",
+__all__ = ["FMT_UINT", "FMT_NF4", "WeightOperand", "uint_operand", "nf4_operand", "per_tile", "codebook",
            "code_value", "group_scale"]
 
 FMT_UINT, FMT_NF4 = 0, 1
 
-_CODEBOOKS: dict[torch.device, Tensor] = {}
+_CODEBOOKS: dict[tuple, Tensor] = {}
 
 
-def _codebook(device: torch.device) -> Tensor:
-    cb = _CODEBOOKS.get(device)
+def codebook(device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The NF4 levels on ``device``, rounded (to nearest) to ``dtype``."""
+    cb = _CODEBOOKS.get((device, dtype))
     if cb is None:
-        cb = _CODEBOOKS[device] = NF4_CODEBOOK.to(device)
+        cb = _CODEBOOKS[(device, dtype)] = NF4_CODEBOOK.to(device=device, dtype=dtype)
     return cb
 
 
@@ -62,10 +63,13 @@ class WeightOperand:
         return (self.n, self.k, self.group, self.fmt, self.pack, self.zero, self.zeros is not None,
                 self.dq_scale is not None, self.dq_block)
 
-    def args(self, dummy: Tensor) -> tuple:
-        """Pointer arguments, in kernel order: w, s, z, codebook, dq scale, dq offset."""
-        return (self.qweight, self.scales, self.zeros if self.zeros is not None else dummy,
-                self.codebook if self.codebook is not None else dummy,
+    def args(self, dummy: Tensor, half: Optional[torch.dtype] = None) -> tuple:
+        """Pointer arguments, in kernel order: w, s, z, codebook (float32), [codebook in ``half``,]
+        dq scale, dq offset."""
+        cb = (self.codebook if self.codebook is not None else dummy,)
+        if half is not None:
+            cb += (codebook(self.codebook.device, half) if self.codebook is not None else dummy,)
+        return (self.qweight, self.scales, self.zeros if self.zeros is not None else dummy, *cb,
                 self.dq_scale if self.dq_scale is not None else dummy,
                 self.dq_offset if self.dq_offset is not None else dummy)
 
@@ -138,7 +142,7 @@ def nf4_operand(qweight: Tensor, absmax: Tensor, absmax_scale: Optional[Tensor],
                         f"[1], got {absmax_scale.dtype} {tuple(absmax_scale.shape)} and "
                         f"{absmax_offset.dtype} {tuple(absmax_offset.shape)}")
         absmax_scale, absmax_offset = _c(absmax_scale.reshape(-1)), _c(absmax_offset.reshape(-1))
-    return WeightOperand(_c(qweight), absmax, None, absmax_scale, absmax_offset, _codebook(qweight.device),
+    return WeightOperand(_c(qweight), absmax, None, absmax_scale, absmax_offset, codebook(qweight.device),
                          n, k, g, block_size, FMT_NF4, 2, 0, absmax_block if dq else 1)
 
 

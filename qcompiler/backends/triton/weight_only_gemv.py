@@ -19,7 +19,9 @@ mixed-input GEMM for moderate M):
 * **M = 1** (``DOT=False``): products on the CUDA cores into a ``[BLOCK_K/2, BLOCK_N]`` float32
   accumulator, reduced once at the end; **2 <= M <= 16** (``DOT=True``): ``tl.dot`` with
   ``BLOCK_M = 16`` (rows past M masked), W rounded to x's dtype (exact for ``q - z``).
-* NF4 levels come from a 16-entry float32 table (64 bytes: one L1 line, one wavefront per warp).
+* NF4 levels come from a 16-entry table read through L1 (float32: 64 bytes, one cache line; on the
+  tensor-core path the same levels rounded to x's dtype, so no conversion). A register-only
+  lookup would be a 15-select tree per weight in Triton - several times the work of one L1 read.
 """
 
 from __future__ import annotations
@@ -157,7 +159,7 @@ def _load_tile(w_rows, x_ptr, s_ptr, z_ptr, dqs_ptr, t, offs_j, offs_k, offs_m, 
 
 @triton.jit
 def _weight_only_gemv_kernel(
-    x_ptr, w_ptr, s_ptr, z_ptr, cb_ptr, dqs_ptr, dqo_ptr, b_ptr, y_ptr, part_ptr, lock_ptr,
+    x_ptr, w_ptr, s_ptr, z_ptr, cb_ptr, cbh_ptr, dqs_ptr, dqo_ptr, b_ptr, y_ptr, part_ptr, lock_ptr,
     M, N, K, KB, G, GROUP, M_BUCKET,
     stride_xm, stride_xk, stride_ym, stride_yn,
     FMT: tl.constexpr, PACK: tl.constexpr, ZERO: tl.constexpr, HAS_ZEROS: tl.constexpr,
@@ -225,15 +227,18 @@ def _weight_only_gemv_kernel(
         if PER_TILE:
             # One group for the whole tile: scale (and zero) per output row, applied afterwards.
             zf = zf[None, :]
-            v_lo = code_value(c_lo, zf, cb_ptr, FMT)
             if DOT:
+                # NF4 levels straight from the table in x's dtype (what .to(wdt) of the float32
+                # level gives): no conversion, and a 2-byte gather Triton does not stage via smem.
                 wdt = x_ptr.dtype.element_ty
+                v_lo = code_value(c_lo, zf, cbh_ptr, FMT)
                 part = _outlier_dot(x_lo, v_lo.to(wdt), tl.zeros((BLOCK_M, BLOCK_N), tl.float32), DOT_F32)
                 if PACK == 2:
-                    v_hi = code_value(b >> 4, zf, cb_ptr, FMT)
+                    v_hi = code_value(b >> 4, zf, cbh_ptr, FMT)
                     part = _outlier_dot(x_hi, v_hi.to(wdt), part, DOT_F32)
                 acc += part * s[None, :]
             else:
+                v_lo = code_value(c_lo, zf, cb_ptr, FMT)
                 p = x_lo[:, None] * v_lo
                 if PACK == 2:
                     p += x_hi[:, None] * code_value(b >> 4, zf, cb_ptr, FMT)
@@ -355,7 +360,7 @@ def _run(what: str, x: Tensor, w: WeightOperand, bias: Optional[Tensor], mode: s
     splits = config["SPLIT_K"] if config is not None else min(
         _max_split(mb, n), max(c.kwargs["SPLIT_K"] for c in _LAUNCH[mode].autotuner.configs))
     part, lock = _scratch(x.device, splits * m * n, triton.cdiv(m, 16) * triton.cdiv(n, 8))
-    args = (x2, *w.args(y), bias if bias is not None else y, y, part, lock,
+    args = (x2, *w.args(y, x.dtype), bias if bias is not None else y, y, part, lock,
             m, n, k, kb, w.groups, w.group, mb, x2.stride(0), x2.stride(1), y.stride(0), y.stride(1))
     meta = dict(**w.meta(), HAS_BIAS=bias is not None, DOT=mode != "fma", DOT_F32=interpreting())
     if mode != "gemm":
