@@ -81,7 +81,8 @@ def _bnb_nf4(double_quant):
 def _torchao_int4(x, w):
     from torchao.quantization import Int4WeightOnlyConfig, quantize_
     errors = []
-    for kwargs in (dict(group_size=GROUP, int4_packing_format="tile_packed_to_4d"), dict(group_size=GROUP)):
+    for kwargs in (dict(group_size=GROUP, int4_packing_format="tile_packed_to_4d"), dict(group_size=GROUP),
+                   dict(group_size=GROUP, version=1)):
         try:
             lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, device=DEVICE, dtype=torch.bfloat16)
             lin.weight.data.copy_(w)
