@@ -42,6 +42,16 @@ def _name(path) -> str:
     return re.sub(r"\W+", "_", "_".join(parts)).strip("_") or "input"
 
 
+class _Tensor:
+    """Stands for a tensor argument in a recorded call's template."""
+
+    def __repr__(self) -> str:
+        return "<tensor>"
+
+
+_TENSOR = _Tensor()
+
+
 def _normalize(arguments: dict[str, Any], sig: inspect.Signature) -> dict[str, Any]:
     out = {}
     for name, value in arguments.items():
@@ -61,7 +71,7 @@ class CallSpec:
 
     signature: inspect.Signature
     in_spec: TreeSpec
-    in_template: list[Any]                 # constants in place; tensors replaced by None
+    in_template: list[Any]                 # constants in place; tensors replaced by _TENSOR
     tensor_slots: list[int]                # positions of the tensor leaves in ``in_template``
     input_names: list[str]
     fixed: dict[str, Any]                  # arguments set at export (use_cache=False), absent from calls
@@ -84,7 +94,7 @@ class CallSpec:
                 n += "_"
             seen.add(n)
             names.append(n)
-        template = [None if i in slots else v for i, (_, v) in enumerate(flat)]
+        template = [_TENSOR if i in slots else v for i, (_, v) in enumerate(flat)]
         return cls(sig, spec, template, slots, names, fixed)
 
     @staticmethod
@@ -104,10 +114,8 @@ class CallSpec:
         arguments = self._bind(self.signature, args, {**kwargs, **self.fixed})
         leaves, spec = tree_flatten(arguments)
         if spec != self.in_spec:
-            raise UnsupportedError(
-                f"this call's arguments ({', '.join(arguments)}) are not those the ONNX model was exported "
-                f"with ({', '.join(self.input_names)}, constants {self._constants()})",
-                hint="export again with example inputs shaped like this call")
+            raise UnsupportedError(self._difference(arguments),
+                                   hint="export again with example inputs shaped like this call")
         tensors = []
         for i, (leaf, want) in enumerate(zip(leaves, self.in_template)):
             if i in self.tensor_slots:
@@ -140,8 +148,18 @@ class CallSpec:
                 out.setdefault(var_kw, {})[name] = value
         return out
 
-    def _constants(self) -> str:
-        return ", ".join(f"{v!r}" for i, v in enumerate(self.in_template) if i not in self.tensor_slots) or "none"
+    def _difference(self, arguments: dict[str, Any]) -> str:
+        """Says how a call's arguments differ from the exported call's."""
+        then = tree_unflatten(list(self.in_template), self.in_spec)
+        missing, extra = sorted(set(then) - set(arguments)), sorted(set(arguments) - set(then))
+        if missing or extra:
+            parts = ([f"lacks {', '.join(missing)}"] if missing else []) + ([f"adds {', '.join(extra)}"] if extra else [])
+            return f"this call {' and '.join(parts)}; the ONNX model was exported with: {', '.join(then)}"
+        for name in then:
+            if tree_flatten(arguments[name])[1] != tree_flatten(then[name])[1]:
+                return (f"argument '{name}' is a {_kind(arguments[name])} in this call, but was a "
+                        f"{_kind(then[name])} when the ONNX model was exported")
+        return "this call's arguments are not shaped like the exported call's"
 
     # --- outputs
     def record_output(self, out: Any) -> list[torch.Tensor]:
@@ -165,6 +183,12 @@ class CallSpec:
         for slot, t in zip(self.out_slots, tensors):
             leaves[slot] = t
         return tree_unflatten(leaves, self.out_spec)
+
+
+def _kind(v: Any) -> str:
+    if isinstance(v, (list, tuple, dict)):
+        return f"{type(v).__name__} of {len(v)}"
+    return "tensor" if isinstance(v, (torch.Tensor, _Tensor)) else type(v).__name__
 
 
 class FlatCall(nn.Module):
