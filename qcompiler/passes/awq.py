@@ -106,18 +106,22 @@ class AWQ(ProgramPass):
         dev = weights[0].device
         xs = xs.to(dev)
         found = awq_search_scales(xs, weights, spec.bits, spec.group_size, spec.symmetric, self.n_grid)
-        s = found.scales
-        fold = find_scale_fold(gm, x, linears, self.fold)
-        base = buffer_base(spec) + "_awq"
+        scaled = found.alpha > 0  # alpha = 0 is s = 1: nothing to fold, no mul to insert
+        s = found.scales if scaled else torch.ones_like(found.scales)
+        fold = find_scale_fold(gm, x, linears, self.fold) if scaled else None
+        where = "nothing (alpha = 0: no scaling)" if fold is None else \
+            fold.kind.value + (f" ({fold.reason})" if fold.kind is FoldKind.MUL else "")
         for lin, w in zip(linears, weights):
             ls = get_spec(lin)
-            scaled = w.detach().float() * s[None, :]
+            new_w = w.detach().float() * s[None, :]
             if self.clip:
-                scaled = awq_clip(xs / s[None, :], scaled, ls.bits, ls.group_size, ls.symmetric)
-            set_linear_weight(gm, lin, scaled.to(w.dtype), buffer_base(ls) + "_awq_w")
-            update_spec(lin, smoothing=fold.kind.value)
+                new_w = awq_clip(xs / s[None, :], new_w, ls.bits, ls.group_size, ls.symmetric)
+            if scaled or self.clip:
+                set_linear_weight(gm, lin, new_w.to(w.dtype), buffer_base(ls) + "_awq_w")
+            if fold is not None:
+                update_spec(lin, smoothing=fold.kind.value)
             ctx.options.setdefault(SAMPLES, {})[ls.layer] = rows_sample(xs / s[None, :], 256).cpu()
-            where = fold.kind.value + (f" ({fold.reason})" if fold.kind is FoldKind.MUL else "")
             ctx.note(ls.layer, f"awq: alpha={found.alpha:.2f}, group output MSE {found.loss:.3g} "
                                f"(round-to-nearest {found.loss_rtn:.3g}); 1/s folded into: {where}")
-        divide_input(gm, fold, x, linears, s, base)
+        if fold is not None:
+            divide_input(gm, fold, x, linears, s, buffer_base(spec) + "_awq")

@@ -65,17 +65,6 @@ def _group_params(w: Tensor, bits: int, symmetric: bool) -> tuple[Tensor, Tensor
     return u.scales[:, 0], zero
 
 
-def _quantize_column(w: Tensor, scale: Tensor, zero: Tensor, bits: int, symmetric: bool) -> tuple[Tensor, Tensor]:
-    """Codes (float) and dequantized values of one column, with the rounding of quantize_uint."""
-    q = torch.round(w / scale)
-    if symmetric:
-        half = 2 ** (bits - 1)
-        q.clamp_(-(half - 1), half - 1).add_(half)
-    else:
-        q.add_(zero).clamp_(0, 2 ** bits - 1)
-    return q, torch.sub(q, zero).mul_(scale)
-
-
 def _inverse_cholesky(h: Tensor, percdamp: float) -> Tensor:
     """``cholesky(H^-1, upper=True)`` without forming ``H^-1``: with ``J`` the exchange matrix and
     ``J H J = L L^T``, ``H^-1 = (J L^-1 J)^T (J L^-1 J)`` and ``J L^-1 J`` is upper triangular.
@@ -119,33 +108,47 @@ def gptq_quantize(w: Tensor, hessian: Tensor, bits: int, group_size: int = 128, 
         W, H = W[:, perm], H[perm][:, perm]
     else:
         perm = torch.arange(k, device=W.device)
-    order = perm.tolist()
     U = _inverse_cholesky(H, percdamp)
 
     # Work on W^T so that a column of W is a contiguous row: the rank-1 updates stream memory.
+    # The column loop is the hot path (one Python iteration per input dim): few ops per column.
     Wt = W.t().contiguous()
-    codes = torch.zeros_like(Wt)
+    codes = torch.zeros_like(Wt)  # symmetric: centred codes, shifted by 2^(bits-1) at the end
     loss = W.new_zeros(())
-    group_of = [j // g for j in order]
+    half = 2 ** (bits - 1)
+    lo, hi = (-(half - 1), half - 1) if symmetric else (0, 2 ** bits - 1)
+    if act_order:  # each visited column's own group's step and zero point, in visiting order
+        col_group = perm // g
+        s_cols, z_cols = scales[:, col_group].t().contiguous(), zeros[:, col_group].t().contiguous()
+    s_col = z_col = None
     for i1 in range(0, k, block_size):
         i2 = min(i1 + block_size, k)
         W1 = Wt[i1:i2].clone()
         err1 = torch.zeros_like(W1)
         U1 = U[i1:i2, i1:i2]
+        inv_d = (1.0 / U1.diagonal()).tolist()
         for i in range(i2 - i1):
             col = i1 + i
-            grp = group_of[col]
-            if not act_order and col % g == 0:
+            if act_order:
+                s_col, z_col = s_cols[col], z_cols[col]
+            elif col % g == 0:  # a new group: its step from the weights as updated so far
                 window = torch.cat([W1[i:], Wt[i2:]], dim=0)[:g].t()
-                scales[:, grp], zeros[:, grp] = _group_params(window, bits, symmetric)
+                s_col, z_col = _group_params(window, bits, symmetric)
+                scales[:, col // g], zeros[:, col // g] = s_col, z_col
             w_col = W1[i]
-            q, dq = _quantize_column(w_col, scales[:, grp], zeros[:, grp], bits, symmetric)
+            q = torch.round(w_col / s_col)  # the rounding of quantize_uint, to the bit
+            if symmetric:
+                dq = q.clamp_(lo, hi) * s_col
+            else:
+                dq = (q.add_(z_col).clamp_(lo, hi) - z_col).mul_(s_col)
             codes[col] = q
-            e = (w_col - dq).div_(U1[i, i])
+            e = (w_col - dq).mul_(inv_d[i])
             W1[i:].addmm_(U1[i, i:, None], e[None, :], alpha=-1.0)  # a BLAS call: ~7x addr_ on CPU
             err1[i] = e
         loss += err1.square().sum() / 2
         Wt[i2:] -= U[i1:i2, i2:].t() @ err1
+    if symmetric:
+        codes += half
 
     out = torch.empty_like(W)
     out[:, perm] = codes.t()

@@ -113,3 +113,13 @@ def test_pipeline_text_round_trips():
         qcompiler.print_pipeline(qcompiler.parse_pipeline(qcompiler.print_pipeline(qcompiler.parse_pipeline(text))))
     p = qcompiler.parse_pipeline(qcompiler.pipeline_for("gptq-w8"))
     assert p[2].bits == 8 and p[2].group_size == 0 and p[3].device is None
+
+
+def test_save_and_load_round_trip(tmp_path):
+    """Nothing is recalibrated on load: the stored codes come back and compute the same outputs."""
+    model, cal = _mlp(), _data(4, seed=1)
+    qm = qcompiler.compile(model, "gptq-w4", cal, progress=False, group_size=16, block_size=16)
+    qcompiler.save(qm, tmp_path / "gptq")
+    loaded = qcompiler.load(tmp_path / "gptq", model)
+    with torch.no_grad():
+        assert torch.equal(loaded(cal[0]), qm(cal[0]))
