@@ -1,0 +1,278 @@
+"""ONNX Runtime latency of a Llama-architecture block stack: qcompiler's exports vs the fp16
+export of the same model vs ONNX Runtime's own quantizer, in one run.
+
+The model: ``LlamaModel`` with random weights (4 decoder blocks, hidden 4096, MLP 11008, 32
+heads by default), 8 embedding columns scaled x20 so the projections see LLM.int8()'s outlier
+features (RMSNorm keeps them), called with ``use_cache=False`` on one sequence of M tokens
+(M = 1, 16, 2048: every linear runs at that M; attention over M tokens is included, the same
+in every row). Rows, each an ONNX file run with the same execution provider:
+
+* ``fp16``          ``export_float_onnx`` of the model in fp16 (fp32 with ``--small``): the baseline;
+* ``qc ort-cuda``   int8-outlier, target ``ort-cuda``: MatMulNBits 8-bit weight-only on the scheme's
+                    int8 weights + the exact fp16 product of the static outlier columns;
+* ``qc ort-cuda+fold``  the same with the outlier weights folded into the 8-bit weight (one op per
+                    linear; registered here as an extra target ``ort-cuda-fold``);
+* ``qc ... fpA_intB``  both, with ORT's CUTLASS weight-only GEMM switched on
+                    (``ORT_FPA_INTB_GEMM=1`` / session config ``ep.cuda.fpa_intb_gemm``);
+* ``qc generic``    int8-outlier, target ``generic``: MatMulInteger int8 x int8 (the 5x slower op);
+* ``qc ort-cpu``    int8-outlier, target ``ort-cpu`` (uint8 MatMulInteger; CPU runs only);
+* ``ort qdyn``      ``onnxruntime.quantization.quantize_dynamic`` (QInt8 weights) of the fp32 export.
+
+Time: median wall time of ``session.run_with_iobinding`` with inputs and outputs bound on the
+device (ORT synchronizes its stream before returning), after warm-up. ``err``: relative L2 error
+of ``last_hidden_state`` against the fp16 (``--small``: fp32) export. JSON goes to
+``$OUT/bench_onnxruntime.json`` (or ``--out``).
+
+    PYTHONPATH=. python benchmarks/bench_onnxruntime.py            # GPU: CUDA EP, needs onnxruntime-gpu
+    PYTHONPATH=. python benchmarks/bench_onnxruntime.py --small    # CPU EP, small sizes (a smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["main"]
+
+N_OUTLIERS, OUTLIER_SCALE = 8, 20.0
+
+
+def _args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--small", action="store_true", help="CPU EP, hidden 256, 2 blocks, M = 1, 16, 128, fp32")
+    p.add_argument("--blocks", type=int)
+    p.add_argument("--hidden", type=int)
+    p.add_argument("--intermediate", type=int)
+    p.add_argument("--ms", help="comma-separated token counts, default 1,16,2048")
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--variants", help="comma-separated subset of the rows (default: all that apply)")
+    p.add_argument("--out", help="folder for the JSON (default $OUT, else the working directory)")
+    a = p.parse_args(argv)
+    small = dict(blocks=2, hidden=256, intermediate=688, ms="1,16,128")
+    large = dict(blocks=4, hidden=4096, intermediate=11008, ms="1,16,2048")
+    for k, v in (small if a.small else large).items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
+    a.ms = [int(m) for m in a.ms.split(",")]
+    return a
+
+
+def _model(a, device, dtype):
+    from transformers import LlamaConfig, LlamaModel
+    torch.manual_seed(0)
+    heads = max(1, a.hidden // 128)
+    cfg = LlamaConfig(vocab_size=512, hidden_size=a.hidden, intermediate_size=a.intermediate,
+                      num_hidden_layers=a.blocks, num_attention_heads=heads, num_key_value_heads=heads,
+                      max_position_embeddings=max(4096, max(a.ms)))
+    model = LlamaModel(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    cols = torch.randperm(a.hidden, generator=g)[:N_OUTLIERS]
+    with torch.no_grad():
+        model.embed_tokens.weight[:, cols] *= OUTLIER_SCALE
+    return model.to(device=device, dtype=dtype), cols.tolist()
+
+
+def _ids(m, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 512, (1, m), generator=g).to(device)
+
+
+def _file(folder: Path, name: str) -> Path:
+    return folder / (name.replace(" ", "_") + ".onnx")
+
+
+class _Session:
+    """An InferenceSession with inputs/outputs bound on the execution provider's device."""
+
+    def __init__(self, path, provider, config=None):
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        for k, v in (config or {}).items():
+            so.add_session_config_entry(k, v)
+        providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
+        self.s = ort.InferenceSession(str(path), so, providers=providers)
+        self.device = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
+        self.providers = self.s.get_providers()
+
+    def bind(self, ids: np.ndarray):
+        import onnxruntime as ort
+        io = self.s.io_binding()
+        value = ort.OrtValue.ortvalue_from_numpy(ids, self.device, 0)
+        io.bind_ortvalue_input(self.s.get_inputs()[0].name, value)
+        for o in self.s.get_outputs():
+            io.bind_output(o.name, self.device, 0)
+        return io, value
+
+    def time(self, ids: np.ndarray, iters: int) -> tuple[float, np.ndarray]:
+        io, _keep = self.bind(ids)
+        for _ in range(5):
+            self.s.run_with_iobinding(io)
+        ts = []
+        for _ in range(iters):
+            t = time.perf_counter()
+            self.s.run_with_iobinding(io)
+            ts.append(time.perf_counter() - t)
+        out = io.copy_outputs_to_cpu()[0]
+        return statistics.median(ts) * 1e3, out
+
+
+def _export_all(a, folder: Path, provider: str, want) -> dict[str, dict]:
+    """Every variant's ONNX file (and how long its export took)."""
+    import qcompiler
+    from qcompiler.backends.onnxruntime import ExportTarget, export_float_onnx, register_target
+    from qcompiler.backends.onnxruntime.translations import ort_table
+    cuda = provider == "CUDAExecutionProvider"
+    device, dtype = ("cuda", torch.float16) if cuda else ("cpu", torch.float32)
+    register_target(ExportTarget(
+        "ort-cuda-fold", "lower-ort-matmul-nbits{fold_outliers=true},dce,label-onnx-lowering{matmul_nbits=true}",
+        ort_table, ("CUDAExecutionProvider", "CPUExecutionProvider"), "ort-cuda with outlier weights folded"))
+    model, cols = _model(a, device, dtype)
+    example = {"input_ids": _ids(16, device)}
+    files: dict[str, dict] = {}
+
+    def timed(name, fn):
+        if not want(name):
+            return
+        t = time.perf_counter()
+        try:
+            extra = fn() or {}
+            files[name] = {"path": _file(folder, name), "export_s": time.perf_counter() - t, **extra}
+        except Exception as e:  # noqa: BLE001 - one failing row must not sink the others
+            files[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+            traceback.print_exc()
+        print(f"  {name}: {files[name].get('error') or 'exported in %.1f s' % files[name]['export_s']}", flush=True)
+
+    base = "fp16" if cuda else "fp32"
+    timed(base, lambda: export_float_onnx(model, example, _file(folder, base)) and None)
+    calib = [{"input_ids": _ids(64, device, seed=s)} for s in range(4)]
+    qm = qcompiler.compile(model, "int8-outlier", calib, progress=False)
+    outliers = {r.layer: len(r.outlier_dims or []) for r in qm.report().quantized}
+    print(f"  compiled: {len(outliers)} int8 layers, outlier dims per layer {sorted(set(outliers.values()))}"
+          f" (embedding columns x{OUTLIER_SCALE:g}: {cols})", flush=True)
+    targets = ["ort-cuda", "ort-cuda-fold", "generic"] + ([] if cuda else ["ort-cpu"])
+    for t in targets:
+        def export(t=t):
+            out = qcompiler.export_onnx(qm, example, _file(folder, f"qc {t}"), target=t)
+            return {"lowering": sorted(set(out.lowering.values()))}
+        timed(f"qc {t}", export)
+    del qm
+    if want("ort qdyn"):
+        def qdyn():
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+            fp32 = folder / "fp32-for-qdyn.onnx"
+            big = sum(p.numel() for p in model.parameters()) * 4 > 2**31 - 2**26
+            if not fp32.exists():
+                export_float_onnx(model.float(), {"input_ids": example["input_ids"]}, fp32)
+            logging.getLogger().setLevel(logging.ERROR)  # it warns about every non-float tensor
+            quantize_dynamic(str(fp32), str(_file(folder, "ort qdyn")), weight_type=QuantType.QInt8,
+                             use_external_data_format=big)
+        timed("ort qdyn", qdyn)
+    return files
+
+
+def main(argv=None) -> None:
+    a = _args(argv)
+    import onnxruntime as ort
+    have = ort.get_available_providers()
+    provider = "CPUExecutionProvider" if a.small else "CUDAExecutionProvider"
+    if provider not in have:
+        sys.exit(f"{provider} is not available (providers: {have}); on a CPU machine run with --small")
+    try:
+        import onnxscript  # noqa: F401 - torch.onnx's dynamo exporter needs it
+    except ImportError:
+        sys.exit("onnxscript is not importable: the export needs onnxscript and onnx-ir (carry their wheels, "
+                 "see benchmarks/RESULTS.md or docs/readme/onnx.md)")
+    only = set(a.variants.split(",")) if a.variants else None
+    want = lambda name: only is None or name in only or name.split(" fpA_intB")[0] in only  # noqa: E731
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() and not a.small else "cpu"
+    print(f"ONNX Runtime {ort.__version__}, {provider}, {card}; {a.blocks} Llama blocks, hidden {a.hidden}, "
+          f"MLP {a.intermediate}, M = {a.ms}", flush=True)
+    folder = Path(tempfile.mkdtemp(prefix="bench-ort-"))
+    files = _export_all(a, folder, provider, want)
+    base = "fp16" if provider == "CUDAExecutionProvider" else "fp32"
+    runs = [(name, info, {}) for name, info in files.items()]
+    if provider == "CUDAExecutionProvider":  # the CUTLASS weight-only GEMM is opt-in in ORT
+        runs += [(f"{n} fpA_intB", files[n], {"ep.cuda.fpa_intb_gemm": "1"})
+                 for n in ("qc ort-cuda", "qc ort-cuda-fold") if n in files]
+    results = {}
+    for name, info, config in runs:
+        row = results[name] = {"export_s": info.get("export_s"), "lowering": info.get("lowering"),
+                               "config": config, "ms": {}, "err": {}}
+        if "error" in info:
+            row["error"] = info["error"]
+            continue
+        try:
+            os.environ["ORT_FPA_INTB_GEMM"] = "1" if config else "0"
+            sess = _Session(info["path"], provider, config)
+            row["providers"] = sess.providers
+            for m in a.ms:
+                ids = _ids(m, "cpu", seed=10 + m).numpy()
+                row["ms"][m], out = sess.time(ids, a.iters if m < 1024 else max(10, a.iters // 3))
+                row.setdefault("_out", {})[m] = out.astype(np.float32)
+            del sess
+        except Exception as e:  # noqa: BLE001 - report and go on
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            traceback.print_exc()
+        print(f"  ran {name}: {row.get('error') or row['ms']}", flush=True)
+        _save(a, provider, card, base, results, ort.__version__)  # partial results survive a timeout
+    os.environ.pop("ORT_FPA_INTB_GEMM", None)
+    ref = results.get(base, {}).get("_out", {})
+    for row in results.values():
+        for m, out in row.pop("_out", {}).items():
+            if m in ref:
+                row["err"][m] = float(np.linalg.norm(out - ref[m]) / np.linalg.norm(ref[m]))
+    _report(a, provider, card, base, results, ort.__version__)
+
+
+def _save(a, provider, card, base, results, ort_version) -> Path:
+    out_dir = Path(a.out or os.environ.get("OUT") or ".")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = {name: {k: v for k, v in row.items() if k != "_out"} for name, row in results.items()}
+    record = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "card": card, "provider": provider,
+              "onnxruntime": ort_version, "torch": torch.__version__,
+              "config": {k: getattr(a, k) for k in ("blocks", "hidden", "intermediate", "ms", "iters", "small")},
+              "baseline": base, "results": rows}
+    path = out_dir / "bench_onnxruntime.json"
+    path.write_text(json.dumps(record, indent=1, default=str))
+    return path
+
+
+def _report(a, provider, card, base, results, ort_version) -> None:
+    head = f"{'variant':<26}" + "".join(f"{'M=' + str(m) + ' ms':>14}{'x ' + base:>9}" for m in a.ms) + f"{'err':>9}"
+    lines = [head, "-" * len(head)]
+    for name, row in results.items():
+        if "error" in row:
+            lines.append(f"{name:<26} failed: {row['error'][:120]}")
+            continue
+        cells = ""
+        for m in a.ms:
+            t, b = row["ms"].get(m), results.get(base, {}).get("ms", {}).get(m)
+            cells += f"{t:>14.3f}" if t is not None else f"{'-':>14}"
+            cells += f"{b / t:>9.2f}" if t and b else f"{'-':>9}"
+        errs = [v for v in row["err"].values()]
+        lines.append(f"{name:<26}{cells}{max(errs) if errs else float('nan'):>9.4f}")
+    path = _save(a, provider, card, base, results, ort_version)
+    print()
+    print(f"{card}, ONNX Runtime {ort_version} {provider}; {a.blocks} Llama blocks hidden {a.hidden}, median ms "
+          f"(x {base} = speed relative to the {base} export; err = rel. L2 vs the {base} export, worst M)")
+    print("\n".join(lines))
+    for name, row in results.items():
+        if row.get("lowering"):
+            print(f"  {name}: {'; '.join(row['lowering'])}")
+    print(f"JSON: {path}")
+
+
+if __name__ == "__main__":
+    main()
