@@ -31,7 +31,7 @@ from qcompiler.backends.onnxruntime.translations import OPSET
 from qcompiler.backends.onnxruntime.writer import EXTERNAL_DATA_BYTES, check_onnx_file, write_onnx
 from qcompiler.errors import ConfigError, UnsupportedError
 from qcompiler.pass_manager import PassContext, PassManager, Program, Region
-from qcompiler.spec import get_spec
+from qcompiler.spec import LinearQuantSpec, get_spec
 
 __all__ = ["export_onnx", "OnnxExport", "EXTERNAL_DATA_BYTES", "lowered_view", "check_onnx_file"]
 
@@ -109,13 +109,13 @@ class _GmHolder:
         self.gm = gm
 
 
-def _update_report(qm, lowered: Program, target: str, path: Path) -> dict[str, str]:
-    specs = {}
-    for region in lowered.regions:
-        for node in region.gm.graph.nodes:
-            spec = get_spec(node)
-            if spec is not None and node.op == "call_function" and spec.lowering != "reference":
-                specs[spec.layer] = spec
+def _lowered_specs(lowered: Program) -> dict[str, LinearQuantSpec]:
+    """layer -> its spec after the target's lowering (which says what the layer became)."""
+    return {spec.layer: spec for region in lowered.regions for node in region.gm.graph.nodes
+            if node.op == "call_function" and (spec := get_spec(node)) is not None and spec.lowering != "reference"}
+
+
+def _update_report(qm, specs: dict[str, LinearQuantSpec], target: str, path: Path) -> None:
     report = qm.report()
     for row in report.layers:
         spec = specs.get(row.layer)
@@ -125,7 +125,6 @@ def _update_report(qm, lowered: Program, target: str, path: Path) -> dict[str, s
             row.notes.append(f"{_NOTE} {target}: {spec.lowering}")
             row.notes.extend(n for n in spec.notes if n not in row.notes)
     report.notes.append(f"exported to ONNX (target {target}, opset {OPSET}): {path}")
-    return {layer: spec.lowering for layer, spec in specs.items()}
 
 
 def export_onnx(qm, example_inputs: Any, path: str | os.PathLike, dynamic_shapes: dict | None = None,
@@ -152,18 +151,19 @@ def export_onnx(qm, example_inputs: Any, path: str | os.PathLike, dynamic_shapes
                           hint="compile it first: qm = qcompiler.compile(model, scheme, calibration_data)")
     tgt = get_target(target)
     table = tgt.translations()
-    lowering: dict[str, str] = {}
+    specs: dict[str, LinearQuantSpec] = {}
 
     @contextlib.contextmanager
-    def inside():
+    def inside():  # around torch.onnx.export: the lowered graphs in place of the compiled ones
         with _lowered(qm.program, tgt.lowering) as lowered:
             _check_translations(lowered, table, tgt)
+            specs.update(_lowered_specs(lowered))
             yield
-            lowering.update(_update_report(qm, lowered, tgt.name, Path(path)))
 
     call, path, use_external, files = write_onnx(qm.program.root, example_inputs, path, table,
                                                  dynamic_shapes=dynamic_shapes, external_data=external_data,
                                                  check=check, inside=inside)
-    return OnnxExport(path, tgt.name, call, lowering, use_external, OPSET, files)
+    _update_report(qm, specs, tgt.name, path)  # only once the file is in place
+    return OnnxExport(path, tgt.name, call, {k: v.lowering for k, v in specs.items()}, use_external, OPSET, files)
 
 

@@ -57,9 +57,12 @@ def test_failure_after_writing_leaves_nothing(compile_mlp, tmp_path, monkeypatch
         assert path.exists()  # it was written...
         raise RuntimeError("simulated checker failure")
     monkeypatch.setattr(writer, "check_onnx_file", broken_check)
+    qm = compile_mlp()
+    notes = list(qm.report().notes)
     with pytest.raises(UnsupportedError, match="writing mlp.onnx failed: RuntimeError: simulated checker failure"):
-        qcompiler.export_onnx(compile_mlp(), outlier_x(2, 8, 24), tmp_path / "mlp.onnx")
+        qcompiler.export_onnx(qm, outlier_x(2, 8, 24), tmp_path / "mlp.onnx")
     _nothing_written(tmp_path)  # ...and is gone, with its temporary folder
+    assert qm.report().notes == notes  # the report does not claim an export
 
 
 def test_call_unlike_the_export(compile_mlp, tmp_path):
