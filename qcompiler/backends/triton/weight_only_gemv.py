@@ -46,18 +46,19 @@ GEMV_MAX_M = 16
 def _fma_configs() -> list[triton.Config]:
     # M = 1. Enough bytes in flight per SM: 32-64 B of W per thread per tile (plus the next tile,
     # prefetched), and N / BLOCK_N * SPLIT_K >= 2 programs per SM for N >= 4096. BLOCK_K 64 / 128
-    # divide the usual group sizes (NF4 64, int4 128); larger tiles serve per-channel scales.
+    # divide the usual group sizes (NF4 64, int4 128). No spills on sm_90 with triton 3.6 (ptxas:
+    # 56-176 registers); wider tiles (BLOCK_K 256+, 128x128 with 4 warps) spilled.
     c = make_config
     gpu = [c(BLOCK_N=64, BLOCK_K=128, SPLIT_K=8, num_warps=4, num_stages=1),
            c(BLOCK_N=32, BLOCK_K=128, SPLIT_K=8, num_warps=4, num_stages=1),
-           c(BLOCK_N=128, BLOCK_K=128, SPLIT_K=8, num_warps=4, num_stages=1),
+           c(BLOCK_N=128, BLOCK_K=128, SPLIT_K=8, num_warps=8, num_stages=1),
            c(BLOCK_N=128, BLOCK_K=128, SPLIT_K=4, num_warps=8, num_stages=1),
            c(BLOCK_N=16, BLOCK_K=128, SPLIT_K=4, num_warps=2, num_stages=1),
+           c(BLOCK_N=64, BLOCK_K=128, SPLIT_K=16, num_warps=4, num_stages=1),
+           c(BLOCK_N=32, BLOCK_K=128, SPLIT_K=16, num_warps=2, num_stages=1),
            c(BLOCK_N=64, BLOCK_K=64, SPLIT_K=16, num_warps=4, num_stages=1),
            c(BLOCK_N=128, BLOCK_K=64, SPLIT_K=16, num_warps=4, num_stages=1),
-           c(BLOCK_N=32, BLOCK_K=64, SPLIT_K=16, num_warps=2, num_stages=1),
-           c(BLOCK_N=64, BLOCK_K=256, SPLIT_K=4, num_warps=4, num_stages=1),
-           c(BLOCK_N=32, BLOCK_K=512, SPLIT_K=2, num_warps=4, num_stages=1)]
+           c(BLOCK_N=32, BLOCK_K=64, SPLIT_K=16, num_warps=2, num_stages=1)]
     return pick_configs(gpu, c(BLOCK_N=32, BLOCK_K=64, SPLIT_K=2, num_warps=4))
 
 
@@ -73,8 +74,8 @@ def _dot_configs() -> list[triton.Config]:
            c(BLOCK_N=64, BLOCK_K=64, SPLIT_K=16, num_warps=4, num_stages=3),
            c(BLOCK_N=128, BLOCK_K=64, SPLIT_K=16, num_warps=4, num_stages=3),
            c(BLOCK_N=32, BLOCK_K=64, SPLIT_K=8, num_warps=4, num_stages=4),
-           c(BLOCK_N=64, BLOCK_K=256, SPLIT_K=4, num_warps=4, num_stages=3),
-           c(BLOCK_N=32, BLOCK_K=512, SPLIT_K=2, num_warps=4, num_stages=3)]
+           c(BLOCK_N=128, BLOCK_K=128, SPLIT_K=4, num_warps=8, num_stages=3),
+           c(BLOCK_N=64, BLOCK_K=128, SPLIT_K=16, num_warps=4, num_stages=3)]
     return pick_configs(gpu, c(BLOCK_N=16, BLOCK_K=64, SPLIT_K=2, num_warps=4))
 
 
@@ -82,14 +83,16 @@ def _gemm_configs() -> list[triton.Config]:
     # 16 < M <= GEMM_MAX_M: the same kernel tiled over M as well (a mixed-input GEMM: W unpacked in
     # registers, fed to the tensor cores); still W-bound for small M, so split-K stays available.
     c = make_config
-    gpu = [c(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, SPLIT_K=1, num_warps=4, num_stages=3),
-           c(BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, SPLIT_K=2, num_warps=4, num_stages=3),
-           c(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, SPLIT_K=2, num_warps=4, num_stages=4),
+    # 8 warps for the wider tiles: unpacking a [BLOCK_K, BLOCK_N] tile in registers next to the
+    # accumulator spilled with 4 (ptxas, sm_90, triton 3.6).
+    gpu = [c(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, SPLIT_K=1, num_warps=4, num_stages=3),
+           c(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, SPLIT_K=1, num_warps=8, num_stages=3),
            c(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, SPLIT_K=1, num_warps=8, num_stages=3),
-           c(BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, SPLIT_K=1, num_warps=4, num_stages=3),
+           c(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, SPLIT_K=2, num_warps=4, num_stages=4),
            c(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, SPLIT_K=4, num_warps=4, num_stages=4),
-           c(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, SPLIT_K=2, num_warps=4, num_stages=4),
-           c(BLOCK_M=64, BLOCK_N=256, BLOCK_K=64, SPLIT_K=1, num_warps=8, num_stages=3)]
+           c(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, SPLIT_K=1, num_warps=8, num_stages=3),
+           c(BLOCK_M=64, BLOCK_N=256, BLOCK_K=64, SPLIT_K=1, num_warps=8, num_stages=3),
+           c(BLOCK_M=32, BLOCK_N=128, BLOCK_K=64, SPLIT_K=2, num_warps=4, num_stages=4)]
     return pick_configs(gpu, c(BLOCK_M=32, BLOCK_N=32, BLOCK_K=64, SPLIT_K=2, num_warps=4))
 
 
