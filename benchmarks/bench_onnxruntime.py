@@ -19,9 +19,11 @@ in every row). Rows, each an ONNX file run with the same execution provider:
 * ``ort qdyn``      ``onnxruntime.quantization.quantize_dynamic`` (QInt8 weights) of the fp32 export.
 
 Time: median wall time of ``session.run_with_iobinding`` with inputs and outputs bound on the
-device (ORT synchronizes its stream before returning), after warm-up. ``err``: relative L2 error
-of ``last_hidden_state`` against the fp16 (``--small``: fp32) export. JSON goes to
-``$OUT/bench_onnxruntime.json`` (or ``--out``).
+device (ORT synchronizes its stream before returning), after 5 warm-up runs; 50 runs (16 at
+M >= 1024). ``err``: relative L2 error of ``last_hidden_state`` against the fp16 (``--small``:
+fp32) export. Each variant is exported, timed and deleted in turn, and the JSON
+(``$OUT/bench_onnxruntime.json``, or ``--out``) is rewritten after each, so a run cut short
+keeps what it measured. ``--check`` also runs ``onnx.checker`` on each file (the tests do).
 
     PYTHONPATH=. python benchmarks/bench_onnxruntime.py            # GPU: CUDA EP, needs onnxruntime-gpu
     PYTHONPATH=. python benchmarks/bench_onnxruntime.py --small    # CPU EP, small sizes (a smoke test)
@@ -59,6 +61,7 @@ def _args(argv):
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--variants", help="comma-separated subset of the rows (default: all that apply)")
     p.add_argument("--out", help="folder for the JSON (default $OUT, else the working directory)")
+    p.add_argument("--check", action="store_true", help="run onnx.checker on every file (slow on big models)")
     a = p.parse_args(argv)
     small = dict(blocks=2, hidden=256, intermediate=688, ms="1,16,128")
     large = dict(blocks=4, hidden=4096, intermediate=11008, ms="1,16,2048")
@@ -128,8 +131,9 @@ class _Session:
         return statistics.median(ts) * 1e3, out
 
 
-def _export_all(a, folder: Path, provider: str, want) -> dict[str, dict]:
-    """Every variant's ONNX file (and how long its export took)."""
+def _variants(a, folder: Path, provider: str):
+    """``(name, export() -> info dict, session configs to run it with)`` in order; the fp16
+    baseline first, ORT's quantizer last (it needs the model in fp32)."""
     import qcompiler
     from qcompiler.backends.onnxruntime import ExportTarget, export_float_onnx, register_target
     from qcompiler.backends.onnxruntime.translations import ort_table
@@ -140,46 +144,65 @@ def _export_all(a, folder: Path, provider: str, want) -> dict[str, dict]:
         ort_table, ("CUDAExecutionProvider", "CPUExecutionProvider"), "ort-cuda with outlier weights folded"))
     model, cols = _model(a, device, dtype)
     example = {"input_ids": _ids(16, device)}
-    files: dict[str, dict] = {}
+    compiled = []
 
-    def timed(name, fn):
-        if not want(name):
-            return
-        t = time.perf_counter()
-        try:
-            extra = fn() or {}
-            files[name] = {"path": _file(folder, name), "export_s": time.perf_counter() - t, **extra}
-        except Exception as e:  # noqa: BLE001 - one failing row must not sink the others
-            files[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
-            traceback.print_exc()
-        print(f"  {name}: {files[name].get('error') or 'exported in %.1f s' % files[name]['export_s']}", flush=True)
+    def qm():
+        if not compiled:
+            calib = [{"input_ids": _ids(64, device, seed=s)} for s in range(4)]
+            compiled.append(qcompiler.compile(model, "int8-outlier", calib, progress=False))
+            dims = sorted({len(r.outlier_dims or []) for r in compiled[0].report().quantized})
+            print(f"  compiled int8-outlier: outlier dims per layer {dims} (embedding columns "
+                  f"x{OUTLIER_SCALE:g}: {cols})", flush=True)
+        return compiled[0]
 
+    def float_export(name):
+        export_float_onnx(model, example, _file(folder, name), check=a.check)
+        return {}
+
+    def qc_export(target):
+        out = qcompiler.export_onnx(qm(), example, _file(folder, f"qc {target}"), target=target, check=a.check)
+        return {"lowering": sorted(set(out.lowering.values()))}
+
+    def qdyn():
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        compiled.clear()
+        fp32 = folder / "fp32-for-qdyn.onnx"
+        model.float()
+        export_float_onnx(model, example, fp32, check=a.check)
+        logging.getLogger().setLevel(logging.ERROR)  # it warns about every non-float tensor
+        big = sum(p.numel() for p in model.parameters()) * 4 > 2**31 - 2**26
+        quantize_dynamic(str(fp32), str(_file(folder, "ort qdyn")), weight_type=QuantType.QInt8,
+                         use_external_data_format=big)
+        return {}
+
+    fpa = [{}, {"ep.cuda.fpa_intb_gemm": "1"}] if cuda else [{}]  # ORT's CUTLASS weight-only GEMM is opt-in
     base = "fp16" if cuda else "fp32"
-    timed(base, lambda: export_float_onnx(model, example, _file(folder, base)) and None)
-    calib = [{"input_ids": _ids(64, device, seed=s)} for s in range(4)]
-    qm = qcompiler.compile(model, "int8-outlier", calib, progress=False)
-    outliers = {r.layer: len(r.outlier_dims or []) for r in qm.report().quantized}
-    print(f"  compiled: {len(outliers)} int8 layers, outlier dims per layer {sorted(set(outliers.values()))}"
-          f" (embedding columns x{OUTLIER_SCALE:g}: {cols})", flush=True)
-    targets = ["ort-cuda", "ort-cuda-fold", "generic"] + ([] if cuda else ["ort-cpu"])
-    for t in targets:
-        def export(t=t):
-            out = qcompiler.export_onnx(qm, example, _file(folder, f"qc {t}"), target=t)
-            return {"lowering": sorted(set(out.lowering.values()))}
-        timed(f"qc {t}", export)
-    del qm
-    if want("ort qdyn"):
-        def qdyn():
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-            fp32 = folder / "fp32-for-qdyn.onnx"
-            big = sum(p.numel() for p in model.parameters()) * 4 > 2**31 - 2**26
-            if not fp32.exists():
-                export_float_onnx(model.float(), {"input_ids": example["input_ids"]}, fp32)
-            logging.getLogger().setLevel(logging.ERROR)  # it warns about every non-float tensor
-            quantize_dynamic(str(fp32), str(_file(folder, "ort qdyn")), weight_type=QuantType.QInt8,
-                             use_external_data_format=big)
-        timed("ort qdyn", qdyn)
-    return files
+    yield base, lambda: float_export(base), [{}]
+    yield "qc ort-cuda", lambda: qc_export("ort-cuda"), fpa
+    yield "qc ort-cuda-fold", lambda: qc_export("ort-cuda-fold"), fpa
+    yield "qc generic", lambda: qc_export("generic"), [{}]
+    if not cuda:
+        yield "qc ort-cpu", lambda: qc_export("ort-cpu"), [{}]
+    yield "ort qdyn", qdyn, [{}]
+
+
+def _run(a, name, path, provider, config) -> dict:
+    row = {"config": config, "ms": {}, "_out": {}}
+    os.environ["ORT_FPA_INTB_GEMM"] = "1" if config else "0"
+    try:
+        sess = _Session(path, provider, config)
+        row["providers"] = sess.providers
+        for m in a.ms:
+            ids = _ids(m, "cpu", seed=10 + m).numpy()
+            row["ms"][m], out = sess.time(ids, a.iters if m < 1024 else max(10, a.iters // 3))
+            row["_out"][m] = out.astype(np.float32)
+    except Exception as e:  # noqa: BLE001 - report and go on
+        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        traceback.print_exc()
+    finally:
+        os.environ.pop("ORT_FPA_INTB_GEMM", None)
+    print(f"  ran {name}: {row.get('error') or {m: round(t, 3) for m, t in row['ms'].items()}}", flush=True)
+    return row
 
 
 def main(argv=None) -> None:
@@ -193,47 +216,43 @@ def main(argv=None) -> None:
         import onnxscript  # noqa: F401 - torch.onnx's dynamo exporter needs it
     except ImportError:
         sys.exit("onnxscript is not importable: the export needs onnxscript and onnx-ir (carry their wheels, "
-                 "see benchmarks/RESULTS.md or docs/readme/onnx.md)")
+                 "see docs/readme/onnx.md)")
     only = set(a.variants.split(",")) if a.variants else None
-    want = lambda name: only is None or name in only or name.split(" fpA_intB")[0] in only  # noqa: E731
     card = torch.cuda.get_device_name() if torch.cuda.is_available() and not a.small else "cpu"
     print(f"ONNX Runtime {ort.__version__}, {provider}, {card}; {a.blocks} Llama blocks, hidden {a.hidden}, "
           f"MLP {a.intermediate}, M = {a.ms}", flush=True)
     folder = Path(tempfile.mkdtemp(prefix="bench-ort-"))
-    files = _export_all(a, folder, provider, want)
     base = "fp16" if provider == "CUDAExecutionProvider" else "fp32"
-    runs = [(name, info, {}) for name, info in files.items()]
-    if provider == "CUDAExecutionProvider":  # the CUTLASS weight-only GEMM is opt-in in ORT
-        runs += [(f"{n} fpA_intB", files[n], {"ep.cuda.fpa_intb_gemm": "1"})
-                 for n in ("qc ort-cuda", "qc ort-cuda-fold") if n in files]
-    results = {}
-    for name, info, config in runs:
-        row = results[name] = {"export_s": info.get("export_s"), "lowering": info.get("lowering"),
-                               "config": config, "ms": {}, "err": {}}
-        if "error" in info:
-            row["error"] = info["error"]
+    results: dict[str, dict] = {}
+    for name, export, configs in _variants(a, folder, provider):
+        if only is not None and name not in only and name != base:
             continue
+        t = time.perf_counter()
         try:
-            os.environ["ORT_FPA_INTB_GEMM"] = "1" if config else "0"
-            sess = _Session(info["path"], provider, config)
-            row["providers"] = sess.providers
-            for m in a.ms:
-                ids = _ids(m, "cpu", seed=10 + m).numpy()
-                row["ms"][m], out = sess.time(ids, a.iters if m < 1024 else max(10, a.iters // 3))
-                row.setdefault("_out", {})[m] = out.astype(np.float32)
-            del sess
-        except Exception as e:  # noqa: BLE001 - report and go on
-            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            info = {"export_s": None, **export()}
+            info["export_s"] = time.perf_counter() - t
+        except Exception as e:  # noqa: BLE001 - one failing row must not sink the others
             traceback.print_exc()
-        print(f"  ran {name}: {row.get('error') or row['ms']}", flush=True)
-        _save(a, provider, card, base, results, ort.__version__)  # partial results survive a timeout
-    os.environ.pop("ORT_FPA_INTB_GEMM", None)
+            results[name] = {"error": f"export: {type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+            print(f"  {name}: {results[name]['error']}", flush=True)
+            continue
+        print(f"  {name}: exported in {info['export_s']:.1f} s", flush=True)
+        for config in configs:
+            label = name + (" fpA_intB" if config else "")
+            results[label] = {**info, **_run(a, label, _file(folder, name), provider, config)}
+            _errors(results, base)
+            _save(a, provider, card, base, results, ort.__version__)  # partial results survive a timeout
+        for f in folder.glob(_file(folder, name).stem + "*"):
+            f.unlink()  # keep the disk small: 1.6 GB per fp16 file at the default sizes
+    _report(a, provider, card, base, results, ort.__version__)
+
+
+def _errors(results: dict, base: str) -> None:
     ref = results.get(base, {}).get("_out", {})
     for row in results.values():
-        for m, out in row.pop("_out", {}).items():
+        for m, out in row.get("_out", {}).items():
             if m in ref:
-                row["err"][m] = float(np.linalg.norm(out - ref[m]) / np.linalg.norm(ref[m]))
-    _report(a, provider, card, base, results, ort.__version__)
+                row.setdefault("err", {})[m] = float(np.linalg.norm(out - ref[m]) / np.linalg.norm(ref[m]))
 
 
 def _save(a, provider, card, base, results, ort_version) -> Path:
@@ -261,7 +280,7 @@ def _report(a, provider, card, base, results, ort_version) -> None:
             t, b = row["ms"].get(m), results.get(base, {}).get("ms", {}).get(m)
             cells += f"{t:>14.3f}" if t is not None else f"{'-':>14}"
             cells += f"{b / t:>9.2f}" if t and b else f"{'-':>9}"
-        errs = [v for v in row["err"].values()]
+        errs = list(row.get("err", {}).values())
         lines.append(f"{name:<26}{cells}{max(errs) if errs else float('nan'):>9.4f}")
     path = _save(a, provider, card, base, results, ort_version)
     print()

@@ -98,18 +98,20 @@ def test_dynamic_outliers(compile_mlp, tmp_path):
     _check_parity(qm, out)
 
 
-@pytest.mark.parametrize("scheme,options,op", [
-    ("int8-absmax", {}, "MatMulInteger"),                                    # one scale for all of X
-    ("w8-weight-only", {"group_size": 16}, "MatMulNBits"),                   # K=72: last block padded
-    ("w4-weight-only", {"group_size": 16, "symmetric": False}, "MatMulNBits"),  # packed codes + zero points
-    ("w8-weight-only", {}, "MatMul"),  # per channel, K=24 is no MatMulNBits block size: dequantize + MatMul
+@pytest.mark.parametrize("scheme,options,target,op", [
+    ("int8-absmax", {}, "ort-cpu", "MatMulInteger"),                             # one scale for all of X
+    ("w8-weight-only", {"group_size": 16}, "ort-cuda", "MatMulNBits"),            # K=72: last block padded
+    ("w4-weight-only", {"group_size": 16, "symmetric": False}, "ort-cuda", "MatMulNBits"),  # packed + zero points
+    ("w8-weight-only", {}, "ort-cuda", "MatMul"),  # per channel: K=24 is no MatMulNBits block size
+    ("w4-weight-only", {"group_size": 16}, "ort-cpu", "MatMul"),                  # dequantize + MatMul on CPU
 ])
-def test_other_schemes(compile_mlp, tmp_path, scheme, options, op):
+def test_other_schemes(compile_mlp, tmp_path, scheme, options, target, op):
     """Per-tensor int8 and the weight-only formats (MatMulNBits where its layout allows)."""
     qm = compile_mlp(scheme, **options)
-    out = qcompiler.export_onnx(qm, outlier_x(2, 8, 24), tmp_path / "mlp.onnx", target="ort-cpu")
+    out = qcompiler.export_onnx(qm, outlier_x(2, 8, 24), tmp_path / "mlp.onnx", target=target)
     _check_parity(qm, out)
-    assert op in {name for _, name in onnx_ops(out.path)}
+    ops = {name for _, name in onnx_ops(out.path)}
+    assert op in ops and (op == "MatMulNBits") == ("MatMulNBits" in ops)
 
 
 def test_external_data(compile_mlp, tmp_path):
