@@ -72,8 +72,9 @@ def _check_translations(program: Program, table: dict, target: ExportTarget) -> 
             where = f"layer '{spec.layer}'" if spec else f"region '{region.label}', node '{node.name}'"
             raise UnsupportedError(
                 f"{where} uses {t.namespace}::{t._opname}, which has no ONNX lowering for target '{target.name}'",
-                hint="compile with a scheme whose ops export (int8-outlier, int8-vectorwise, int8-absmax, "
-                     "w8-weight-only, w4-weight-only) and backend 'eager' or 'onnxruntime'")
+                hint="compile with backend 'eager' and a scheme whose ops all have translations (the int8, "
+                     "weight-only, GPTQ/AWQ and SmoothQuant schemes do), or add one to the target's table "
+                     "(qcompiler/backends/onnxruntime/translations.py)")
 
 
 @contextlib.contextmanager
