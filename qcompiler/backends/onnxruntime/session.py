@@ -64,7 +64,7 @@ class OrtModule(nn.Module):
 
     def forward(self, *args, **kwargs) -> Any:
         tensors = self.exported.call.flatten(args, kwargs)
-        if self.on_cuda and all(t.is_cuda for t in tensors):
+        if self.on_cuda and all(t.is_cuda and t.dtype in _NP for t in tensors):
             outs = self._run_bound(tensors)
         else:
             device = tensors[0].device if tensors else torch.device("cpu")
