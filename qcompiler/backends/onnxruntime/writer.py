@@ -211,21 +211,23 @@ def _run_exporter(root: nn.Module, call: CallSpec, tensors, axes, table):
 
 
 def _should_fold(node) -> bool | None:
-    """Beyond onnxscript's size limits, fold on constants: every ``Transpose`` (weights, so the
-    file stores ``W^T`` as MatMul wants it), the outlier masks (ConstantOfShape/ScatterElements
-    of [K]) and the int8 -> uint8 shift of weights (Cast/Add to types of at most 2 bytes), none
-    of which grows the file. Other ops by the default rules (so dequantized float weights never
-    replace the stored codes)."""
+    """Beyond onnxscript's size limits, fold on constants what never grows the file: every
+    ``Transpose``/``Reshape``/``Pad`` (weights, so the file stores ``W^T`` and MatMulNBits' blocks
+    as the kernels want them), the outlier masks (ConstantOfShape/ScatterElements of [K]), and
+    ``Cast``/``Add`` to types of at most 2 bytes or no wider than their input (the int8 -> uint8
+    shift, fp32 -> fp16 steps). Other ops by the default rules, so dequantized float weights
+    never replace the stored codes."""
     if node.domain != "":
         return None
-    if node.op_type in ("Transpose", "ScatterElements"):
+    if node.op_type in ("Transpose", "Reshape", "Pad", "ScatterElements"):
         return True
     if node.op_type == "ConstantOfShape" and node.inputs[0].const_value is not None:
         return int(np.prod(node.inputs[0].const_value.numpy())) <= 2**20
     if node.op_type in ("Cast", "Add") and all(v is not None and v.const_value is not None for v in node.inputs):
         from onnxscript import ir
-        out = ir.DataType(node.attributes["to"].value) if node.op_type == "Cast" else node.inputs[0].dtype
-        return out is not None and out.itemsize <= 2 and not out.is_floating_point()
+        src = node.inputs[0].const_value.dtype
+        out = ir.DataType(node.attributes["to"].value) if node.op_type == "Cast" else src
+        return out.itemsize <= 2 and not out.is_floating_point() or out.itemsize <= src.itemsize
     return None
 
 
