@@ -220,6 +220,8 @@ def list_passes() -> list[str]:
 # ------------------------------------------------------------------------------ text form
 
 def _format_value(v: Any) -> str:
+    if v is None:
+        return "none"  # read back as None by _parse_value for Optional options
     if isinstance(v, enum.Enum):
         return str(v.value)
     if isinstance(v, bool):
