@@ -7,8 +7,6 @@ from qcompiler.cli import ExitCode, main
 
 
 def test_export_onnx(minilm_cli, run_qcompiler, tmp_path):
-    if not hasattr(qcompiler, "export_onnx"):
-        pytest.skip("qcompiler.export_onnx is not in this tree yet (being written alongside)")
     r = run_qcompiler("export", minilm_cli[0], "--onnx", tmp_path / "m.onnx")
     assert r.returncode == 0, r.stderr[-3000:]
     onnx = pytest.importorskip("onnx", reason="checking the file needs onnx (pip install 'qcompiler[onnx]')")
