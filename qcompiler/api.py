@@ -115,11 +115,7 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
     sch = get_scheme(scheme)
     config = sch.make_config(options)
     be = get_backend(backend)
-    try:
-        method = CaptureMethod(capture)
-    except ValueError:
-        raise ConfigError(f"unknown capture method {capture!r}",
-                          hint=f"use one of: {', '.join(m.value for m in CaptureMethod)}") from None
+    method = CaptureMethod.parse(capture)
     calib = CalibrationSet.from_user(calibration_data, max_items=max_calibration_batches)
     if example_inputs is None and calib is None:
         raise ConfigError("compile needs example_inputs or calibration_data to capture the model")

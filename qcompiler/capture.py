@@ -24,7 +24,7 @@ from torch import fx, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 from tqdm.auto import tqdm
 
-from qcompiler.errors import CaptureError, UnsupportedError
+from qcompiler.errors import CaptureError, ConfigError, UnsupportedError
 
 __all__ = ["CaptureMethod", "RegionModule", "CapturePlan", "capture_regions", "capture_module"]
 
@@ -32,6 +32,14 @@ __all__ = ["CaptureMethod", "RegionModule", "CapturePlan", "capture_regions", "c
 class CaptureMethod(enum.Enum):
     EXPORT = "export"                  # torch.export, non-strict: aten-level, handles HF code
     SYMBOLIC_TRACE = "symbolic_trace"  # torch.fx.symbolic_trace: module-level, no shape specialization
+
+    @classmethod
+    def parse(cls, text: str) -> "CaptureMethod":
+        try:
+            return cls(text)
+        except ValueError:
+            raise ConfigError(f"unknown capture method {text!r}",
+                              hint=f"use one of: {', '.join(m.value for m in cls)}") from None
 
 
 _CONSTANT_TYPES = (type(None), bool, int, float, str, torch.dtype, torch.device)

@@ -123,11 +123,7 @@ def prepare_qat(model: nn.Module, scheme: str = "int8-vectorwise", *, example_in
     config = get_scheme(scheme).make_config(options)
     text = _qat_pipeline(scheme, config)
     manager = PassManager(text)
-    try:
-        method = CaptureMethod(capture)
-    except ValueError:
-        raise ConfigError(f"unknown capture method {capture!r}",
-                          hint=f"use one of: {', '.join(m.value for m in CaptureMethod)}") from None
+    method = CaptureMethod.parse(capture)
     example = as_call(example_inputs)
     float_model = copy.deepcopy(model).eval()
     qmodel = copy.deepcopy(model).eval()
