@@ -9,10 +9,12 @@ in every row). Rows, each an ONNX file run with the same execution provider:
 
 * ``fp16``          ``export_float_onnx`` of the model in fp16 (fp32 with ``--small``): the baseline;
 * ``qc ort-cuda``   int8-outlier, target ``ort-cuda``: MatMulNBits 8-bit weight-only on the scheme's
-                    int8 weights + the exact fp16 product of the static outlier columns;
-* ``qc ort-cuda+fold``  the same with the outlier weights folded into the 8-bit weight (one op per
-                    linear; registered here as an extra target ``ort-cuda-fold``);
-* ``qc ... fpA_intB``  both, with ORT's CUTLASS weight-only GEMM switched on
+                    int8 weights; per layer, the static outlier columns folded into the 8-bit weight
+                    where that adds less error than the scheme's X rounding on the example, else
+                    kept as an exact fp16 product (``outliers=auto``);
+* ``qc ort-cuda-fold`` / ``-keep``  every layer folded / every layer kept (extra targets registered
+                    here: ``lower-ort-matmul-nbits{outliers=fold|keep}``);
+* ``qc ort-cuda fpA_intB``  with ORT's CUTLASS weight-only GEMM switched on
                     (``ORT_FPA_INTB_GEMM=1`` / session config ``ep.cuda.fpa_intb_gemm``);
 * ``qc generic``    int8-outlier, target ``generic``: MatMulInteger int8 x int8 (the 5x slower op);
 * ``qc ort-cpu``    int8-outlier, target ``ort-cpu`` (uint8 MatMulInteger; CPU runs only);
@@ -145,9 +147,10 @@ def _variants(a, folder: Path, provider: str):
     from qcompiler.backends.onnxruntime.translations import ort_table
     cuda = provider == "CUDAExecutionProvider"
     device, dtype = ("cuda", torch.float16) if cuda else ("cpu", torch.float32)
-    register_target(ExportTarget(
-        "ort-cuda-fold", "lower-ort-matmul-nbits{fold_outliers=true},dce,label-onnx-lowering{matmul_nbits=true}",
-        ort_table, ("CUDAExecutionProvider", "CPUExecutionProvider"), "ort-cuda with outlier weights folded"))
+    for mode in ("fold", "keep"):  # ort-cuda itself decides per layer (outliers=auto)
+        register_target(ExportTarget(
+            f"ort-cuda-{mode}", f"lower-ort-matmul-nbits{{outliers={mode}}},dce,label-onnx-lowering{{matmul_nbits=true}}",
+            ort_table, ("CUDAExecutionProvider", "CPUExecutionProvider"), f"ort-cuda, outliers={mode} in every layer"))
     model, cols = _model(a, device, dtype)
     example = {"input_ids": _ids(16, device)}
     compiled = []
@@ -185,7 +188,8 @@ def _variants(a, folder: Path, provider: str):
     base = "fp16" if cuda else "fp32"
     yield base, lambda: float_export(base), [{}]
     yield "qc ort-cuda", lambda: qc_export("ort-cuda"), fpa
-    yield "qc ort-cuda-fold", lambda: qc_export("ort-cuda-fold"), fpa
+    yield "qc ort-cuda-fold", lambda: qc_export("ort-cuda-fold"), [{}]
+    yield "qc ort-cuda-keep", lambda: qc_export("ort-cuda-keep"), [{}]
     yield "qc generic", lambda: qc_export("generic"), [{}]
     if not cuda:
         yield "qc ort-cpu", lambda: qc_export("ort-cpu"), [{}]

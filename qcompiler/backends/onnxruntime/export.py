@@ -24,11 +24,13 @@ from typing import Any
 import torch
 from torch import fx
 
-from qcompiler.backends.onnxruntime import label_lowering, matmul_nbits  # noqa: F401 - register passes
+from qcompiler.backends.onnxruntime import label_lowering  # noqa: F401 - registers the pass
+from qcompiler.backends.onnxruntime.matmul_nbits import LAYER_INPUTS, record_matmul_inputs
 from qcompiler.backends.onnxruntime.signature import CallSpec
 from qcompiler.backends.onnxruntime.targets import ExportTarget, get_target
 from qcompiler.backends.onnxruntime.translations import OPSET
-from qcompiler.backends.onnxruntime.writer import EXTERNAL_DATA_BYTES, check_onnx_file, write_onnx
+from qcompiler.backends.onnxruntime.writer import EXTERNAL_DATA_BYTES, check_onnx_file, record_call, write_onnx
+from qcompiler.calibration import as_call
 from qcompiler.errors import ConfigError, UnsupportedError
 from qcompiler.pass_manager import PassContext, PassManager, Program, Region
 from qcompiler.spec import LinearQuantSpec, get_spec
@@ -78,30 +80,50 @@ def _check_translations(program: Program, table: dict, target: ExportTarget) -> 
 
 
 @contextlib.contextmanager
-def _lowered(program: Program, pipeline: str):
+def _lowered(qm, pipeline: str, example: tuple[tuple, dict] | None = None):
     """Runs ``pipeline`` on copies of the regions' graphs and swaps them in for the duration;
-    the copies share every tensor with the originals, so this costs no weight memory."""
-    originals = [r.gm for r in program.regions]
+    the copies share every tensor with the originals, so this costs no weight memory. With an
+    ``example`` call, lowering passes see what each int8 matmul reads on it (``LAYER_INPUTS``)."""
+    program = qm.program
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree specs, deep-copied
         copies = [Region(r.path, _GmHolder(fx.GraphModule(r.gm, copy.deepcopy(r.gm.graph))))
                   for r in program.regions]
-    PassManager(pipeline).run(Program(copies, program.root), PassContext(options={"progress": False}))
-    try:
-        for r, c in zip(program.regions, copies):
-            r.gm = c.gm
+    options: dict[str, Any] = {"progress": False}
+    if example is not None:
+        args, kwargs = example
+        with _swapped(program, [c.gm for c in copies]):
+            options[LAYER_INPUTS] = record_matmul_inputs([c.gm for c in copies],
+                                                         lambda: program.root(*args, **kwargs))
+    PassManager(pipeline).run(Program(copies, program.root), PassContext(options=options))
+    with _swapped(program, [c.gm for c in copies]):
         yield Program(copies, program.root)
+
+
+@contextlib.contextmanager
+def _swapped(program: Program, gms: list[fx.GraphModule]):
+    originals = [r.gm for r in program.regions]
+    try:
+        for r, gm in zip(program.regions, gms):
+            r.gm = gm
+        yield
     finally:
         for r, gm in zip(program.regions, originals):
             r.gm = gm
 
 
 @contextlib.contextmanager
-def lowered_view(qm, target: str):
+def lowered_view(qm, target: str, example_inputs: Any = None):
     """Inside the block, ``qm`` runs eagerly as ``target``'s lowering leaves it: the computation
-    the exported file performs (for ``ort-cuda``: weight-only 8-bit linears). For tests and
-    accuracy checks; the compiled model is restored on exit."""
-    with _lowered(qm.program, get_target(target).lowering):
+    the file ``export_onnx(qm, example_inputs, ..., target=target)`` performs (for ``ort-cuda``:
+    weight-only 8-bit linears, outliers folded where the example says so). For tests and accuracy
+    checks; the compiled model is restored on exit."""
+    example = None
+    if example_inputs is not None:
+        args, kwargs = as_call(example_inputs)
+        call = record_call(qm.program.root, args, kwargs)[0]
+        example = (args, {**kwargs, **call.fixed})
+    with _lowered(qm, get_target(target).lowering, example):
         yield qm
 
 
@@ -155,8 +177,8 @@ def export_onnx(qm, example_inputs: Any, path: str | os.PathLike, dynamic_shapes
     specs: dict[str, LinearQuantSpec] = {}
 
     @contextlib.contextmanager
-    def inside():  # around torch.onnx.export: the lowered graphs in place of the compiled ones
-        with _lowered(qm.program, tgt.lowering) as lowered:
+    def inside(example):  # around torch.onnx.export: the lowered graphs in place of the compiled ones
+        with _lowered(qm, tgt.lowering, example) as lowered:
             _check_translations(lowered, table, tgt)
             specs.update(_lowered_specs(lowered))
             yield

@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 from torch import fx
 
+from qcompiler.backends.onnxruntime.matmul_nbits import FOLDED_KEY
 from qcompiler.backends.onnxruntime.translations import MATMUL_NBITS_BLOCKS
 from qcompiler.passes._graph import get_attr_value
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
@@ -53,8 +54,9 @@ def _weight_only(gm: fx.GraphModule, node: fx.Node, p: "LabelOnnxLowering") -> s
     bits, group = node.args[5], node.args[6]
     label = (f"ort:MatMulNBits({bits}-bit, block {group})" if p.matmul_nbits and bits in (4, 8) and group in MATMUL_NBITS_BLOCKS
              else "onnx:dequantize+MatMul")
-    n = _outlier_cols(gm, node)
-    return label + (f" + fp outliers: Gather/MatMul ({n} cols)" if n else "")
+    n, folded = _outlier_cols(gm, node), node.meta.get(FOLDED_KEY, 0)
+    return label + (f" + fp outliers: Gather/MatMul ({n} cols)" if n else "") + \
+        (f" ({folded} outlier dims folded in)" if folded else "")
 
 
 # op -> (graph module, node, the pass and its options) -> label

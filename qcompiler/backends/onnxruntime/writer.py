@@ -138,11 +138,12 @@ def _initializer_bytes(model) -> int:
 
 def write_onnx(root: nn.Module, example_inputs: Any, path: str | os.PathLike, table: dict, *,
                dynamic_shapes: dict | None = None, external_data: bool | None = None, check: bool = True,
-               inside: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+               inside: Callable[[tuple[tuple, dict]], contextlib.AbstractContextManager] | None = None
                ) -> tuple[CallSpec, Path, bool, list[Path]]:
-    """Export ``root`` called with ``example_inputs`` to ``path``. ``inside()`` is entered around
-    the export itself (compiled models swap their lowered graphs in there). Returns the call
-    spec, the path, whether the weights went to external data, and the files written."""
+    """Export ``root`` called with ``example_inputs`` to ``path``. ``inside((args, kwargs))``, given
+    the example call as the export makes it, is entered around the export itself (compiled models
+    swap their lowered graphs in there). Returns the call spec, the path, whether the weights went
+    to external data, and the files written."""
     path = Path(path)
     if path.suffix != ".onnx":
         raise ConfigError(f"export path {str(path)!r} must end in .onnx")
@@ -155,7 +156,7 @@ def write_onnx(root: nn.Module, example_inputs: Any, path: str | os.PathLike, ta
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".qc-onnx-", dir=path.parent))
     try:
-        with inside():
+        with (inside((args, {**kwargs, **call.fixed})) if inside else contextlib.nullcontext()):
             program = _run_exporter(root, call, tensors, axes, table)
         _rename_dims(program.model, call, axes)
         big = _initializer_bytes(program.model) > EXTERNAL_DATA_BYTES

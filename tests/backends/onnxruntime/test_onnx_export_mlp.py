@@ -60,7 +60,7 @@ def test_ort_cuda_target_matmul_nbits(compile_mlp, mlp, tmp_path):
     ops = onnx_ops(out.path)
     assert ("com.microsoft", "MatMulNBits") in ops and ("ai.onnx", "MatMulInteger") not in ops
     assert out.lowering["up"] == "ort:MatMulNBits(8-bit, block 16) + fp outliers: Gather/MatMul (3 cols)"
-    with lowered_view(qm, "ort-cuda"):  # eager reference of what the file computes
+    with lowered_view(qm, "ort-cuda", outlier_x(2, 8, 24)):  # eager reference of what the file computes
         _check_parity(qm, out)
     # Accuracy: X is not quantized and the weights are the scheme's, so the error against the
     # float model is never above the scheme's own.
@@ -71,13 +71,33 @@ def test_ort_cuda_target_matmul_nbits(compile_mlp, mlp, tmp_path):
         assert rel_err(run_ort(out, x), ref) <= rel_err(scheme, ref)
 
 
+def test_ort_cuda_folds_mild_outliers(mlp, tmp_path):
+    """Outlier columns only x3 (a few values past the threshold): on the example, folding them
+    into the 8-bit weight adds less error than the scheme's rounding of X, so ort-cuda folds
+    them (one op per layer) and stays more accurate than the scheme."""
+    calibration = [outlier_x(2, 8, 24, seed=s, scale=3.0) for s in range(4)]
+    qm = qcompiler.compile(mlp, "int8-outlier", calibration, progress=False)
+    assert len(qm.report().layers[0].outlier_dims) == 3
+    example = outlier_x(2, 8, 24, scale=3.0)
+    out = qcompiler.export_onnx(qm, example, tmp_path / "mlp.onnx", target="ort-cuda")
+    assert out.lowering["up"] == "ort:MatMulNBits(8-bit, block 16) (3 outlier dims folded in)"
+    assert ("ai.onnx", "Gather") not in onnx_ops(out.path)
+    note = next(n for n in qm.report().layers[0].notes if "folded into the 8-bit weight" in n)
+    assert "on the example, folding adds" in note
+    x = outlier_x(4, 8, 24, seed=77, scale=3.0)
+    with torch.no_grad(), lowered_view(qm, "ort-cuda", example):
+        assert rel_err(run_ort(out, x), qm(x)) <= PARITY
+    with torch.no_grad():
+        assert rel_err(run_ort(out, x), mlp(x)) <= rel_err(qm(x), mlp(x))
+
+
 def test_no_outlier_columns(compile_mlp, tmp_path):
     qm = compile_mlp(threshold=1e9)  # nothing is an outlier: plain vector-wise int8
     assert all(r.outlier_dims == [] for r in qm.report().quantized)
     for target in ("generic", "ort-cuda"):
         out = qcompiler.export_onnx(qm, outlier_x(2, 8, 24), tmp_path / f"{target}.onnx", target=target)
         assert "outliers" not in out.lowering["up"]
-        with lowered_view(qm, target):
+        with lowered_view(qm, target, outlier_x(2, 8, 24)):
             _check_parity(qm, out)
 
 
@@ -86,7 +106,7 @@ def test_every_column_an_outlier(compile_mlp, tmp_path):
     assert qm.report().layers[0].outlier_dims == list(range(24))
     for target in ("generic", "ort-cpu", "ort-cuda"):
         out = qcompiler.export_onnx(qm, outlier_x(2, 8, 24), tmp_path / f"{target}.onnx", target=target)
-        with lowered_view(qm, target):
+        with lowered_view(qm, target, outlier_x(2, 8, 24)):
             _check_parity(qm, out)
 
 

@@ -39,7 +39,7 @@ def test_causal_lm(make_tiny_hf, make_token_batches, tmp_path, arch, target):
     n_linear = {"gpt2": 9, "opt": 13, "llama": 15}[arch]  # 4 or 6 or 7 per block, x2, + lm_head
     assert len(out.lowering) == n_linear
     for ids, mask in _calls(0):
-        with torch.no_grad(), lowered_view(qm, target):  # what the file computes, eagerly
+        with torch.no_grad(), lowered_view(qm, target, example):  # what the file computes, eagerly
             want = qm(input_ids=ids, attention_mask=mask, use_cache=False)
         got = run_ort(out, input_ids=ids, attention_mask=mask)
         assert type(got) is type(want)  # the model's own ModelOutput class
