@@ -29,15 +29,37 @@ def _eager_generate(qm, ids, mask):
         return qm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False)
 
 
-@pytest.fixture
-def llama_int8(make_tiny_hf, make_token_batches):
-    return qcompiler.compile(make_tiny_hf("llama"), "int8-outlier", make_token_batches(2), progress=False)
+def _tiny_lm(arch: str):
+    """The suite's tiny random-weight LMs (tests/conftest.py), built here for module-scoped fixtures."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=64,
+                                          bos_token_id=0, eos_token_id=1)).eval()
+    return LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, bos_token_id=0,
+                                        eos_token_id=1)).eval()
 
 
-def test_layout_and_one_step(llama_int8, tmp_path):
+def _compile(arch: str, scheme: str, **options):
+    if scheme == "w4-weight-only":
+        options.setdefault("group_size", 32)
+    g = torch.Generator().manual_seed(0)
+    data = [{"input_ids": torch.randint(3, 256, (2, 12), generator=g)} for _ in range(2)]
+    return qcompiler.compile(_tiny_lm(arch), scheme, data, progress=False, **options)
+
+
+@pytest.fixture(scope="module")
+def llama_int8(tmp_path_factory):
+    """The tiny Llama compiled with int8-outlier, and its KV-cache export (ort-cpu)."""
+    qm = _compile("llama", "int8-outlier")
+    return qm, export_onnx_with_cache(qm, tmp_path_factory.mktemp("kv") / "kv.onnx", target="ort-cpu")
+
+
+def test_layout_and_one_step(llama_int8):
     """Names, dynamic dims and opset of the file; prefill + one decode step match the eager model's
     logits and cache."""
-    out = export_onnx_with_cache(llama_int8, tmp_path / "kv.onnx", target="ort-cpu")
+    llama_int8, out = llama_int8
     model = onnx.load(str(out.path))
     assert model.opset_import[0].version >= 17
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.input}
@@ -69,23 +91,24 @@ def test_layout_and_one_step(llama_int8, tmp_path):
 
 
 @pytest.mark.parametrize("arch,scheme", [("llama", "int8-outlier"), ("llama", "w4-weight-only"), ("gpt2", "int8-outlier")])
-def test_greedy_tokens_equal_pytorch(make_tiny_hf, make_token_batches, tmp_path, arch, scheme):
-    qm = qcompiler.compile(make_tiny_hf(arch), scheme, make_token_batches(2), progress=False,
-                           **({"group_size": 32} if scheme == "w4-weight-only" else {}))
+def test_greedy_tokens_equal_pytorch(llama_int8, tmp_path, arch, scheme):
+    if (arch, scheme) == ("llama", "int8-outlier"):
+        qm, out = llama_int8
+    else:
+        qm = _compile(arch, scheme)
+        out = export_onnx_with_cache(qm, tmp_path / "kv.onnx", target="ort-cpu", check=False)
     ids, mask = _prompt(1)
     want = _eager_generate(qm, ids, mask)
-    out = export_onnx_with_cache(qm, tmp_path / "kv.onnx", target="ort-cpu")
     got = OrtGenerator(out).generate(ids, mask, max_new_tokens=NEW, eos_token_id=qm.generation_config.eos_token_id,
                                      pad_token_id=qm.generation_config.pad_token_id)
     assert want.shape[1] > ids.shape[1]
     assert torch.equal(got, want), (got[:, 8:], want[:, 8:])
 
 
-def test_backend_onnxruntime_generate(make_tiny_hf, make_token_batches):
+def test_backend_onnxruntime_generate(llama_int8):
     """``backend="onnxruntime"``: ``qm.generate()`` runs in ONNX Runtime, tokens as eager's."""
-    model, data = make_tiny_hf("llama"), make_token_batches(2)
-    eager = qcompiler.compile(model, "int8-outlier", data, progress=False)
-    qm = qcompiler.compile(model, "int8-outlier", data, progress=False, backend="onnxruntime")
+    eager, _ = llama_int8
+    qm = _compile("llama", "int8-outlier", backend="onnxruntime")
     ids, mask = _prompt(2)
     got = qm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False)
     assert torch.equal(got, _eager_generate(eager, ids, mask))
