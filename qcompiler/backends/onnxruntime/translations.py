@@ -11,6 +11,7 @@ Standard operators (opset 18) only, unless a function's name says ``msft``::
     int8_linear_dynamic_outlier     the same, outlier columns by NonZero(mask) + Gather of X and W
     weight_only_linear (standard)   Cast(q) - z, * per-group steps (broadcast [N, G, g]), MatMul
     weight_only_linear (msft)       com.microsoft MatMulNBits, the layout the op already stores
+    nf4_linear                      Gather(NF4 levels) * absmax, MatMul; or com.microsoft MatMulBnb4 (nf4.py)
 
 Every function mirrors the reference implementation in ``qcompiler/ops`` step by step (same
 operand order for the float ops), so ONNX Runtime reproduces the int8 codes exactly and the
@@ -255,7 +256,10 @@ _q = torch.ops.qcompiler
 
 def standard_table() -> dict[Callable, Callable]:
     """Translations in standard ONNX operators only: runs in any ONNX runtime."""
+    from qcompiler.backends.onnxruntime import nf4
     return {
+        _q.nf4_linear.default: nf4.nf4_linear_standard,
+        _q.dequantize_blockwise_int8.default: nf4.dequantize_blockwise_int8,
         _q.quantize_rowwise.default: quantize_rowwise,
         _q.quantize_rowwise_dynamic.default: quantize_rowwise_dynamic,
         _q.quantize_tensorwise.default: quantize_tensorwise,
@@ -287,8 +291,11 @@ def int8_linear_dynamic_outlier_u8(xq, x_scale, x, outlier_mask, wq, w_scale, bi
 
 
 def ort_table() -> dict[Callable, Callable]:
-    """The standard table, with weight-only linears as ONNX Runtime's MatMulNBits."""
-    return {**standard_table(), _q.weight_only_linear.default: weight_only_linear_msft}
+    """The standard table, with weight-only linears as ONNX Runtime's MatMulNBits and NF4 ones as
+    its MatMulBnb4 (``nf4.py``)."""
+    from qcompiler.backends.onnxruntime.nf4 import nf4_linear_msft
+    return {**standard_table(), _q.weight_only_linear.default: weight_only_linear_msft,
+            _q.nf4_linear.default: nf4_linear_msft}
 
 
 def ort_cpu_table() -> dict[Callable, Callable]:
