@@ -32,7 +32,7 @@ from torch import nn
 from qcompiler.backends.onnxruntime.export import OnnxExport, export_module
 from qcompiler.errors import ConfigError, UnsupportedError
 
-__all__ = ["CacheLayout", "CachedLMExport", "cache_layout", "export_onnx_with_cache"]
+__all__ = ["CacheLayout", "CachedLMExport", "cache_layout", "export_onnx_with_cache", "export_float_onnx_with_cache"]
 
 _DIMS = {"batch": "batch_size", "seq": "sequence_length", "total": "total_sequence_length",
          "past": "past_sequence_length"}
@@ -170,7 +170,27 @@ def export_onnx_with_cache(qm, path: str | os.PathLike, target: str = "generic",
         raise ConfigError(f"export_onnx_with_cache takes the model qcompiler.compile returned, got {type(qm).__name__}")
     root = qm.program.root
     layout = cache_layout(root)
-    wrapper = CachedLM(root, layout)
+    example, axes, rename = _export_call(root, layout)
+    exported = export_module(qm, CachedLM(root, layout), example, path, axes, target, external_data=external_data,
+                             check=check, rename=rename)
+    return _checked(CachedLMExport(exported, layout))
+
+
+def export_float_onnx_with_cache(model: nn.Module, path: str | os.PathLike, *, external_data: bool | None = None,
+                                 check: bool = True) -> CachedLMExport:
+    """An uncompiled decoder LM (the fp16 baseline) with its KV cache, in the same layout."""
+    from qcompiler.backends.onnxruntime.writer import write_onnx
+    layout = cache_layout(model)
+    example, axes, rename = _export_call(model, layout)
+    call, path, use_external, files = write_onnx(CachedLM(model, layout), example, path, {}, dynamic_shapes=axes,
+                                                 external_data=external_data, check=check, rename=rename)
+    call.input_names = [rename.get(n, n) for n in call.input_names]
+    call.output_names = [rename.get(n, n) for n in call.output_names]
+    return _checked(CachedLMExport(OnnxExport(path, "float", call, {}, use_external, files=files), layout))
+
+
+def _export_call(root: nn.Module, layout: CacheLayout):
+    """The example call, dynamic dims and ONNX names of a KV-cache export."""
     device = next((p.device for p in root.parameters()), torch.device("cpu"))
     example = _example(layout, device)
     axes = {"input_ids": {0: _DIMS["batch"], 1: _DIMS["seq"]},
@@ -178,9 +198,11 @@ def export_onnx_with_cache(qm, path: str | os.PathLike, target: str = "generic",
             **({"position_ids": {0: _DIMS["batch"], 1: _DIMS["seq"]}} if layout.position_ids else {}),
             **{n.replace(".", "_"): {0: _DIMS["batch"], 2: _DIMS["past"]} for n in layout.past_names}}
     rename = {n.replace(".", "_"): n for n in layout.input_names + layout.output_names}
-    exported = export_module(qm, wrapper, example, path, axes, target, external_data=external_data,
-                             check=check, rename=rename)
-    if exported.input_names != layout.input_names or exported.output_names != layout.output_names:
-        raise UnsupportedError(f"the KV-cache export has inputs {exported.input_names} and outputs "
-                               f"{exported.output_names}, not the layout's", hint="report this as a bug")
-    return CachedLMExport(exported, layout)
+    return example, axes, rename
+
+
+def _checked(out: CachedLMExport) -> CachedLMExport:
+    if out.onnx.input_names != out.layout.input_names or out.onnx.output_names != out.layout.output_names:
+        raise UnsupportedError(f"the KV-cache export has inputs {out.onnx.input_names} and outputs "
+                               f"{out.onnx.output_names}, not the layout's", hint="report this as a bug")
+    return out

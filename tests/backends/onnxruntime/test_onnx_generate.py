@@ -115,3 +115,16 @@ def test_backend_onnxruntime_generate(llama_int8):
     assert any("generate() runs in ONNX Runtime" in n for n in qm.report().notes)
     with pytest.raises(UnsupportedError, match="num_beams=4"):
         qm.generate(input_ids=ids, max_new_tokens=4, num_beams=4)
+
+
+def test_float_model_with_cache(tmp_path):
+    """The uncompiled model (the fp16 baseline of the benchmarks) in the same layout."""
+    from qcompiler.backends.onnxruntime.kv_cache import export_float_onnx_with_cache
+    model = _tiny_lm("llama")
+    out = export_float_onnx_with_cache(model, tmp_path / "fp.onnx", check=False)
+    assert out.onnx.input_names == out.layout.input_names
+    ids, mask = _prompt(3)
+    with torch.no_grad():
+        want = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False)
+    got = OrtGenerator(out).generate(ids, mask, max_new_tokens=NEW, eos_token_id=model.generation_config.eos_token_id)
+    assert torch.equal(got, want)
