@@ -141,7 +141,8 @@ class _Session:
         return statistics.median(ts) * 1e3, out
 
 
-def _variants(a, folder: Path, provider: str, op_res: dict | None = None, exports: dict | None = None):
+def _variants(a, folder: Path, provider: str, op_res: dict | None = None, exports: dict | None = None,
+              results_alias: dict | None = None):
     """``(name, export() -> info dict, session configs to run it with)`` in order; the fp16
     baseline first, ORT's quantizer last (it needs the model in fp32)."""
     import qcompiler
@@ -195,6 +196,9 @@ def _variants(a, folder: Path, provider: str, op_res: dict | None = None, export
     if op_res:  # one export per M bucket, each layer in the form the op timings found fastest at that M
         from ort_buckets import plans, register_plan_targets
         for target, (plan, fpa_on, bucket) in register_plan_targets(plans(op_res, a.ms)).items():
+            if all(item.endswith(":nbits") for item in plan.split(";")):  # that is the ort-cuda export itself
+                results_alias.update({m: "qc ort-cuda" + (" fpA_intB" if fpa_on else "") for m in bucket})
+                continue
             name = f"qc plan M={'/'.join(map(str, bucket))}"
             cfg = {"_ms": ",".join(map(str, bucket)), **({"ep.cuda.fpa_intb_gemm": "1"} if fpa_on else {})}
             yield name, (lambda t=target, nm=name, p=plan: {**qc_export(t, nm), "plan": p}), [cfg]
@@ -252,14 +256,14 @@ def main(argv=None) -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-ort-"))
     base = "fp16" if provider == "CUDAExecutionProvider" else "fp32"
     results: dict[str, dict] = {}
-    op_res, exports = None, {}
+    op_res, exports, alias = None, {}, {}
     if not a.no_plans:
         from ort_op_timings import op_timings
         shapes = [(a.hidden, a.hidden), (a.intermediate, a.hidden), (a.hidden, a.intermediate)]
         op_res = op_timings(shapes, a.ms, provider, folder)
         results["_op_timings"] = {"op": op_res}
         _save(a, provider, card, base, results, ort.__version__)
-    for name, export, configs in _variants(a, folder, provider, op_res, exports):
+    for name, export, configs in _variants(a, folder, provider, op_res, exports, alias):
         if only is not None and not any(name == v or v.endswith("*") and name.startswith(v[:-1]) for v in only) \
                 and name != base:
             continue
@@ -283,17 +287,22 @@ def main(argv=None) -> None:
             _save(a, provider, card, base, results, ort.__version__)  # partial results survive a timeout
         for f in folder.glob(_file(folder, name).stem + "*"):
             f.unlink()  # keep the disk small: 1.6 GB per fp16 file at the default sizes
-    _buckets(results)
+    _buckets(results, alias)
     _report(a, provider, card, base, results, ort.__version__)
 
 
-def _buckets(results: dict) -> None:
-    """The per-M-bucket row: each M timed on the plan export made for its bucket."""
+def _buckets(results: dict, alias: dict) -> None:
+    """The per-M-bucket row: each M timed on the export made for its bucket (``alias``: buckets
+    whose plan is MatMulNBits everywhere, i.e. the ort-cuda export itself)."""
     rows = {name: row for name, row in results.items() if name.startswith("qc plan M=") and "error" not in row}
+    for m, name in alias.items():
+        if "ms" in results.get(name, {}) and m in results[name]["ms"]:
+            rows[f"{name} (M={m})"] = {"ms": {m: results[name]["ms"][m]},
+                                       "err": {m: results[name].get("err", {}).get(m)}, "plan": "all nbits"}
     if rows:
         results["qc per-M buckets"] = {
             "ms": {m: t for row in rows.values() for m, t in row["ms"].items()},
-            "err": {m: e for row in rows.values() for m, e in row.get("err", {}).items()},
+            "err": {m: e for row in rows.values() for m, e in row.get("err", {}).items() if e is not None},
             "plans": {name: row.get("plan") for name, row in rows.items()}}
 
 
