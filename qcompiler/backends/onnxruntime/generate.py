@@ -63,7 +63,17 @@ class OrtGenerator:
             binding.bind_output(name, self.device, 0)
         self.session.run_with_iobinding(binding)
         outs = binding.get_outputs()
-        return outs[0].numpy()[:, -1], outs[1:]
+        return self._last_logits(outs[0]), outs[1:]
+
+    def _last_logits(self, value) -> np.ndarray:
+        """``logits[:, -1]`` on the host; on the GPU only that row is copied (the prompt's full
+        logits are sequence x vocab)."""
+        if self.device == "cuda":
+            try:
+                return torch.from_dlpack(value)[:, -1].cpu().numpy()
+            except Exception:  # noqa: BLE001 - an ORT build without DLPack: copy it all
+                pass
+        return value.numpy()[:, -1]
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                  max_new_tokens: int = 32, eos_token_id: int | list[int] | None = None,
