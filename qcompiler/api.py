@@ -14,6 +14,7 @@ from qcompiler.backends import get_backend
 from qcompiler.calibration import CalibrationSet, as_call
 from qcompiler.capture import CaptureMethod, capture_regions
 from qcompiler.errors import CalibrationError, CaptureError, ConfigError, UnsupportedError
+from qcompiler.inference_only import training_error
 from qcompiler.pass_manager import PassContext, PassManager, Program, Region, parse_pipeline
 from qcompiler.passes.annotate_linears import SUPPORTED_DTYPES
 from qcompiler.passes.calibrate import ABSMAX
@@ -35,9 +36,18 @@ class QuantizedModel(nn.Module):
         self._program = program
         self._report = report
         self.record = record  # how it was compiled: what qcompiler.save writes besides the tensors
+        self.training = False  # inference only, like the model inside (see train)
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> "QuantizedModel":
+        """``eval()`` / ``train(False)`` work (compile already returns the model in eval mode);
+        ``train()`` raises :class:`UnsupportedError`: a compiled model runs inference only (for
+        quantization-aware training use :func:`qcompiler.prepare_qat`)."""
+        if mode:
+            raise training_error("a compiled model")  # before any flag flips: all or nothing
+        return super().train(False)
 
     def __getattr__(self, name: str):
         try:
