@@ -14,7 +14,8 @@ from qcompiler.backends import get_backend
 from qcompiler.calibration import CalibrationSet, as_call
 from qcompiler.capture import CaptureMethod, capture_regions
 from qcompiler.errors import CalibrationError, CaptureError, ConfigError, UnsupportedError
-from qcompiler.inference_only import training_error
+from qcompiler.inference_only import eval_mode, training_error
+from qcompiler.model_bytes import state_bytes, tied_layer_notes
 from qcompiler.pass_manager import PassContext, PassManager, Program, Region, parse_pipeline
 from qcompiler.passes.annotate_linears import SUPPORTED_DTYPES
 from qcompiler.passes.calibrate import ABSMAX
@@ -99,10 +100,6 @@ def _check_dtypes(model: nn.Module) -> None:
                                         "cast the model, e.g. model.float()")
 
 
-def _state_bytes(model: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
-
-
 def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: Iterable[Any] | None = None, *,
             example_inputs: Any = None, backend: str = "eager", capture: str = "export",
             whole_graph: bool = False, pipeline: str | None = None, verify: bool = False,
@@ -144,7 +141,8 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
     _check_dtypes(model)
 
     ref_calls = (calib.calls[:2] if calib is not None else [example])
-    ref_outs = _run_reference(model, ref_calls)
+    with eval_mode(model) as was_training:  # the compiled model runs in eval mode: compare like with like
+        ref_outs = _run_reference(model, ref_calls)
     base = weights_digest(model)
     qmodel = copy.deepcopy(model).eval()
     plan = capture_regions(qmodel, *example, method=method, whole=whole_graph, progress=progress)
@@ -162,7 +160,13 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
         region.module.freeze()
 
     report = build_report(program, ctx, scheme=scheme, backend=backend, pipeline=str(manager),
-                          split=plan.split, model_bytes_before=_state_bytes(model))
+                          split=plan.split, model_bytes_before=state_bytes(model))
+    tied = tied_layer_notes(model, [r.layer for r in report.quantized], program.root)
+    for row in report.quantized:
+        row.notes.extend([tied[row.layer]] if row.layer in tied else [])
+    if was_training:
+        report.notes.append("the model was passed in train mode: compiled and compared with the float model in "
+                            "eval mode (dropout off); the model passed in keeps its mode")
     report.notes.extend(f"not called in the example forward, left in float: {p}" for p in plan.not_called)
     record = CompileRecord(scheme, dict(options), backend, method.value, whole_graph, str(manager), example[0],
                            example[1], base, before, dict(ctx.options.get(ABSMAX, {})))

@@ -1,10 +1,31 @@
-"""Compiled models run inference only: ``eval()`` works, ``train()`` says what to do instead."""
+"""Compiled models run inference only: ``eval()`` works, ``train()`` says what to do instead, and
+compile measures against the float model in eval mode."""
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
+from torch import nn
+
 from qcompiler.errors import UnsupportedError
 
-__all__ = ["training_error"]
+__all__ = ["training_error", "eval_mode"]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[bool]:
+    """``model`` in eval mode inside the block, each module's own flag restored after; yields
+    whether any module was training. compile measures the float reference this way: the compiled
+    model runs in eval mode, and a reference run with dropout on is not a reference."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        for m, _ in flags:
+            m.training = False  # not model.eval(): a user's train() override must not run here
+        yield any(t for _, t in flags)
+    finally:
+        for m, t in flags:
+            m.training = t
 
 
 def training_error(what: str) -> UnsupportedError:
