@@ -133,11 +133,13 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
         lowering = [dataclasses.replace(p, fallback=True) if "fallback" in {f.name for f in dataclasses.fields(p)}
                     else p for p in lowering]
     manager = PassManager(parse_pipeline(text) + lowering)  # parse errors surface before any work
+    unusable = None
     try:
         be.check()
-    except UnsupportedError:
+    except UnsupportedError as e:
         if not allow_fallback:
             raise
+        unusable = f"{e.message}: allow_fallback=True kept the reference op of each layer its kernels cannot run"
     _check_dtypes(model)
 
     ref_calls = (calib.calls[:2] if calib is not None else [example])
@@ -164,6 +166,7 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
     tied = tied_layer_notes(model, [r.layer for r in report.quantized], program.root)
     for row in report.quantized:
         row.notes.extend([tied[row.layer]] if row.layer in tied else [])
+    report.notes.extend([unusable] if unusable else [])
     if was_training:
         report.notes.append("the model was passed in train mode: compiled and compared with the float model in "
                             "eval mode (dropout off); the model passed in keeps its mode")
