@@ -13,6 +13,7 @@ from torch.utils._pytree import tree_flatten
 from qcompiler.backends import get_backend
 from qcompiler.calibration import CalibrationSet, as_call
 from qcompiler.capture import CaptureMethod, capture_regions
+from qcompiler.contracts import CALIBRATION_DATA
 from qcompiler.errors import CalibrationError, CaptureError, ConfigError, UnsupportedError
 from qcompiler.inference_only import eval_mode, training_error
 from qcompiler.model_bytes import state_bytes, tied_layer_notes
@@ -133,6 +134,7 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
         lowering = [dataclasses.replace(p, fallback=True) if "fallback" in {f.name for f in dataclasses.fields(p)}
                     else p for p in lowering]
     manager = PassManager(parse_pipeline(text) + lowering)  # parse errors surface before any work
+    manager.check({CALIBRATION_DATA} if calib is not None else ())  # so do impossible pipelines
     unusable = None
     try:
         be.check()

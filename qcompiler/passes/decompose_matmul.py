@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 from torch import fx
 
+from qcompiler.contracts import (Contract, CALIBRATED, DECOMPOSED, WEIGHTS_QUANTIZED)
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
 from qcompiler.passes._graph import add_buffer, is_linear, linear_parts
 from qcompiler.passes.quantize_weights import FLOAT_WEIGHTS
@@ -105,6 +106,10 @@ EMITTERS: dict[WeightFormat, Emitter] = {
 @register_pass("decompose-matmul")
 @dataclass(frozen=True)
 class DecomposeMatmul(GraphPass):
+    def contract(self) -> Contract:
+        # the observed linears are gone: their statistics no longer describe this graph
+        return Contract(requires={WEIGHTS_QUANTIZED}, ensures={DECOMPOSED}, invalidates={CALIBRATED})
+
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         modified, empty_idx = False, None
         for node in list(gm.graph.nodes):

@@ -14,6 +14,7 @@ import torch
 from torch import fx
 
 from qcompiler.errors import ConfigError
+from qcompiler.contracts import (Contract, ACT_ROW, CALIBRATED, LINEARS_ANNOTATED, OUTLIERS_DETECTED, WEIGHTS_QUANTIZED)
 from qcompiler.pass_manager import Analysis, GraphPass, PassContext, PassResult, Region, register_pass
 from qcompiler.passes._graph import is_linear
 from qcompiler.passes.calibrate import ActivationStats
@@ -37,6 +38,12 @@ class OutlierAnalysis(Analysis):
 class DetectOutliers(GraphPass):
     threshold: float = 6.0
     mode: OutlierMode = OutlierMode.STATIC
+
+    def contract(self) -> Contract:
+        # only the per-row int8 path multiplies outlier columns in float; quantize-weights splits W by them
+        stats = {CALIBRATED} if self.mode is OutlierMode.STATIC else set()
+        return Contract(requires={LINEARS_ANNOTATED, ACT_ROW, *stats}, ensures={OUTLIERS_DETECTED},
+                        forbids={WEIGHTS_QUANTIZED})
 
     def __post_init__(self):
         if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold) and self.threshold >= 0):

@@ -43,6 +43,7 @@ import torch
 from torch import fx
 
 from qcompiler.errors import UnsupportedError
+from qcompiler.contracts import (Contract, CALIBRATED, DECOMPOSED, LOWERED)
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
 from qcompiler.passes._graph import add_buffer, get_attr_value
 from qcompiler.passes.quantize_weights import FLOAT_WEIGHTS
@@ -68,6 +69,9 @@ def _dtype(node) -> torch.dtype | None:
 @dataclass(frozen=True)
 class LowerTriton(GraphPass):
     fallback: bool = False
+
+    def contract(self) -> Contract:
+        return Contract(requires={DECOMPOSED}, ensures={LOWERED}, invalidates={CALIBRATED})
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         from qcompiler.backends.triton import is_available  # late: imports triton

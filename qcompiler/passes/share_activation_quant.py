@@ -9,6 +9,7 @@ import torch
 from torch import fx
 
 from qcompiler.ops import QUANTIZE_OPS
+from qcompiler.contracts import (Contract, DECOMPOSED)
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
 from qcompiler.passes._graph import get_attr_value
 from qcompiler.spec import get_spec, update_spec
@@ -30,6 +31,9 @@ def _key(gm: fx.GraphModule, node: fx.Node) -> tuple:
 @register_pass("share-activation-quant")
 @dataclass(frozen=True)
 class ShareActivationQuant(GraphPass):
+    def contract(self) -> Contract:
+        return Contract(requires={DECOMPOSED})
+
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         seen: dict[tuple, fx.Node] = {}
         modified = False
