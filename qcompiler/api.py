@@ -16,7 +16,8 @@ from qcompiler.capture import CaptureMethod, capture_regions
 from qcompiler.contracts import CALIBRATION_DATA
 from qcompiler.errors import CalibrationError, CaptureError, ConfigError, UnsupportedError
 from qcompiler.inference_only import eval_mode, training_error
-from qcompiler.model_bytes import state_bytes, tied_layer_notes
+from qcompiler.meta_device import check_not_meta
+from qcompiler.model_bytes import larger_than_float_note, state_bytes, tied_layer_notes
 from qcompiler.pass_manager import PassContext, PassManager, Program, Region, parse_pipeline
 from qcompiler.passes.annotate_linears import SUPPORTED_DTYPES
 from qcompiler.passes.calibrate import ABSMAX
@@ -143,6 +144,7 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
             raise
         unusable = f"{e.message}: allow_fallback=True kept the reference op of each layer its kernels cannot run"
     _check_dtypes(model)
+    check_not_meta(model, example)
 
     ref_calls = (calib.calls[:2] if calib is not None else [example])
     with eval_mode(model) as was_training:  # the compiled model runs in eval mode: compare like with like
@@ -168,6 +170,8 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
     tied = tied_layer_notes(model, [r.layer for r in report.quantized], program.root)
     for row in report.quantized:
         row.notes.extend([tied[row.layer]] if row.layer in tied else [])
+        bigger = larger_than_float_note(row.bytes_before, row.bytes_after, len(row.outlier_dims or ()), row.shape[1])
+        row.notes.extend([bigger] if bigger else [])
     report.notes.extend([unusable] if unusable else [])
     if was_training:
         report.notes.append("the model was passed in train mode: compiled and compared with the float model in "

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from qcompiler.errors import CaptureError, ConfigError, UnsupportedError
 from qcompiler.inference_only import training_error
+from qcompiler.output_dtype import follow_dtype_change
 from qcompiler.region_attributes import carried_attributes, implied_constants, same_constants
 
 __all__ = ["CaptureMethod", "RegionModule", "CapturePlan", "capture_regions", "capture_module"]
@@ -207,6 +208,12 @@ class RegionModule(nn.Module):
         if mode:
             raise training_error(f"region '{self.path or '<model>'}' ({self._original_type})")
         return super().train(False)
+
+    def _apply(self, fn, recurse=True):
+        """``.half()``, ``.to(dtype)``: the graph's fixed output dtypes follow the tensors'."""
+        super()._apply(fn, recurse)
+        follow_dtype_change(self.gm, fn)
+        return self
 
     def freeze(self) -> None:
         """Turn an exported graph into a plain positional one (idempotent)."""

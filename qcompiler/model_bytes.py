@@ -11,7 +11,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-__all__ = ["unique_bytes", "state_bytes", "tied_weights", "tied_layer_notes"]
+__all__ = ["unique_bytes", "state_bytes", "tied_weights", "tied_layer_notes", "larger_than_float_note"]
 
 
 def unique_bytes(tensors: Iterable[torch.Tensor]) -> int:
@@ -61,3 +61,14 @@ def tied_layer_notes(model: nn.Module, layers: Iterable[str], compiled: nn.Modul
             notes[layer] = (f"weight tied to {', '.join(still_float)}, which stays in float: quantizing this "
                             "layer adds its quantized copy, it frees nothing")
     return notes
+
+
+def larger_than_float_note(bytes_before: int, bytes_after: int, outliers: int | None, in_features: int) -> str | None:
+    """A note for a quantized layer stored in more bytes than its float weight (``threshold=0``
+    makes every column an outlier, kept in float next to the int8 copy), else None."""
+    if not bytes_before or bytes_after <= bytes_before:
+        return None
+    why = (f": {outliers} of {in_features} input columns are outliers, kept in float next to the int8 copy "
+           "(a higher threshold keeps fewer)" if outliers else "")
+    return (f"stored in {bytes_after / 1024:.1f} KiB, more than the float weight's "
+            f"{bytes_before / 1024:.1f} KiB{why}")

@@ -36,3 +36,20 @@ def test_gpt2_tied_lm_head_counted_once(make_tiny_hf, make_token_batches):
     lm_head = next(r for r in report.layers if r.layer == "lm_head")
     assert any("tied to transformer.wte.weight" in n for n in lm_head.notes)
     assert "tied to" not in " ".join(n for r in report.layers if r.layer != "lm_head" for n in r.notes)
+
+
+def test_threshold_zero_notes_each_layer():
+    # Bug #9.6: threshold=0 keeps every column in float, so the "quantized" layer is bigger than
+    # the float one; the report must say so per layer.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32))
+    data = [torch.randn(8, 64)]
+    rows = qcompiler.compile(model, "int8-outlier", data, threshold=0, progress=False).report().layers
+    for r in rows:
+        assert r.bytes_after > r.bytes_before  # the fact the note is about
+        assert any("more than the float weight" in n and "input columns are outliers" in n for n in r.notes), r.notes
+        assert any("threshold 0" in n for n in r.notes)
+    rows = qcompiler.compile(model, "int8-outlier", data, progress=False).report().layers
+    assert not any("more than the float weight" in n or "threshold 0" in n for r in rows for n in r.notes)
+    rows = qcompiler.compile(model, "int8-outlier", example_inputs=data[0], threshold=0, progress=False).report().layers
+    assert all(any("threshold 0" in n for n in r.notes) for r in rows)  # dynamic: nothing stored, still noted

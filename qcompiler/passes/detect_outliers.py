@@ -58,6 +58,13 @@ class DetectOutliers(GraphPass):
             if not (is_linear(node) and get_spec(node) is not None):
                 continue
             with ctx.at(node):
+                spec = get_spec(node)
+                if self.threshold == 0:
+                    ctx.note(spec.layer, "threshold 0: every nonzero input column is an outlier, so the layer "
+                                         "computes in float (no int8 saving)")
+                elif len(outliers.get(node.name, ())) == spec.in_features:
+                    ctx.note(spec.layer, f"all {spec.in_features} input columns exceed threshold {self.threshold:g}: "
+                                         "the layer computes in float")
                 if self.mode is OutlierMode.DYNAMIC:
                     update_spec(node, outliers=OutlierMode.DYNAMIC, threshold=self.threshold)
                 elif node.name in outliers:
