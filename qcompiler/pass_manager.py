@@ -11,7 +11,9 @@ Analyses are computed on demand, cached per region in ``ctx.analyses`` and dropp
 that modified the region unless its :class:`PassResult` lists them in ``preserved``.
 
 Pipelines have a text form, ``canonicalize-linear,detect-outliers{threshold=6.0},dce``, that
-:func:`parse_pipeline` and :func:`print_pipeline` turn into each other.
+:func:`parse_pipeline` and :func:`print_pipeline` turn into each other. Each pass declares a
+contract (:mod:`qcompiler.contracts`); :meth:`PassManager.check` walks a pipeline's contracts
+before any work.
 """
 
 from __future__ import annotations
