@@ -20,7 +20,7 @@ from qcompiler.passes.calibrate import ABSMAX
 from qcompiler.report import Report, build_report
 from qcompiler.schemes import get_scheme
 from qcompiler.serialize.record import CompileRecord, weights_digest
-from qcompiler.viz.snapshot import snapshot_graph
+from qcompiler.graph.snapshot import snapshot_graph
 
 __all__ = ["compile", "QuantizedModel"]
 
@@ -120,12 +120,12 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
     if example_inputs is None and calib is None:
         raise ConfigError("compile needs example_inputs or calibration_data to capture the model")
     example = as_call(example_inputs) if example_inputs is not None else calib.calls[0]
-    text = pipeline if pipeline is not None else sch.pipeline(config, calib is not None)
+    passes = parse_pipeline(pipeline) if pipeline is not None else sch.passes(config, calib is not None)
     lowering = parse_pipeline(be.lowering) if be.lowering else []
     if allow_fallback:  # every lowering pass that can fall back is told it may
         lowering = [dataclasses.replace(p, fallback=True) if "fallback" in {f.name for f in dataclasses.fields(p)}
                     else p for p in lowering]
-    manager = PassManager(parse_pipeline(text) + lowering)  # parse errors surface before any work
+    manager = PassManager(passes + lowering)  # parse errors surface before any work
     try:
         be.check()
     except UnsupportedError:

@@ -29,6 +29,8 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from qcompiler.errors import ConfigError, PassError, QCompilerError
+from qcompiler.registry import Registry
+from qcompiler.verify import verify_graph
 
 __all__ = [
     "Region",
@@ -41,6 +43,7 @@ __all__ = [
     "AnalysisManager",
     "PassContext",
     "PassManager",
+    "PASSES",
     "register_pass",
     "get_pass",
     "list_passes",
@@ -179,7 +182,8 @@ class PassContext:
 
 # --------------------------------------------------------------------------------- registry
 
-_PASSES: dict[str, type[Pass]] = {}
+# The built-in passes register themselves when qcompiler.passes is imported: the first look-up does it.
+PASSES: Registry[type[Pass]] = Registry("pass", builtins="qcompiler.passes")
 
 
 def register_pass(name: str):
@@ -199,22 +203,17 @@ def register_pass(name: str):
         if not dataclasses.is_dataclass(cls):
             cls = dataclass(frozen=True)(cls)
         cls.name = name
-        _PASSES[name] = cls
-        return cls
+        return PASSES.register(name, cls)
 
     return deco
 
 
 def get_pass(name: str) -> type[Pass]:
-    try:
-        return _PASSES[name]
-    except KeyError:
-        raise ConfigError(f"unknown pass {name!r}",
-                          hint=f"registered passes: {', '.join(sorted(_PASSES))}") from None
+    return PASSES.get(name)
 
 
 def list_passes() -> list[str]:
-    return sorted(_PASSES)
+    return PASSES.names()
 
 
 # ------------------------------------------------------------------------------ text form
@@ -303,8 +302,6 @@ class PassManager:
         return print_pipeline(self.passes)
 
     def run(self, program: Program, ctx: PassContext) -> Program:
-        from qcompiler.verify import verify_graph  # late: verify imports the ops
-
         bar = tqdm(self.passes, desc="passes", unit="pass", leave=False,
                    disable=not ctx.options.get("progress", False))
         for p in bar:

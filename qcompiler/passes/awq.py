@@ -37,8 +37,8 @@ from torch import fx
 
 from qcompiler.errors import CalibrationError, ConfigError
 from qcompiler.pass_manager import PassContext, PassResult, Program, ProgramPass, Region, register_pass
-from qcompiler.passes._graph import linear_parts, resolve_weight
-from qcompiler.passes._rebind import set_linear_weight
+from qcompiler.graph.nodes import linear_parts, resolve_weight
+from qcompiler.graph.rebind import set_linear_weight
 from qcompiler.passes.calibrate import SAMPLES
 from qcompiler.passes.gptq import RowSampler, pending_uint
 from qcompiler.passes.layer_inputs import linear_groups_in_order, tap_inputs

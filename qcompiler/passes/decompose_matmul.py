@@ -31,7 +31,7 @@ import torch
 from torch import fx
 
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
-from qcompiler.passes._graph import add_buffer, is_linear, linear_parts
+from qcompiler.graph.nodes import add_buffer, is_linear, linear_parts
 from qcompiler.passes.quantize_weights import FLOAT_WEIGHTS
 from qcompiler.quant import effective_group_size
 from qcompiler.quant.nf4 import DOUBLE_QUANT_BLOCK

@@ -29,8 +29,8 @@ from torch import fx
 
 from qcompiler.errors import CalibrationError, ConfigError
 from qcompiler.pass_manager import PassContext, PassResult, Program, ProgramPass, Region, register_pass
-from qcompiler.passes._graph import linear_parts, resolve_weight
-from qcompiler.passes._rebind import set_linear_weight
+from qcompiler.graph.nodes import linear_parts, resolve_weight
+from qcompiler.graph.rebind import set_linear_weight
 from qcompiler.passes.calibrate import SAMPLES
 from qcompiler.passes.layer_inputs import linear_groups_in_order, tap_inputs
 from qcompiler.passes.quantize_weights import FLOAT_WEIGHTS, buffer_base, materialize_uint

@@ -44,7 +44,7 @@ from torch import fx
 
 from qcompiler.errors import UnsupportedError
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
-from qcompiler.passes._graph import add_buffer, get_attr_value
+from qcompiler.graph.nodes import add_buffer, get_attr_value
 from qcompiler.passes.quantize_weights import FLOAT_WEIGHTS
 from qcompiler.spec import SPEC_KEY, get_spec, update_spec
 

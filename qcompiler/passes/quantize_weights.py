@@ -24,7 +24,7 @@ from torch import fx
 from qcompiler.errors import UnsupportedError
 from qcompiler.ops import quantize_weight
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
-from qcompiler.passes._graph import add_buffer, is_linear, linear_parts, resolve_weight
+from qcompiler.graph.nodes import add_buffer, is_linear, linear_parts, resolve_weight
 from qcompiler.quant import double_quantize, effective_group_size, pack_int4, quantize_nf4, quantize_uint
 from qcompiler.spec import (ActGranularity, LinearQuantSpec, OutlierMode, WeightFormat, WeightGranularity, WeightRefs,
                             get_spec, update_spec)

@@ -10,7 +10,7 @@ from torch import fx
 
 from qcompiler.ops import QUANTIZE_OPS
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
-from qcompiler.passes._graph import get_attr_value
+from qcompiler.graph.nodes import get_attr_value
 from qcompiler.spec import get_spec, update_spec
 
 __all__ = ["ShareActivationQuant"]

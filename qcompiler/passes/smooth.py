@@ -39,7 +39,7 @@ from torch import fx
 
 from qcompiler.errors import ConfigError
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
-from qcompiler.passes._graph import linear_parts, resolve_weight
+from qcompiler.graph.nodes import linear_parts, resolve_weight
 from qcompiler.passes.calibrate import SAMPLES, ActivationStats, FeatureStats
 from qcompiler.passes.quantize_weights import buffer_base
 from qcompiler.passes.scale_folding import (FoldKind, ScaleFoldAnalysis, divide_input, linear_groups,

@@ -19,8 +19,8 @@ from qcompiler.calibration import CalibrationSet
 from qcompiler.capture import CaptureMethod, capture_regions
 from qcompiler.errors import CalibrationError
 from qcompiler.pass_manager import PassContext, PassManager, Program, Region
-from qcompiler.passes._graph import is_linear, linear_parts, resolve_weight
-from qcompiler.passes._rebind import set_linear_weight
+from qcompiler.graph.nodes import is_linear, linear_parts, resolve_weight
+from qcompiler.graph.rebind import set_linear_weight
 from qcompiler.passes.sequential_calibrate import SEQUENTIAL_TRACE, _retarget, run_sequential
 
 

@@ -18,7 +18,7 @@ from torch import fx
 
 from qcompiler.backends.onnxruntime.matmul_nbits import FOLDED_KEY
 from qcompiler.backends.onnxruntime.translations import MATMUL_NBITS_BLOCKS
-from qcompiler.passes._graph import get_attr_value
+from qcompiler.graph.nodes import get_attr_value
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
 from qcompiler.spec import SPEC_KEY, get_spec
 

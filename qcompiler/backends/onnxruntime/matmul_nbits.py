@@ -38,7 +38,7 @@ from torch import Tensor, fx
 
 from qcompiler.ops import MATMUL_OPS
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
-from qcompiler.passes._graph import add_buffer, get_attr_value
+from qcompiler.graph.nodes import add_buffer, get_attr_value
 from qcompiler.spec import SPEC_KEY, get_spec
 
 __all__ = ["LowerOrtMatMulNBits", "OutlierFolding", "choose_block_size", "int8_to_uint8_blocks", "folding_error",

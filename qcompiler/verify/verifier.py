@@ -15,7 +15,9 @@ import torch
 from torch import fx
 
 from qcompiler.errors import VerificationError
-from qcompiler.passes._graph import get_attr_value
+import qcompiler.ops  # noqa: F401 - the checks below name torch.ops.qcompiler.*
+from qcompiler.graph.nodes import get_attr_value
+from qcompiler.graph.observer import ActivationObserver
 from qcompiler.spec import get_spec
 
 __all__ = ["verify_graph", "register_invariant"]
@@ -51,8 +53,6 @@ def _from_quantize(node, after, consumer, index):
 
 
 def verify_graph(gm: fx.GraphModule, after: str = "?") -> None:
-    from qcompiler.passes.calibrate import ActivationObserver
-
     try:
         gm.graph.lint()
     except Exception as e:  # noqa: BLE001 - lint raises plain RuntimeErrors

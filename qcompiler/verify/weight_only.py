@@ -13,9 +13,10 @@ import torch
 from torch import fx
 
 from qcompiler.errors import VerificationError
-from qcompiler.passes._graph import get_attr_value
+from qcompiler.graph.nodes import get_attr_value
 from qcompiler.spec import get_spec
-from qcompiler.verify import register_invariant
+import qcompiler.ops  # noqa: F401 - defines the ops named below
+from qcompiler.verify.verifier import register_invariant
 
 __all__ = ["check_weight_only_ops"]
 
