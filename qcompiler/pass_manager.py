@@ -28,6 +28,7 @@ import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
+from qcompiler.compile_state import CompileState
 from qcompiler.errors import ConfigError, PassError, QCompilerError
 from qcompiler.registry import Registry
 from qcompiler.verify import verify_graph
@@ -154,9 +155,14 @@ class AnalysisManager:
 
 @dataclass
 class PassContext:
-    """What passes share during one compile: options, calibration data, analyses, notes."""
+    """What passes share during one compile: calibration data, analyses, the typed state passes
+    record for later ones (``state``), notes for the report. ``options`` is free-form, for user passes."""
 
     options: dict[str, Any] = field(default_factory=dict)
+    state: CompileState = field(default_factory=CompileState)
+    scheme: str = ""
+    backend: str = ""
+    progress: bool = False                # the one switch for every progress bar of the compile
     calibration_data: Any = None          # a qcompiler.calibration.CalibrationSet, or None
     analyses: AnalysisManager = field(default_factory=AnalysisManager)
     notes: dict[str, list[str]] = field(default_factory=dict)  # region/layer -> facts for the report
@@ -303,7 +309,7 @@ class PassManager:
 
     def run(self, program: Program, ctx: PassContext) -> Program:
         bar = tqdm(self.passes, desc="passes", unit="pass", leave=False,
-                   disable=not ctx.options.get("progress", False))
+                   disable=not ctx.progress)
         for p in bar:
             bar.set_postfix_str(p.name, refresh=False)
             try:
@@ -336,7 +342,7 @@ class PassManager:
                 self._apply(region, results[region.path], p, ctx)
             return
         regions = tqdm(program.regions, desc=p.name, unit="region", leave=False,
-                       disable=not ctx.options.get("progress", False) or len(program.regions) < 2)
+                       disable=not ctx.progress or len(program.regions) < 2)
         for region in regions:
             ctx.region = region
             p.requires(region.gm, ctx)

@@ -134,7 +134,7 @@ def prepare_qat(model: nn.Module, scheme: str = "int8-vectorwise", *, example_in
     if plan.regions[0][0] == "":
         qmodel = plan.regions[0][1]
     program = Program([Region(path, region) for path, region in plan.regions], qmodel)
-    manager.run(program, PassContext(options={"scheme": scheme, "qat": True}, verify=verify))
+    manager.run(program, PassContext(options={"qat": True}, scheme=scheme, verify=verify))
     return QATModel(qmodel, program, scheme, options, example, capture, float_model, str(manager))
 
 

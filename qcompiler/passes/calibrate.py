@@ -19,13 +19,7 @@ from qcompiler.graph.nodes import is_linear, linear_parts
 from qcompiler.graph.observer import ActivationObserver, FeatureStats
 from qcompiler.spec import get_spec
 
-__all__ = ["Calibrate", "ActivationObserver", "ActivationStats", "FeatureStats", "SAMPLES", "ABSMAX"]
-
-# ctx.options key: layer -> calibration rows kept for the report's error estimate
-SAMPLES = "samples"
-# ctx.options key: layer -> [K] per-feature max |x| over all calibration rows (kept on qm.record)
-ABSMAX = "absmax"
-
+__all__ = ["Calibrate", "ActivationObserver", "ActivationStats", "FeatureStats"]
 
 class ActivationStats(Analysis):
     """``{linear node name: FeatureStats}`` for one region; produced by the calibrate pass."""
@@ -55,8 +49,8 @@ class Calibrate(ProgramPass):
         finally:
             for r in program.regions:
                 self._remove_observers(r.gm, inserted[r.path])
-        samples = ctx.options.setdefault(SAMPLES, {})
-        absmax = ctx.options.setdefault(ABSMAX, {})
+        samples = ctx.state.samples
+        absmax = ctx.state.absmax
         for r in program.regions:
             stats = {lin: obs.stats() for obs, lins in inserted[r.path] for lin in lins if obs.absmax is not None}
             ctx.analyses.put(ActivationStats, r, stats)
@@ -98,7 +92,7 @@ class Calibrate(ProgramPass):
         calls = ctx.calibration_data.calls
         if self.max_batches:
             calls = calls[: self.max_batches]
-        bar = tqdm(calls, desc="calibrating", unit="batch", disable=not (self.progress and ctx.options.get("progress", True)), leave=False)
+        bar = tqdm(calls, desc="calibrating", unit="batch", disable=not (self.progress and ctx.progress), leave=False)
         with torch.no_grad():
             for i, (args, kwargs) in enumerate(bar):
                 try:

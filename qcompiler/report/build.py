@@ -9,9 +9,7 @@ from torch import fx
 
 from qcompiler.pass_manager import PassContext, Program
 from qcompiler.graph.nodes import get_attr_value, is_linear, linear_parts, resolve_weight
-from qcompiler.passes.calibrate import SAMPLES
 from qcompiler.passes.decompose_matmul import emit_quantized_linear
-from qcompiler.passes.quantize_weights import FLOAT_WEIGHTS
 from qcompiler.spec import LAYER_KEY, get_spec
 from qcompiler.report.data import LayerReport, Report
 
@@ -46,8 +44,8 @@ def _layer_error(gm: fx.GraphModule, spec, w: torch.Tensor, x: torch.Tensor):
 def build_report(program: Program, ctx: PassContext, *, scheme: str, backend: str, pipeline: str,
                  split: list[tuple[str, str]], model_bytes_before: int) -> Report:
     rows: list[LayerReport] = []
-    float_w = ctx.options.get(FLOAT_WEIGHTS, {})
-    samples = ctx.options.get(SAMPLES, {})
+    float_w = ctx.state.float_weights
+    samples = ctx.state.samples
     for region in program.regions:
         gm = region.gm
         for node in gm.graph.nodes:
