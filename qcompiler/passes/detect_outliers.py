@@ -16,7 +16,7 @@ from torch import fx
 from qcompiler.errors import ConfigError
 from qcompiler.contracts import (Contract, ACT_ROW, CALIBRATED, LINEARS_ANNOTATED, OUTLIERS_DETECTED, WEIGHTS_QUANTIZED)
 from qcompiler.pass_manager import Analysis, GraphPass, PassContext, PassResult, Region, register_pass
-from qcompiler.passes._graph import is_linear
+from qcompiler.graph.nodes import is_linear
 from qcompiler.passes.calibrate import ActivationStats
 from qcompiler.spec import OutlierMode, get_spec, update_spec
 
