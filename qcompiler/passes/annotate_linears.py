@@ -12,7 +12,8 @@ import torch
 from torch import fx
 
 from qcompiler.errors import UnsupportedError
-from qcompiler.contracts import (Contract, ACT_FLOAT, ACT_INT8, ACT_ROW, ACT_TENSOR, FORMAT_CHOSEN, FORMAT_NF4, FORMAT_UINT, LINEARS_ANNOTATED, OUTLIERS_DETECTED, WEIGHTS_QUANTIZED)
+from qcompiler.contracts import (ACT_FLOAT, ACT_INT8, ACT_ROW, ACT_TENSOR, FORMAT_CHOSEN, FORMAT_NF4, FORMAT_UINT,
+                                 LINEARS_ANNOTATED, OUTLIERS_DETECTED, WEIGHTS_QUANTIZED, Contract)
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
 from qcompiler.graph.nodes import is_linear, layer_name, linear_parts, resolve_weight
 from qcompiler.spec import LAYER_KEY, ActGranularity, LinearQuantSpec, WeightGranularity, set_spec

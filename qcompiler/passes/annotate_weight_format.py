@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from torch import fx
 
 from qcompiler.errors import ConfigError
-from qcompiler.contracts import (Contract, ACT_FLOAT, ACT_INT8, FORMAT_CHOSEN, FORMAT_NF4, FORMAT_UINT, LINEARS_ANNOTATED, OUTLIERS_DETECTED, WEIGHTS_QUANTIZED)
+from qcompiler.contracts import (ACT_FLOAT, ACT_INT8, FORMAT_CHOSEN, FORMAT_NF4, FORMAT_UINT, LINEARS_ANNOTATED,
+                                 OUTLIERS_DETECTED, WEIGHTS_QUANTIZED, Contract)
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
 from qcompiler.graph.nodes import is_linear
 from qcompiler.spec import ActGranularity, WeightFormat, get_spec, update_spec

@@ -36,7 +36,7 @@ import torch
 from torch import fx
 
 from qcompiler.errors import ConfigError
-from qcompiler.contracts import (Contract, CALIBRATION_DATA, FORMAT_UINT, LINEARS_ANNOTATED, WEIGHTS_QUANTIZED)
+from qcompiler.contracts import CALIBRATION_DATA, FORMAT_UINT, LINEARS_ANNOTATED, WEIGHTS_QUANTIZED, Contract
 from qcompiler.pass_manager import PassContext, PassResult, Program, ProgramPass, Region, register_pass
 from qcompiler.graph.nodes import linear_parts, resolve_weight
 from qcompiler.graph.rebind import set_linear_weight

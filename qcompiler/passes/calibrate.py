@@ -14,7 +14,7 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from qcompiler.errors import CalibrationError, QCompilerError
-from qcompiler.contracts import (Contract, CALIBRATED, CALIBRATION_DATA, DECOMPOSED, LINEARS_ANNOTATED)
+from qcompiler.contracts import CALIBRATED, CALIBRATION_DATA, DECOMPOSED, LINEARS_ANNOTATED, Contract
 from qcompiler.pass_manager import Analysis, PassContext, PassResult, Program, ProgramPass, Region, register_pass
 from qcompiler.graph.nodes import is_linear, linear_parts
 from qcompiler.graph.observer import ActivationObserver, FeatureStats

@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 from torch import fx
 
-from qcompiler.contracts import (Contract, CALIBRATED, DECOMPOSED, WEIGHTS_QUANTIZED)
+from qcompiler.contracts import CALIBRATED, DECOMPOSED, WEIGHTS_QUANTIZED, Contract
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
 from qcompiler.graph.nodes import add_buffer, is_linear, linear_parts
 from qcompiler.quant import effective_group_size

@@ -14,7 +14,7 @@ import torch
 from torch import fx
 
 from qcompiler.errors import ConfigError
-from qcompiler.contracts import (Contract, ACT_ROW, CALIBRATED, LINEARS_ANNOTATED, OUTLIERS_DETECTED, WEIGHTS_QUANTIZED)
+from qcompiler.contracts import ACT_ROW, CALIBRATED, LINEARS_ANNOTATED, OUTLIERS_DETECTED, WEIGHTS_QUANTIZED, Contract
 from qcompiler.pass_manager import Analysis, GraphPass, PassContext, PassResult, Region, register_pass
 from qcompiler.graph.nodes import is_linear
 from qcompiler.passes.calibrate import ActivationStats

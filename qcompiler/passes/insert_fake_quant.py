@@ -28,7 +28,7 @@ import torch
 from torch import fx
 
 import qcompiler.ops.fake_quant  # noqa: F401 - registers the fake-quantization ops
-from qcompiler.contracts import (Contract, FAKE_QUANTIZED, FORMAT_CHOSEN, LINEARS_ANNOTATED, WEIGHTS_QUANTIZED)
+from qcompiler.contracts import FAKE_QUANTIZED, FORMAT_CHOSEN, LINEARS_ANNOTATED, WEIGHTS_QUANTIZED, Contract
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
 from qcompiler.graph.nodes import is_linear, linear_parts
 from qcompiler.quant import effective_group_size

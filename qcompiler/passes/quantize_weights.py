@@ -23,7 +23,7 @@ from torch import fx
 
 from qcompiler.errors import UnsupportedError
 from qcompiler.ops import quantize_weight
-from qcompiler.contracts import (Contract, FORMAT_CHOSEN, LINEARS_ANNOTATED, WEIGHTS_QUANTIZED)
+from qcompiler.contracts import FORMAT_CHOSEN, LINEARS_ANNOTATED, WEIGHTS_QUANTIZED, Contract
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
 from qcompiler.graph.nodes import add_buffer, is_linear, linear_parts, resolve_weight
 from qcompiler.quant import double_quantize, effective_group_size, pack_int4, quantize_nf4, quantize_uint

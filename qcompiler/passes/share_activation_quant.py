@@ -9,7 +9,7 @@ import torch
 from torch import fx
 
 from qcompiler.ops import QUANTIZE_OPS
-from qcompiler.contracts import (Contract, DECOMPOSED)
+from qcompiler.contracts import DECOMPOSED, Contract
 from qcompiler.ops.args import args_of
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
 from qcompiler.graph.nodes import get_attr_value

@@ -38,7 +38,7 @@ import torch
 from torch import fx
 
 from qcompiler.errors import ConfigError
-from qcompiler.contracts import (Contract, ACT_INT8, CALIBRATED, LINEARS_ANNOTATED, WEIGHTS_QUANTIZED)
+from qcompiler.contracts import ACT_INT8, CALIBRATED, LINEARS_ANNOTATED, WEIGHTS_QUANTIZED, Contract
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
 from qcompiler.graph.nodes import linear_parts, resolve_weight
 from qcompiler.passes.calibrate import ActivationStats, FeatureStats
