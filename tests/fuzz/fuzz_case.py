@@ -1,0 +1,68 @@
+"""One fuzz case: compile a ``GraphSpec`` with a scheme on a backend and hold every output to the
+scheme's bound against the float64 reference (``fuzz_bounds``, ``fuzz_reference``)."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import HealthCheck, example, settings
+
+import qcompiler
+from fuzz_bounds import BOUNDS
+from fuzz_graphs import COVERAGE, FuzzGraph, GraphSpec, make_inputs
+from fuzz_reference import calibration_stats, reference, unit_roundoff
+
+__all__ = ["check_case", "fuzz_settings", "with_examples"]
+
+
+def fuzz_settings(max_examples: int):
+    """Deterministic (same cases every run, no example database) and without per-example deadlines:
+    each example compiles a model, which takes from 0.2 s (eager) to a few s (ONNX Runtime)."""
+    return settings(max_examples=max_examples, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def with_examples(names, options: tuple[dict, ...]):
+    """``@example`` the named ``COVERAGE`` graphs, the i-th with the i-th option set (cycling)."""
+    def wrap(fn):
+        for i, name in enumerate(names):
+            fn = example(spec=COVERAGE[name], options=options[i % len(options)])(fn)
+        return fn
+    return wrap
+
+
+def _describe(spec: GraphSpec, scheme: str, options: dict, backend: str) -> str:
+    return f"{scheme}{options or ''} on {backend}: {spec}"
+
+
+def check_case(spec: GraphSpec, scheme: str, options: dict, backend: str, dtype: torch.dtype) -> None:
+    bound = BOUNDS[scheme]
+    model = FuzzGraph(spec).to(dtype).eval()
+    calib = make_inputs(spec, 3, dtype)
+    calib, fresh = calib[:2], calib[2]
+    kw = dict(calibration_data=calib) if bound.calibrated else dict(example_inputs=calib[0])
+    qm = qcompiler.compile(model, scheme, backend=backend, progress=False, **kw, **options)
+    sites = calibration_stats(spec, model, calib, unit_roundoff(dtype))
+    rule = bound.rule(options)
+    where = _describe(spec, scheme, options, backend)
+    if bound.check == "elementwise":
+        for i, x in enumerate(calib + [fresh]):
+            y, e = reference(spec, sites, x, rule)
+            with torch.no_grad():
+                got = qm(x).double()
+            assert got.shape == y.shape, f"{where}: output shape {tuple(got.shape)} != {tuple(y.shape)}"
+            err = (got - y).abs()
+            ratio = (err / e.clamp_min(1e-300)).max().item()
+            assert bool(torch.isfinite(got).all()) and bool((err <= e).all()), (
+                f"{where}, batch {i}: |out - ref| exceeds the bound by {ratio:.3g}x "
+                f"(max err {err.max().item():.3g}, its bound {e.flatten()[err.argmax()].item():.3g})")
+    else:  # frobenius, over the calibration batches only (see fuzz_bounds)
+        num = den = 0.0
+        for x in calib:
+            y, e = reference(spec, sites, x, rule)
+            with torch.no_grad():
+                got = qm(x).double()
+            assert got.shape == y.shape, f"{where}: output shape {tuple(got.shape)} != {tuple(y.shape)}"
+            assert bool(torch.isfinite(got).all()), f"{where}: non-finite output"
+            num += (got - y).square().sum().item()
+            den += e.square().sum().item()
+        assert num <= den, f"{where}: ||out - ref||_F = {num ** 0.5:.3g} > round-to-nearest bound {den ** 0.5:.3g}"
