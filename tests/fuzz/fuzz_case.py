@@ -3,6 +3,8 @@ scheme's bound against the float64 reference (``fuzz_bounds``, ``fuzz_reference`
 
 from __future__ import annotations
 
+import os
+
 import torch
 from hypothesis import HealthCheck, example, settings
 
@@ -16,8 +18,10 @@ __all__ = ["check_case", "fuzz_settings", "with_examples"]
 
 def fuzz_settings(max_examples: int):
     """Deterministic (same cases every run, no example database) and without per-example deadlines:
-    each example compiles a model, which takes from 0.2 s (eager) to a few s (ONNX Runtime)."""
-    return settings(max_examples=max_examples, deadline=None, derandomize=True, database=None,
+    each example compiles a model, which takes from 0.2 s (eager) to a few s (ONNX Runtime).
+    ``QCOMPILER_FUZZ_SCALE=20`` multiplies the examples for a deeper local hunt (CI keeps 1)."""
+    scale = int(os.environ.get("QCOMPILER_FUZZ_SCALE", "1"))
+    return settings(max_examples=max_examples * scale, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -30,6 +34,15 @@ def with_examples(names, options: tuple[dict, ...]):
     return wrap
 
 
+def _run(qm, x: torch.Tensor, n_out: int, where: str) -> torch.Tensor:
+    """``qm(x)`` checked for shape, as float64 ``[tokens, n_out]``."""
+    with torch.no_grad():
+        got = qm(x)
+    want = (*x.shape[:-1], n_out)
+    assert tuple(got.shape) == want, f"{where}: output shape {tuple(got.shape)} != {want}"
+    return got.double().reshape(-1, n_out)
+
+
 def _describe(spec: GraphSpec, scheme: str, options: dict, backend: str) -> str:
     return f"{scheme}{options or ''} on {backend}: {spec}"
 
@@ -37,8 +50,8 @@ def _describe(spec: GraphSpec, scheme: str, options: dict, backend: str) -> str:
 def check_case(spec: GraphSpec, scheme: str, options: dict, backend: str, dtype: torch.dtype) -> None:
     bound = BOUNDS[scheme]
     model = FuzzGraph(spec).to(dtype).eval()
-    calib = make_inputs(spec, 3, dtype)
-    calib, fresh = calib[:2], calib[2]
+    calib = make_inputs(spec, 2, dtype)
+    fresh = make_inputs(spec, 1, dtype, rows=spec.eval_rows)[0]  # not seen by calibration
     kw = dict(calibration_data=calib) if bound.calibrated else dict(example_inputs=calib[0])
     qm = qcompiler.compile(model, scheme, backend=backend, progress=False, **kw, **options)
     sites = calibration_stats(spec, model, calib, unit_roundoff(dtype))
@@ -47,9 +60,7 @@ def check_case(spec: GraphSpec, scheme: str, options: dict, backend: str, dtype:
     if bound.check == "elementwise":
         for i, x in enumerate(calib + [fresh]):
             y, e = reference(spec, sites, x, rule)
-            with torch.no_grad():
-                got = qm(x).double()
-            assert got.shape == y.shape, f"{where}: output shape {tuple(got.shape)} != {tuple(y.shape)}"
+            got = _run(qm, x, y.shape[-1], where)
             err = (got - y).abs()
             ratio = (err / e.clamp_min(1e-300)).max().item()
             assert bool(torch.isfinite(got).all()) and bool((err <= e).all()), (
@@ -59,9 +70,7 @@ def check_case(spec: GraphSpec, scheme: str, options: dict, backend: str, dtype:
         num = den = 0.0
         for x in calib:
             y, e = reference(spec, sites, x, rule)
-            with torch.no_grad():
-                got = qm(x).double()
-            assert got.shape == y.shape, f"{where}: output shape {tuple(got.shape)} != {tuple(y.shape)}"
+            got = _run(qm, x, y.shape[-1], where)
             assert bool(torch.isfinite(got).all()), f"{where}: non-finite output"
             num += (got - y).square().sum().item()
             den += e.square().sum().item()

@@ -32,11 +32,13 @@ class Op:
 
 @dataclass(frozen=True)
 class GraphSpec:
-    rows: int
+    rows: int                       # tokens per calibration batch
     in_features: int
     ops: tuple[Op, ...]
     outlier_cols: tuple[int, ...]
     seed: int
+    batch: int = 0                  # 0: inputs [rows, K]; else [batch, rows, K]
+    eval_rows: int = 0              # rows of the extra (not calibration) batch; 0: rows
 
     def widths(self) -> list[int]:
         """Feature width of every node."""
@@ -70,7 +72,8 @@ def graph_specs(draw, max_ops: int = 4, max_features: int = 40) -> GraphSpec:
         widths.append(op.out if op.kind == "linear" else widths[op.srcs[0]])
     cols = draw(st.one_of(st.just(()), st.just(tuple(range(k))),
                           st.lists(st.integers(0, k - 1), unique=True, max_size=k).map(lambda c: tuple(sorted(c)))))
-    return GraphSpec(draw(st.sampled_from(ROWS)), k, tuple(ops), cols, draw(st.integers(0, 2**16)))
+    return GraphSpec(draw(st.sampled_from(ROWS)), k, tuple(ops), cols, draw(st.integers(0, 2**16)),
+                     draw(st.sampled_from([0, 0, 2])), draw(st.sampled_from([0, 0, *ROWS])))
 
 
 class FuzzGraph(nn.Module):
@@ -107,14 +110,15 @@ class FuzzGraph(nn.Module):
         return leaves[0] if len(leaves) == 1 else torch.cat(leaves, dim=-1)
 
 
-def make_inputs(spec: GraphSpec, n: int, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
-    """``n`` batches ``[rows, in_features]``: N(0, 1), the outlier columns x20."""
-    g = torch.Generator().manual_seed(spec.seed + 1)
+def make_inputs(spec: GraphSpec, n: int, dtype: torch.dtype = torch.float32, rows: int = 0) -> list[torch.Tensor]:
+    """``n`` batches ``[(batch,) rows, in_features]``: N(0, 1), the outlier columns x20."""
+    g = torch.Generator().manual_seed(spec.seed + 1 + rows)
+    lead = ((spec.batch,) if spec.batch else ()) + (rows or spec.rows,)
     out = []
     for _ in range(n):
-        x = torch.randn(spec.rows, spec.in_features, generator=g)
+        x = torch.randn(*lead, spec.in_features, generator=g)
         if spec.outlier_cols:
-            x[:, list(spec.outlier_cols)] *= OUTLIER_SCALE
+            x[..., list(spec.outlier_cols)] *= OUTLIER_SCALE
         out.append(x.to(dtype))
     return out
 
@@ -129,6 +133,7 @@ COVERAGE = {
                          (2, 9), 1),
     # every input column an outlier (nothing left to quantize in X); no bias, then bias
     "all-outliers": GraphSpec(3, 6, (Op("linear", (0,), 9, False), Op("linear", (1,), 3)), tuple(range(6)), 2),
-    # K = 21 = 8 + 8 + 5: ragged last group for group_size / block_size 8; no outliers
-    "ragged-groups": GraphSpec(5, 21, (Op("linear", (0,), 15), Op("linear", (0,), 4, False)), (), 3),
+    # K = 21 = 8 + 8 + 5: ragged last group for group_size / block_size 8; no outliers; [2, 5, K]
+    # inputs, then a single-token call (decode after prefill)
+    "ragged-groups": GraphSpec(5, 21, (Op("linear", (0,), 15), Op("linear", (0,), 4, False)), (), 3, 2, 1),
 }

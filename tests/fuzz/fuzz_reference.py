@@ -67,7 +67,7 @@ def _sites(spec: GraphSpec, model: FuzzGraph, u: float) -> list[LinearSite]:
 def _walk(spec: GraphSpec, sites: list[LinearSite], x: torch.Tensor, rule, on_linear=None):
     """Evaluate the graph in float64 on ``x``, propagating the bound; ``rule(site, x, xa) -> [M, N]``."""
     u = sites[0].u if sites else 0.0
-    x = x.double()
+    x = x.double().reshape(-1, x.shape[-1])  # row-wise scales are per token; per-tensor ones span all
     nodes = [(x, torch.zeros_like(x))]
     li = 0
     for op in spec.ops:

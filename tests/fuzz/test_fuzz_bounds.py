@@ -23,7 +23,7 @@ def _worst_ratio(scheme: str, spec_name: str, rule) -> float:
     for x in calib:
         y, e = reference(spec, sites, x, rule)
         with torch.no_grad():
-            worst = max(worst, ((qm(x).double() - y).abs() / e).max().item())
+            worst = max(worst, ((qm(x).double().reshape(y.shape) - y).abs() / e).max().item())
     return worst
 
 
