@@ -142,7 +142,9 @@ class SchemeBound:
     calibrated: bool = True                    # give calibration data (False: example_inputs only)
 
 
-_INT8_OUTLIER_OPTS = ({}, {"outlier_mode": "dynamic"}, {"threshold": 3.0})
+# threshold 0: every column that is not all zero stays float
+_INT8_OUTLIER_OPTS = ({}, {"outlier_mode": "dynamic"}, {"threshold": 3.0}, {"threshold": 0.0},
+                      {"threshold": 0.0, "outlier_mode": "dynamic"})
 
 BOUNDS: dict[str, SchemeBound] = {
     "int8-outlier": SchemeBound(
@@ -170,10 +172,13 @@ BOUNDS: dict[str, SchemeBound] = {
     # to nearest on the same grid (GPTQ minimises it column by column; AWQ's search includes s = 1
     # and clip ratio 1, i.e. plain round-to-nearest). So their error over the calibration batches,
     # in Frobenius norm, is held to the round-to-nearest worst case of the same grid.
-    "gptq-w4": SchemeBound(lambda o: uint_rule(4, 128, True),
-                           "no worse than int4 g128 round-to-nearest on the calibration data", "frobenius"),
-    "gptq-w8": SchemeBound(lambda o: uint_rule(8, 0, True),
-                           "no worse than int8 per-channel round-to-nearest on the calibration data", "frobenius"),
-    "awq-w4": SchemeBound(lambda o: uint_rule(4, 128, False),
-                          "no worse than asymmetric int4 g128 round-to-nearest on the calibration data", "frobenius"),
+    "gptq-w4": SchemeBound(lambda o: uint_rule(4, o.get("group_size", 128), o.get("symmetric", True)),
+                           "no worse than int4 round-to-nearest on the same grid, on the calibration data",
+                           "frobenius", ({}, {"group_size": 8, "act_order": True}, {"group_size": 8, "symmetric": False})),
+    "gptq-w8": SchemeBound(lambda o: uint_rule(8, o.get("group_size", 0), o.get("symmetric", True)),
+                           "no worse than int8 round-to-nearest on the same grid, on the calibration data",
+                           "frobenius", ({}, {"act_order": True})),
+    "awq-w4": SchemeBound(lambda o: uint_rule(4, o.get("group_size", 128), o.get("symmetric", False)),
+                          "no worse than int4 round-to-nearest (asymmetric) on the same grid, on the calibration data",
+                          "frobenius", ({}, {"group_size": 8}, {"group_size": 8, "symmetric": True})),
 }

@@ -39,6 +39,7 @@ class GraphSpec:
     seed: int
     batch: int = 0                  # 0: inputs [rows, K]; else [batch, rows, K]
     eval_rows: int = 0              # rows of the extra (not calibration) batch; 0: rows
+    zero_row: bool = False          # the first token of every batch is all zeros (scale of 0)
 
     def widths(self) -> list[int]:
         """Feature width of every node."""
@@ -73,7 +74,7 @@ def graph_specs(draw, max_ops: int = 4, max_features: int = 40) -> GraphSpec:
     cols = draw(st.one_of(st.just(()), st.just(tuple(range(k))),
                           st.lists(st.integers(0, k - 1), unique=True, max_size=k).map(lambda c: tuple(sorted(c)))))
     return GraphSpec(draw(st.sampled_from(ROWS)), k, tuple(ops), cols, draw(st.integers(0, 2**16)),
-                     draw(st.sampled_from([0, 0, 2])), draw(st.sampled_from([0, 0, *ROWS])))
+                     draw(st.sampled_from([0, 0, 2])), draw(st.sampled_from([0, 0, *ROWS])), draw(st.booleans()))
 
 
 class FuzzGraph(nn.Module):
@@ -119,6 +120,8 @@ def make_inputs(spec: GraphSpec, n: int, dtype: torch.dtype = torch.float32, row
         x = torch.randn(*lead, spec.in_features, generator=g)
         if spec.outlier_cols:
             x[..., list(spec.outlier_cols)] *= OUTLIER_SCALE
+        if spec.zero_row:
+            x[..., 0, :] = 0
         out.append(x.to(dtype))
     return out
 
