@@ -25,6 +25,9 @@ def fuzz_settings(max_examples: int):
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
+_LOWERED = {"triton": "triton:", "onnxruntime": "onnx:"}
+
+
 def with_examples(names, options: tuple[dict, ...]):
     """``@example`` the named ``COVERAGE`` graphs, the i-th with the i-th option set (cycling)."""
     def wrap(fn):
@@ -54,9 +57,13 @@ def check_case(spec: GraphSpec, scheme: str, options: dict, backend: str, dtype:
     fresh = make_inputs(spec, 1, dtype, rows=spec.eval_rows)[0]  # not seen by calibration
     kw = dict(calibration_data=calib) if bound.calibrated else dict(example_inputs=calib[0])
     qm = qcompiler.compile(model, scheme, backend=backend, progress=False, **kw, **options)
+    where = _describe(spec, scheme, options, backend)
+    prefix = _LOWERED.get(backend)
+    if prefix:  # the backend really ran the layers (no silent fallback to the reference ops)
+        lowered = [r.lowering for r in qm.report().quantized]
+        assert lowered and all(lw.startswith(prefix) for lw in lowered), f"{where}: lowered as {lowered}"
     sites = calibration_stats(spec, model, calib, unit_roundoff(dtype))
     rule = bound.rule(options)
-    where = _describe(spec, scheme, options, backend)
     if bound.check == "elementwise":
         for i, x in enumerate(calib + [fresh]):
             y, e = reference(spec, sites, x, rule)
