@@ -43,7 +43,7 @@ def _run(qm, x: torch.Tensor, n_out: int, where: str) -> torch.Tensor:
         got = qm(x)
     want = (*x.shape[:-1], n_out)
     assert tuple(got.shape) == want, f"{where}: output shape {tuple(got.shape)} != {want}"
-    return got.double().reshape(-1, n_out)
+    return got.detach().cpu().double().reshape(-1, n_out)
 
 
 def _describe(spec: GraphSpec, scheme: str, options: dict, backend: str) -> str:
@@ -52,9 +52,10 @@ def _describe(spec: GraphSpec, scheme: str, options: dict, backend: str) -> str:
 
 def check_case(spec: GraphSpec, scheme: str, options: dict, backend: str, dtype: torch.dtype) -> None:
     bound = BOUNDS[scheme]
-    model = FuzzGraph(spec).to(dtype).eval()
-    calib = make_inputs(spec, 2, dtype)
-    fresh = make_inputs(spec, 1, dtype, rows=spec.eval_rows)[0]  # not seen by calibration
+    device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"  # else the interpreter
+    model = FuzzGraph(spec).to(device, dtype).eval()
+    calib = [x.to(device) for x in make_inputs(spec, 2, dtype)]
+    fresh = make_inputs(spec, 1, dtype, rows=spec.eval_rows)[0].to(device)  # not seen by calibration
     kw = dict(calibration_data=calib) if bound.calibrated else dict(example_inputs=calib[0])
     qm = qcompiler.compile(model, scheme, backend=backend, progress=False, **kw, **options)
     where = _describe(spec, scheme, options, backend)

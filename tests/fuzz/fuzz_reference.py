@@ -54,8 +54,8 @@ class LinearSite:
 
 def _sites(spec: GraphSpec, model: FuzzGraph, u: float) -> list[LinearSite]:
     lin_ops = [op for op in spec.ops if op.kind == "linear"]
-    ws = [lin.weight.detach().double() for lin in model.linears]
-    bs = [lin.bias.detach().double() if lin.bias is not None else None for lin in model.linears]
+    ws = [lin.weight.detach().cpu().double() for lin in model.linears]
+    bs = [lin.bias.detach().cpu().double() if lin.bias is not None else None for lin in model.linears]
     sites = []
     for i, op in enumerate(lin_ops):
         group = [ws[j] for j, o in enumerate(lin_ops) if o.srcs[0] == op.srcs[0]]
@@ -67,7 +67,7 @@ def _sites(spec: GraphSpec, model: FuzzGraph, u: float) -> list[LinearSite]:
 def _walk(spec: GraphSpec, sites: list[LinearSite], x: torch.Tensor, rule, on_linear=None):
     """Evaluate the graph in float64 on ``x``, propagating the bound; ``rule(site, x, xa) -> [M, N]``."""
     u = sites[0].u if sites else 0.0
-    x = x.double().reshape(-1, x.shape[-1])  # row-wise scales are per token; per-tensor ones span all
+    x = x.detach().cpu().double().reshape(-1, x.shape[-1])  # row-wise scales are per token; per-tensor ones span all
     nodes = [(x, torch.zeros_like(x))]
     li = 0
     for op in spec.ops:
