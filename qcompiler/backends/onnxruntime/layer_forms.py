@@ -33,6 +33,7 @@ import torch
 from torch import fx
 
 from qcompiler.errors import ConfigError
+from qcompiler.ops.args import QuantizeRowwiseArgs, args_of
 from qcompiler.spec import SPEC_KEY, get_spec
 
 __all__ = ["LayerForm", "parse_plan", "format_plan", "choose_plan", "lower_dequant"]
@@ -74,9 +75,9 @@ def lower_dequant(gm: fx.GraphModule, node: fx.Node) -> None:
     """Replace the int8 matmul ``node`` by ``x @ dequant(W)^T (+ b)`` in aten ops (form ``dequant``)."""
     from qcompiler.backends.onnxruntime.matmul_nbits import _source_x
     dynamic = node.target is _ops.int8_linear_dynamic_outlier.default
-    wq, ws = (node.args[4], node.args[5]) if dynamic else (node.args[2], node.args[3])
-    bias, x = node.args[6], _source_x(node)
-    out_dtype = None if dynamic else node.args[7]
+    a = args_of(node)  # both int8 ops name their weight operands wq, w_scale, bias
+    wq, ws, bias, x = a.wq, a.w_scale, a.bias, _source_x(node)
+    out_dtype = None if dynamic else a.out_dtype
     x_dtype = x.meta["val"].dtype if "val" in x.meta else (out_dtype or torch.float32)
     g = gm.graph
     with g.inserting_before(node):
@@ -84,11 +85,11 @@ def lower_dequant(gm: fx.GraphModule, node: fx.Node) -> None:
         step = g.call_function(_aten.div.Tensor, (g.call_function(_aten.reshape.default, (ws, [-1, 1])), 127.0))
         w = g.call_function(_aten.mul.Tensor, (w, step))
         n_out = 0
-        if not dynamic and node.args[4] is not None:  # static outliers: their exact fp weights, in place
-            idx = node.args[4].args[0].args[1]
-            w_out = g.call_function(_aten._to_copy.default, (node.args[5],), {"dtype": torch.float32})
+        if not dynamic and a.x_outliers is not None:  # static outliers: their exact fp weights, in place
+            idx = QuantizeRowwiseArgs.of(a.x_outliers.args[0]).outlier_idx  # x_outliers = getitem(quantize, 2)
+            w_out = g.call_function(_aten._to_copy.default, (a.w_outliers,), {"dtype": torch.float32})
             w = g.call_function(_aten.index_copy.default, (w, 1, idx, w_out))
-            n_out = node.args[4].args[0].args[1].meta["val"].numel() if "val" in idx.meta else -1
+            n_out = 1
         w = g.call_function(_aten._to_copy.default, (w,), {"dtype": x_dtype})
         y = g.call_function(_aten.matmul.default, (x, g.call_function(_aten.t.default, (w,))))
         if bias is not None:

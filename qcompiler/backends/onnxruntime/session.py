@@ -53,6 +53,7 @@ class OrtModule(nn.Module):
         self.providers = self.session.get_providers()
         self._eager = [eager]  # a list: not a registered submodule (its weights are not ours)
         self._onnx_inputs = [i.name for i in self.session.get_inputs()]
+        self._onnx_shapes = [list(i.shape) for i in self.session.get_inputs()]  # ints fixed, str/None dynamic
         self._onnx_outputs = [o.name for o in self.session.get_outputs()]
         self.generator_factory = None  # decoder LMs: builds an OrtGenerator (KV-cache export) on first generate()
         self._generator = None
@@ -66,6 +67,7 @@ class OrtModule(nn.Module):
 
     def forward(self, *args, **kwargs) -> Any:
         tensors = self.exported.call.flatten(args, kwargs)
+        self._check_shapes(tensors)
         if self.on_cuda and all(t.is_cuda and t.dtype in _NP for t in tensors):
             outs = self._run_bound(tensors)
         else:
@@ -86,6 +88,16 @@ class OrtModule(nn.Module):
         if self._generator is None:
             self._generator = self.generator_factory()
         return self._generator.generate(input_ids, **options)
+
+    def _check_shapes(self, tensors: list[torch.Tensor]) -> None:
+        """A clear error, not ONNX Runtime's, for an input whose rank or fixed sizes the file cannot take."""
+        for name, want, t in zip(self._onnx_inputs, self._onnx_shapes, tensors):
+            if len(want) != t.dim() or any(isinstance(w, int) and w != d for w, d in zip(want, t.shape)):
+                shown = "[" + ", ".join(str(w) if isinstance(w, int) else "*" for w in want) + "]"
+                raise UnsupportedError(f"input '{name}' has shape {list(t.shape)}; the ONNX file {self.exported.path} "
+                                       f"takes {shown} (* = any size)",
+                                       hint="the export fixes the rank (and the sizes it did not see vary): "
+                                            "export or compile again with an example of this shape")
 
     def _run_bound(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         binding = self.session.io_binding()
