@@ -24,9 +24,9 @@ def _prompt(seed: int = 0):
     return ids, mask
 
 
-def _eager_generate(qm, ids, mask):
+def _eager_generate(qm, ids, mask, new: int = NEW):
     with torch.no_grad():
-        return qm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False)
+        return qm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=False)
 
 
 def _tiny_lm(arch: str):
@@ -88,6 +88,12 @@ def test_layout_and_one_step(llama_int8):
     with torch.no_grad():
         want2 = llama_int8(input_ids=nxt, attention_mask=mask2, position_ids=pos[:, -1:] + 1, cache=cache, use_cache=True)
     torch.testing.assert_close(torch.from_numpy(logits2), want2.logits[:, -1], rtol=1e-4, atol=1e-5)
+    # other batch sizes and prompt lengths than the export's example (batch 2, 3 new, 5 cached)
+    for b, n in ((1, 4), (3, 11)):
+        ids = torch.randint(3, 256, (b, n), generator=torch.Generator().manual_seed(b))
+        gc = llama_int8.generation_config
+        got = gen.generate(ids, max_new_tokens=4, eos_token_id=gc.eos_token_id, pad_token_id=gc.pad_token_id)
+        assert torch.equal(got, _eager_generate(llama_int8, ids, None, 4))
 
 
 @pytest.mark.parametrize("arch,scheme", [("llama", "int8-outlier"), ("llama", "w4-weight-only"), ("gpt2", "int8-outlier")])
