@@ -127,10 +127,20 @@ def _add(table: TensorTable, prefix: str, t: torch.Tensor) -> str:
     return key
 
 
-def load(path: str | os.PathLike, model: nn.Module, *, check_versions: bool = True) -> nn.Module:
+def load(path: str | os.PathLike, model: nn.Module | None = None, *, check_versions: bool = True,
+         **options: Any) -> nn.Module:
     """Rebuilds the compiled model saved in ``path`` on top of ``model``, the float model it was
     compiled from (checked by a sha256 of its weights). No calibration runs; outputs are bit for
-    bit those of the saved model. ``model`` is not modified."""
+    bit those of the saved model. ``model`` is not modified.
+
+    Without ``model``, ``path`` may be a GPTQ / AWQ / compressed-tensors checkpoint: the format is
+    detected from its config (see :func:`qcompiler.formats.load_checkpoint`, which gets ``options``)."""
+    if model is None:
+        if not (Path(path) / DESCRIPTION_FILE).is_file():
+            from qcompiler.formats import load_checkpoint
+            return load_checkpoint(path, **options)
+        raise LoadError(f"{path} was saved by qcompiler.save: load it with the float model it was compiled from",
+                        hint="qcompiler.load(path, model)")
     from qcompiler.api import QuantizedModel
     from qcompiler.backends import get_backend
     from qcompiler.capture import CaptureMethod, capture_regions
