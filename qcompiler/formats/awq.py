@@ -72,7 +72,8 @@ class AWQConfig:
         n, k = module.out_features, module.in_features
         g = self.group_size
         groups = k // g
-        if tensors.shape(f"{name}.qweight") == (n, k // 8):
+        shape = tensors.shape(f"{name}.qweight") if f"{name}.qweight" in tensors else None
+        if shape != (k, n // 8) and shape == (n, k // 8):
             raise UnsupportedFormatError(f"tensor '{name}.qweight' has shape [N, K/8] = [{n}, {k // 8}]: the GEMV "
                                          f"layout, but the config says GEMM ([K, N/8] = [{k}, {n // 8}])")
         _expect(tensors, f"{name}.qweight", (k, n // 8), torch.int32, f"[K, N/8] = [{k}, {n}/8]", n % 8 == 0)

@@ -30,7 +30,7 @@ __all__ = ["load_checkpoint", "build_skeleton"]
 
 
 def _dtype(config, dtype) -> torch.dtype:
-    d = dtype or getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+    d = dtype or getattr(config, "dtype", None) or torch.float32
     if isinstance(d, str):
         d = getattr(torch, d.removeprefix("torch."))
     return d

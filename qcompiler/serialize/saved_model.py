@@ -49,14 +49,22 @@ def _options_json(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def save(qm: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None) -> Path:
+def save(qm: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None,
+         format: str = "qcompiler") -> Path:
     """Writes ``qm`` (from :func:`qcompiler.compile`) to the directory ``path``; returns it.
 
     >>> qcompiler.save(qm, "minilm-int8")       # model.safetensors + qcompiler.json
     >>> qm2 = qcompiler.load("minilm-int8", float_model)
 
     ``metadata`` (JSON-able) is stored as is, e.g. where the base model came from.
+    ``format="compressed-tensors"`` writes a Hugging Face model as a compressed-tensors checkpoint
+    (for transformers and vLLM); see :mod:`qcompiler.formats.compressed_tensors_writer`.
     """
+    if format == "compressed-tensors":
+        from qcompiler.formats.compressed_tensors_writer import save_compressed_tensors
+        return save_compressed_tensors(qm, path)
+    if format != "qcompiler":
+        raise SaveError(f"unknown format {format!r}", hint="use 'qcompiler' (default) or 'compressed-tensors'")
     from qcompiler.api import QuantizedModel
     from qcompiler.capture import RegionModule
 
