@@ -22,6 +22,7 @@ from qcompiler.spec import SPEC_KEY, LinearQuantSpec, get_spec
 from qcompiler.verify import verify_graph
 from qcompiler.export import export_onnx
 import qcompiler.formats  # noqa: F401,E402 - GPTQ/AWQ/compressed-tensors readers, the checkpoint scheme
+from qcompiler.integrations.hf_quantizer import QCompilerConfig  # noqa: E402 - registers it with transformers
 
 __version__ = "0.1.0"
 
@@ -34,6 +35,6 @@ __all__ = [
     "SPEC_KEY", "LinearQuantSpec", "get_spec", "verify_graph",
     "QCompilerError", "CaptureError", "CalibrationError", "ConfigError", "UnsupportedError",
     "PassError", "VerificationError",
-    "save", "load",
+    "save", "load", "QCompilerConfig",
     "prepare_qat", "convert", "QATModel",
 ]

@@ -151,6 +151,7 @@ def save_compressed_tensors(qm, path: str | os.PathLike) -> Path:
 
     from qcompiler.api import QuantizedModel
 
+    qm = qm.__dict__.get("_qcompiler_model", qm)  # a model quantized by from_pretrained(QCompilerConfig)
     hf = getattr(qm, "model", None)
     if not isinstance(qm, QuantizedModel) or not isinstance(hf, PreTrainedModel):
         raise ExportFormatError("format='compressed-tensors' writes a compiled Hugging Face model "

