@@ -123,3 +123,19 @@ def test_unsupported_variants_are_refused(tmp_path, extra, match):
     root, _, _ = _checkpoint(tmp_path, 4, 32, **extra)
     with pytest.raises(UnsupportedFormatError, match=match):
         qcompiler.load(root)
+
+
+def test_loaded_checkpoint_exports_to_onnx(tmp_path, ids):
+    """An act-order GPTQ checkpoint (index_select + weight_only_linear) through ONNX Runtime."""
+    from qcompiler.backends.onnxruntime import OrtModule
+    root, _, _ = _checkpoint(tmp_path, 4, 32, True, False)
+    qm = qcompiler.load(root)
+    example = {"input_ids": ids[:1, :7], "attention_mask": torch.ones(1, 7, dtype=torch.long)}
+    out = qcompiler.export_onnx(qm, example, tmp_path / "gptq.onnx")
+    assert len(out.lowering) == 14  # the quantized linears (lm_head stays float)
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        want = qm(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        got = OrtModule(out, ["CPUExecutionProvider"])(input_ids=ids, attention_mask=mask).logits
+    # float32 in both runtimes, the same codes: only the summation order differs
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
