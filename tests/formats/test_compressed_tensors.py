@@ -85,3 +85,51 @@ def test_unfolded_smoothing_is_refused(tmp_path, llama):
     qm = qcompiler.compile(llama, "w8a8-smoothquant", CAL, progress=False)
     with pytest.raises(ExportFormatError, match=r"q_proj.*explicit x \* \(1/s\)"):
         qcompiler.save(qm, tmp_path / "x", format="compressed-tensors")
+
+
+@pytest.fixture(scope="module")
+def w4_export(tmp_path_factory, llama):
+    qm = qcompiler.compile(llama, "w4-weight-only", CAL, progress=False, group_size=32)
+    return qcompiler.save(qm, tmp_path_factory.mktemp("w4") / "ct", format="compressed-tensors")
+
+
+def _edited(src, tmp_path, edit):
+    import json
+    import shutil
+    dst = tmp_path / "edited"
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    edit(cfg["quantization_config"])
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_bits_not_matching_tensors(tmp_path, w4_export):
+    from qcompiler.formats import CheckpointFormatError
+    d = _edited(w4_export, tmp_path, lambda q: q["config_groups"]["group_0"]["weights"].update(num_bits=8))
+    with pytest.raises(CheckpointFormatError, match=r"q_proj\.weight_packed.*num_bits=8"):
+        qcompiler.load(d)
+
+
+def test_group_size_not_matching_tensors(tmp_path, w4_export):
+    from qcompiler.formats import CheckpointFormatError
+    d = _edited(w4_export, tmp_path, lambda q: q["config_groups"]["group_0"]["weights"].update(group_size=16))
+    with pytest.raises(CheckpointFormatError, match=r"q_proj\.weight_scale.*group_size=16"):
+        qcompiler.load(d)
+
+
+def test_asymmetric_config_without_zero_points(tmp_path, w4_export):
+    from qcompiler.formats import CheckpointFormatError
+    d = _edited(w4_export, tmp_path, lambda q: q["config_groups"]["group_0"]["weights"].update(symmetric=False))
+    with pytest.raises(CheckpointFormatError, match=r"weight_zero_point' is missing"):
+        qcompiler.load(d)
+
+
+def test_unread_format_is_refused(tmp_path, w4_export):
+    from qcompiler.formats import UnsupportedFormatError
+    def edit(q):
+        q["format"] = "marlin-24"
+        q["config_groups"]["group_0"]["format"] = "marlin-24"
+    d = _edited(w4_export, tmp_path, edit)
+    with pytest.raises(UnsupportedFormatError, match="marlin-24"):
+        qcompiler.load(d)
