@@ -131,9 +131,13 @@ def _float_state(qm, fresh: nn.Module) -> dict[str, torch.Tensor]:
     return found
 
 
-def save_compressed_tensors(qm, path: str | os.PathLike) -> Path:
+def save_compressed_tensors(qm, path: str | os.PathLike, *, float_layers: tuple[str, ...] = ("lm_head",)) -> Path:
     """Writes the compiled Hugging Face model ``qm`` to ``path`` as compressed-tensors (config.json
     with ``quantization_config``, safetensors); returns the directory.
+
+    ``float_layers`` are written as the float32 dequantization of their quantized weight (listed in
+    the config's ``ignore``): vLLM 0.32 cannot load a quantized ``lm_head``. For a weight-only layer
+    that is the same arithmetic qcompiler runs; a W8A8 layer then runs on float activations.
 
     >>> qm = qcompiler.compile(model, "w4-weight-only", example_inputs=ids)
     >>> qcompiler.save(qm, "tiny-w4", format="compressed-tensors")
@@ -157,6 +161,7 @@ def save_compressed_tensors(qm, path: str | os.PathLike) -> Path:
         raise ExportFormatError("format='compressed-tensors' writes a compiled Hugging Face model "
                                 f"(a PreTrainedModel), got {type(hf).__name__}")
     layers = _layers(qm)
+    as_float = {n: layers.pop(n).weight for n in float_layers if n in layers}
     if not layers:
         raise ExportFormatError("the compiled model has no quantized layer to write")
     config = copy.deepcopy(hf.config)
@@ -167,12 +172,14 @@ def save_compressed_tensors(qm, path: str | os.PathLike) -> Path:
     dt = next(hf.parameters()).dtype
     for name in dict(fresh.state_dict()):
         layer = name.removesuffix(".weight")
-        if layer in layers and name.endswith(".weight"):
+        if (layer in layers or layer in as_float) and name.endswith(".weight"):
             continue
         if name in state:
             set_module_tensor_to_device(fresh, name, "cpu", state[name].detach().to("cpu").clone())
     for name, l in layers.items():
         set_module_tensor_to_device(fresh, f"{name}.weight", "cpu", l.weight.to(dt))
+    for name, w in as_float.items():
+        set_module_tensor_to_device(fresh, f"{name}.weight", "cpu", w.to(dt))
     fresh.tie_weights()
     missing = [n for n, p in fresh.named_parameters() if p.device.type == "meta"]
     if missing:

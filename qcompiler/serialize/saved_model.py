@@ -50,7 +50,7 @@ def _options_json(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def save(qm: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None,
-         format: str = "qcompiler") -> Path:
+         format: str = "qcompiler", **format_options: Any) -> Path:
     """Writes ``qm`` (from :func:`qcompiler.compile`) to the directory ``path``; returns it.
 
     >>> qcompiler.save(qm, "minilm-int8")       # model.safetensors + qcompiler.json
@@ -58,13 +58,16 @@ def save(qm: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | N
 
     ``metadata`` (JSON-able) is stored as is, e.g. where the base model came from.
     ``format="compressed-tensors"`` writes a Hugging Face model as a compressed-tensors checkpoint
-    (for transformers and vLLM); see :mod:`qcompiler.formats.compressed_tensors_writer`.
+    (for transformers and vLLM); ``format_options`` go to
+    :func:`qcompiler.formats.compressed_tensors_writer.save_compressed_tensors`.
     """
     if format == "compressed-tensors":
         from qcompiler.formats.compressed_tensors_writer import save_compressed_tensors
-        return save_compressed_tensors(qm, path)
+        return save_compressed_tensors(qm, path, **format_options)
     if format != "qcompiler":
         raise SaveError(f"unknown format {format!r}", hint="use 'qcompiler' (default) or 'compressed-tensors'")
+    if format_options:
+        raise SaveError(f"qcompiler's own format takes no options, got {', '.join(format_options)}")
     from qcompiler.api import QuantizedModel
     from qcompiler.capture import RegionModule
 

@@ -24,7 +24,7 @@ def llama():
 def test_export_loads_in_transformers_and_reads_back(tmp_path, llama, ids, scheme, opts, fmt):
     from transformers import AutoModelForCausalLM
     qm = qcompiler.compile(llama, scheme, CAL, progress=False, **opts)
-    out = qcompiler.save(qm, tmp_path / "ct", format="compressed-tensors")
+    out = qcompiler.save(qm, tmp_path / "ct", format="compressed-tensors", float_layers=())  # lm_head too
     cfg = __import__("json").loads((out / "config.json").read_text())["quantization_config"]
     assert cfg["quant_method"] == "compressed-tensors" and cfg["format"] == fmt
     hf = AutoModelForCausalLM.from_pretrained(out)           # compressed-tensors decompresses it
@@ -51,7 +51,7 @@ def test_reader_matches_library_decompression_per_layer(tmp_path, llama):
     from qcompiler.formats.checkpoint_files import CheckpointTensors
     from qcompiler.formats.detect import read_format_config
     qm = qcompiler.compile(llama, "w4-weight-only", CAL, progress=False, group_size=16, symmetric=False)
-    out = qcompiler.save(qm, tmp_path / "ct", format="compressed-tensors")
+    out = qcompiler.save(qm, tmp_path / "ct", format="compressed-tensors", float_layers=())
     from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config
     import json
     from safetensors.torch import load_file
@@ -133,3 +133,16 @@ def test_unread_format_is_refused(tmp_path, w4_export):
     d = _edited(w4_export, tmp_path, edit)
     with pytest.raises(UnsupportedFormatError, match="marlin-24"):
         qcompiler.load(d)
+
+
+def test_lm_head_written_in_float_by_default(tmp_path, w4_export, llama, ids):
+    """vLLM cannot load a quantized lm_head: by default it is written as its exact dequantization."""
+    import json
+    from transformers import AutoModelForCausalLM
+    q = json.loads((w4_export / "config.json").read_text())["quantization_config"]
+    assert q["ignore"] == ["lm_head"]
+    hf = AutoModelForCausalLM.from_pretrained(w4_export)
+    back = qcompiler.load(w4_export)
+    with torch.no_grad():
+        torch.testing.assert_close(back(input_ids=ids).logits, hf(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+    assert len(back.report().quantized) == 14

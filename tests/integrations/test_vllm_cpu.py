@@ -75,7 +75,7 @@ def _serve_and_complete(exe: Path, model_dir: Path, prompt: list[int], log: Path
            "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
            "--max-model-len", "64", "--max-num-seqs", "1", "--enforce-eager"]
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         deadline = time.time() + float(os.environ.get("QC_VLLM_START_TIMEOUT", "300"))
         while time.time() < deadline:
@@ -95,12 +95,15 @@ def _serve_and_complete(exe: Path, model_dir: Path, prompt: list[int], log: Path
         with urllib.request.urlopen(req, timeout=120) as r:
             resp = json.loads(r.read())
         return [int(t.split(":")[1]) for t in resp["choices"][0]["logprobs"]["tokens"]]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    finally:  # the server's engine and helper processes share its session: end them all
+        import signal
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=30)
+                break
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
 
 
 # w8-weight-only is not here: vLLM CPU 0.32.0 has no W8A16 kernel ("Quant type (uint8b128) not supported
