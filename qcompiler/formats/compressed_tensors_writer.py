@@ -37,7 +37,7 @@ from qcompiler.passes._graph import get_attr_value
 from qcompiler.quant import effective_group_size
 from qcompiler.spec import ActGranularity, OutlierMode, WeightFormat, WeightGranularity, get_spec
 
-__all__ = ["save_compressed_tensors"]
+__all__ = ["save_compressed_tensors", "compressed_model", "compressed_config"]
 
 
 @dataclass
@@ -143,6 +143,17 @@ def save_compressed_tensors(qm, path: str | os.PathLike, *, float_layers: tuple[
     >>> qcompiler.save(qm, "tiny-w4", format="compressed-tensors")
     >>> AutoModelForCausalLM.from_pretrained("tiny-w4")       # or: vllm serve tiny-w4
     """
+    model, compressor = compressed_model(qm, float_layers=float_layers)
+    out = Path(path)
+    model.save_pretrained(str(out))
+    compressor.update_config(str(out))
+    return out
+
+
+def compressed_model(qm, *, float_layers: tuple[str, ...] = ("lm_head",)):
+    """``(model, compressor)``: a fresh Hugging Face model holding the compressed-tensors state
+    (``weight_packed``, ``weight_scale``, ...) of the compiled ``qm``, and the library's
+    ``ModelCompressor`` that wrote it (its ``update_config`` writes the config)."""
     try:
         from compressed_tensors.compressors import ModelCompressor
         from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config
@@ -222,7 +233,13 @@ def save_compressed_tensors(qm, path: str | os.PathLike, *, float_layers: tuple[
     compressor = ModelCompressor.from_pretrained_model(fresh, quantization_format=fmt if fmt != "mixed-precision"
                                                        else None)
     compressor.compress_model(fresh)
-    out = Path(path)
-    fresh.save_pretrained(str(out))
-    compressor.update_config(str(out))
-    return out
+    return fresh, compressor
+
+
+def compressed_config(compressor) -> dict:
+    """The ``quantization_config`` entry ``compressor.update_config`` writes into config.json."""
+    import json
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        compressor.update_config(tmp)
+        return json.loads((Path(tmp) / "config.json").read_text())["quantization_config"]

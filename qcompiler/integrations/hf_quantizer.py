@@ -8,7 +8,7 @@ compiled ones, so ``generate()`` and everything else of the ``PreTrainedModel`` 
 
     model = AutoModelForCausalLM.from_pretrained(path, quantization_config=QCompilerConfig("w4-weight-only"))
     model.generate(ids, max_new_tokens=20)
-    qcompiler.save(model, "out", format="compressed-tensors")   # reloads with plain from_pretrained
+    model.save_pretrained("out")        # compressed-tensors: plain from_pretrained("out") loads it
 
 Schemes that need calibration data (``w8a8-smoothquant``, ``gptq-*``, ``awq-w4``, int8-outlier's
 static mode) cannot get it through ``from_pretrained``; pass ``calibration_data=`` to
@@ -40,6 +40,7 @@ class QCompilerConfig(QuantizationConfigMixin):
         self.backend = backend
         self.options = dict(options or {})
         self.calibration_data = calibration_data
+        self.saved_as: dict | None = None
         sch = get_scheme(scheme)
         sch.make_config(self.options)  # bad options fail here, before any weight is read
         if sch.needs_calibration and calibration_data is None:
@@ -49,6 +50,8 @@ class QCompilerConfig(QuantizationConfigMixin):
                                    "qcompiler.compile(model, scheme, calibration_data=...)")
 
     def to_dict(self) -> dict[str, Any]:
+        if getattr(self, "saved_as", None):  # set by save_pretrained: the format the weights were written in
+            return dict(self.saved_as)
         return {"quant_method": METHOD, "scheme": self.scheme, "backend": self.backend, "options": self.options}
 
 
@@ -84,7 +87,16 @@ class QCompilerHfQuantizer(HfQuantizer):
         return model
 
     def is_serializable(self, **kwargs) -> bool:
-        return False  # save_pretrained cannot write qcompiler graphs; qcompiler.save(format=...) can
+        return True  # as compressed-tensors, for the schemes that format expresses
+
+    def get_state_dict_and_metadata(self, model):
+        """``save_pretrained`` writes compressed-tensors (through the compressed-tensors library):
+        the config's ``quantization_config`` becomes the compressed-tensors one, so plain
+        ``from_pretrained(saved_dir)`` loads it. Schemes it cannot express fail here, naming the layer."""
+        from qcompiler.formats.compressed_tensors_writer import compressed_config, compressed_model
+        fresh, compressor = compressed_model(model)
+        self.quantization_config.saved_as = compressed_config(compressor)
+        return fresh.state_dict(), {}
 
     @property
     def is_trainable(self) -> bool:

@@ -24,7 +24,8 @@ def test_from_pretrained_quantizes_while_loading(saved_llama, tmp_path):
     from transformers import AutoModelForCausalLM
     d, float_model = saved_llama
     model = AutoModelForCausalLM.from_pretrained(d, quantization_config=QCompilerConfig("w4-weight-only",
-                                                                                        options={"group_size": 32}))
+                                                                                        options={"group_size": 32}),
+                                                 device_map="cpu")
     assert not any(isinstance(m, nn.Linear) for n, m in model.named_modules() if n.startswith("model.layers.0.mlp"))
     ids = torch.randint(3, 256, (1, 6), generator=torch.Generator().manual_seed(1))
     ref = qcompiler.compile(float_model, "w4-weight-only", example_inputs={"input_ids": ids}, progress=False,
@@ -33,12 +34,27 @@ def test_from_pretrained_quantizes_while_loading(saved_llama, tmp_path):
         torch.testing.assert_close(model(input_ids=ids).logits, ref(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
     gen = model.generate(ids, max_new_tokens=6, do_sample=False)
     assert torch.equal(gen, ref.generate(ids, max_new_tokens=6, do_sample=False))
-    # a quantized directory transformers loads back on its own (compressed-tensors)
-    out = qcompiler.save(model, tmp_path / "ct", format="compressed-tensors")
-    back = AutoModelForCausalLM.from_pretrained(out)
+    # save_pretrained writes compressed-tensors: plain from_pretrained loads it back
+    model.save_pretrained(tmp_path / "saved")
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+    assert back.config.quantization_config.quant_method == "compressed-tensors"
     assert torch.equal(back.generate(ids, max_new_tokens=6, do_sample=False), gen)
-    with pytest.raises(ValueError, match="not serializable"):
-        model.save_pretrained(tmp_path / "native")
+    out = qcompiler.save(model, tmp_path / "ct", format="compressed-tensors")  # the same, through qcompiler
+    with torch.no_grad():
+        torch.testing.assert_close(qcompiler.load(out)(input_ids=ids).logits, model(input_ids=ids).logits,
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_int8_outlier_loads_but_does_not_save(saved_llama, tmp_path):
+    from transformers import AutoModelForCausalLM
+    from qcompiler.formats import ExportFormatError
+    d, _ = saved_llama
+    model = AutoModelForCausalLM.from_pretrained(d, quantization_config=QCompilerConfig("int8-outlier"),
+                                                 device_map="cpu")
+    ids = torch.randint(3, 256, (1, 6), generator=torch.Generator().manual_seed(1))
+    assert model.generate(ids, max_new_tokens=4, do_sample=False).shape == (1, 10)
+    with pytest.raises(ExportFormatError, match="no compressed-tensors or vLLM equivalent"):
+        model.save_pretrained(tmp_path / "x")
 
 
 def test_calibrated_scheme_needs_data():
