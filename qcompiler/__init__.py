@@ -21,7 +21,7 @@ from qcompiler.qat import QATModel, convert, prepare_qat  # noqa: E402
 from qcompiler.spec import SPEC_KEY, LinearQuantSpec, get_spec
 from qcompiler.verify import verify_graph
 from qcompiler.export import export_onnx
-import qcompiler.formats  # noqa: F401,E402 - GPTQ/AWQ/compressed-tensors readers, the checkpoint scheme
+import qcompiler.formats  # noqa: F401,E402 - GPTQ/AWQ/compressed-tensors readers, the checkpoint-weights pass
 from qcompiler.integrations.hf_quantizer import QCompilerConfig  # noqa: E402 - registers it with transformers
 
 __version__ = "0.1.0"

@@ -6,7 +6,6 @@ One file per format (a config parser + a per-linear reader): ``gptq.py``, ``awq.
 """
 
 import qcompiler.formats.checkpoint_weights  # noqa: F401 - registers the checkpoint-weights pass
-import qcompiler.formats.checkpoint_scheme  # noqa: F401 - registers the checkpoint scheme
 from qcompiler.formats.detect import FORMAT_READERS, detect_format, read_format_config, register_format_reader
 from qcompiler.formats.errors import CheckpointFormatError, ExportFormatError, UnsupportedFormatError
 from qcompiler.formats.load_checkpoint import load_checkpoint

@@ -15,6 +15,7 @@ until compile ends; it is the float reference capture traces and the report comp
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from pathlib import Path
 
@@ -26,7 +27,14 @@ from qcompiler.formats.checkpoint_weights import register_source, release_source
 from qcompiler.formats.detect import read_format_config
 from qcompiler.formats.errors import CheckpointFormatError
 
-__all__ = ["load_checkpoint", "build_skeleton"]
+__all__ = ["load_checkpoint", "build_skeleton", "checkpoint_pipeline"]
+
+
+def checkpoint_pipeline(source: str) -> str:
+    """The passes that turn a model with float (dequantized) linears into one running the
+    checkpoint's codes registered as ``source``; the report's scheme reads ``checkpoint:<format>``."""
+    return (f"canonicalize-linear,annotate-linears{{act=none}},checkpoint-weights{{source={source}}},"
+            f"decompose-matmul,share-activation-quant,dce")
 
 
 def _dtype(config, dtype) -> torch.dtype:
@@ -94,11 +102,14 @@ def load_checkpoint(path: str | os.PathLike, *, backend: str = "eager", dtype: t
     vocab = int(getattr(model.config, "vocab_size", 16))
     example = {"input_ids": (torch.arange(8) % max(vocab, 1)).reshape(1, 8)}
     key = register_source(table)
-    try:
-        qm = qcompiler.compile(model, "checkpoint", example_inputs=example, backend=backend, progress=False,
-                               allow_fallback=allow_fallback, source=key, format=cfg.name)
+    try:  # the scheme named here only validates no options: the pipeline is the checkpoint's
+        qm = qcompiler.compile(model, "w8-weight-only", example_inputs=example, backend=backend, progress=False,
+                               allow_fallback=allow_fallback, pipeline=checkpoint_pipeline(key))
     finally:
         release_source(key)
+    scheme = f"checkpoint:{cfg.name}"
+    qm.report().scheme = scheme
+    qm.record = dataclasses.replace(qm.record, scheme=scheme, options={"format": cfg.name, "path": str(root)})
     unused = [k for k in tensors.keys() if k not in consumed and not any(k == n for n, _ in model.named_parameters())]
     qm.report().notes.append(f"read from a {cfg.name} checkpoint ({root}): {len(table)} quantized linears, "
                              f"the other layers in float")
