@@ -215,17 +215,18 @@ def compressed_model(qm, *, float_layers: tuple[str, ...] = ("lm_head",)):
     with torch.no_grad():
         for name, l in layers.items():
             m = mods[name]
-            m.weight_scale.data = l.scale.to(dt).reshape(m.weight_scale.shape).clone()
-            # the codes come back from the stored (possibly rounded) scale: round(W / s) + zp
+            # the scale as the model's dtype holds it (what an engine running in that dtype reads),
+            # kept in float32 with the weight so the library's round(W / s) + zp gives back the codes
+            s = l.scale.to(dt).float().reshape(m.weight_scale.shape)
+            m.weight_scale.data = s.clone()
             zp = l.zero_point
             g = l.group_size or l.weight.shape[1]
             idx = torch.arange(l.weight.shape[1]) // g
-            s = m.weight_scale.data.float()
             if l.kind == "uint":
                 codes = torch.round(l.weight / l.scale[:, idx].clamp_min(1e-30))
-                m.weight.data = (codes * s[:, idx]).to(dt)
+                m.weight.data = codes * s[:, idx]
             else:
-                m.weight.data = (torch.round(l.weight / l.scale.clamp_min(1e-30)) * s).to(dt)
+                m.weight.data = torch.round(l.weight / l.scale.clamp_min(1e-30)) * s
             if hasattr(m, "weight_zero_point"):
                 m.weight_zero_point.data = (zp if zp is not None else torch.zeros_like(m.weight_zero_point.data,
                                             dtype=torch.int8)).to(m.weight_zero_point.dtype).reshape(

@@ -146,3 +146,26 @@ def test_lm_head_written_in_float_by_default(tmp_path, w4_export, llama, ids):
     with torch.no_grad():
         torch.testing.assert_close(back(input_ids=ids).logits, hf(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
     assert len(back.report().quantized) == 14
+
+
+def test_bfloat16_model_keeps_its_codes(tmp_path, llama):
+    """In a bf16 model the scales are stored as bf16 holds them; the integer codes are unchanged."""
+    import copy
+    from qcompiler.formats.checkpoint_files import CheckpointTensors
+    from qcompiler.formats.compressed_tensors_writer import _layers
+    from qcompiler.formats.detect import read_format_config
+    model = copy.deepcopy(llama).to(torch.bfloat16)
+    qm = qcompiler.compile(model, "w4-weight-only", CAL, progress=False, group_size=32)
+    out = qcompiler.save(qm, tmp_path / "bf16", format="compressed-tensors")
+    cfg, tensors = read_format_config(out), CheckpointTensors(out)
+    mods = dict(model.named_modules())
+    written = _layers(qm)
+    for name, layer in written.items():
+        if name == "lm_head":
+            continue
+        got = cfg.read_linear(tensors, name, mods[name])
+        g = layer.group_size
+        idx = torch.arange(layer.weight.shape[1]) // g
+        want_codes = torch.round(layer.weight / layer.scale[:, idx]) + (8 if layer.symmetric else 0)
+        assert torch.equal(got.codes.float(), want_codes), name
+        torch.testing.assert_close(got.scales, layer.scale.to(torch.bfloat16).float(), rtol=0, atol=0)
