@@ -24,6 +24,7 @@ import qcompiler
 
 VENV = Path(os.environ.get("QC_VLLM_VENV", "/tmp/qc-vllm-venv"))
 N_TOKENS = 8
+TIE_MARGIN = 0.02  # top-2 logit gap below which bf16 rounding (~0.004 here) may swap the greedy token
 
 
 def _vllm() -> Path:
@@ -128,11 +129,17 @@ def test_vllm_cpu_greedy_tokens_match(tmp_path, scheme, opts):
     out = qcompiler.save(qm, tmp_path / "export", format="compressed-tensors")
     _tokenizer(out, 256)
     prompt = [0, 17, 42, 99, 7, 250]
-    want = qm.generate(torch.tensor([prompt]), max_new_tokens=N_TOKENS, min_new_tokens=N_TOKENS,
-                       do_sample=False)[0, len(prompt):].tolist()
+    res = qm.generate(torch.tensor([prompt]), max_new_tokens=N_TOKENS, min_new_tokens=N_TOKENS, do_sample=False,
+                      output_scores=True, return_dict_in_generate=True)
+    want = res.sequences[0, len(prompt):].tolist()
+    # bf16 logits tie on a random tiny model; past a near-tie the engines may pick either token
+    margins = [float(sc[0].float().topk(2).values.diff().abs()) for sc in res.scores]
+    agree = next((i for i, m in enumerate(margins) if m < TIE_MARGIN), N_TOKENS)
     log = Path(os.environ.get("QC_VLLM_LOG_DIR", str(tmp_path))) / f"vllm-{scheme}.log"
     reread = qcompiler.load(out).generate(torch.tensor([prompt]), max_new_tokens=N_TOKENS, min_new_tokens=N_TOKENS,
                                           do_sample=False)[0, len(prompt):].tolist()  # bf16-rounded scales
     got = _serve_and_complete(exe, out, prompt, log)
-    print(f"{scheme}: vLLM {got} qcompiler {want} qcompiler-on-the-export {reread}")
-    assert got == want
+    print(f"{scheme}: vLLM {got} qcompiler {want} qcompiler-on-the-export {reread}; tokens before the first "
+          f"near-tie: {agree}")
+    assert agree >= 1, "the first token is a near-tie: choose another prompt"
+    assert got[:agree] == want[:agree]
