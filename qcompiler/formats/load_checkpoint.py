@@ -58,12 +58,16 @@ def build_skeleton(root: Path, dtype: torch.dtype | None = None) -> nn.Module:
 
 
 def load_checkpoint(path: str | os.PathLike, *, backend: str = "eager", dtype: torch.dtype | None = None,
-                    allow_fallback: bool = False) -> nn.Module:
+                    device: str | torch.device = "cpu", allow_fallback: bool = False) -> nn.Module:
     """Reads the quantized checkpoint in ``path`` and returns a :class:`qcompiler.QuantizedModel`.
 
     >>> qm = qcompiler.load("Llama-2-7B-GPTQ")          # detected from config.json
     >>> print(qm.report())                                # every layer, its format, its kernel
     >>> qm.generate(ids, max_new_tokens=20)
+    >>> qm = qcompiler.load("Llama-2-7B-GPTQ", backend="triton", device="cuda", dtype=torch.float16)
+
+    ``dtype``: of the float parts (default: config.json's); ``device``: where the model is compiled
+    and runs.
     """
     from accelerate.utils import set_module_tensor_to_device
 
@@ -99,8 +103,9 @@ def load_checkpoint(path: str | os.PathLike, *, backend: str = "eager", dtype: t
     if not table:
         raise CheckpointFormatError(f"{root}: the config says {cfg.name} but no linear layer's quantized tensors "
                                     "were found", hint="check the tensor names against the model's module names")
+    model.to(device)  # compiled where it runs: backend="triton" wants the model on the GPU
     vocab = int(getattr(model.config, "vocab_size", 16))
-    example = {"input_ids": (torch.arange(8) % max(vocab, 1)).reshape(1, 8)}
+    example = {"input_ids": (torch.arange(8, device=device) % max(vocab, 1)).reshape(1, 8)}
     key = register_source(table)
     try:  # the scheme named here only validates no options: the pipeline is the checkpoint's
         qm = qcompiler.compile(model, "w8-weight-only", example_inputs=example, backend=backend, progress=False,

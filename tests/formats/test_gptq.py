@@ -139,3 +139,18 @@ def test_loaded_checkpoint_exports_to_onnx(tmp_path, ids):
         got = OrtModule(out, ["CPUExecutionProvider"])(input_ids=ids, attention_mask=mask).logits
     # float32 in both runtimes, the same codes: only the summation order differs
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_loaded_checkpoint_runs_on_triton_kernels(tmp_path):
+    """backend="triton": the same checkpoint on the Triton kernels (the interpreter on a CPU machine)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    root, _, _ = _checkpoint(tmp_path, 4, 32, True, False)
+    eager = qcompiler.load(root, device=device, dtype=torch.float16)  # the kernels take fp16/bf16 activations
+    tri = qcompiler.load(root, backend="triton", device=device, dtype=torch.float16)
+    assert all(l.lowering.startswith("triton") for l in tri.report().quantized), \
+        {l.lowering for l in tri.report().quantized}
+    ids = torch.randint(3, 256, (1, 5), generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        a, b = tri(input_ids=ids).logits.float(), eager(input_ids=ids).logits.float()
+    # the same codes; the kernel multiplies in fp16, the reference in fp32: fp16 rounding only
+    assert ((a - b).norm() / b.norm()).item() < 1e-2
