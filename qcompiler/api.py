@@ -16,11 +16,10 @@ from qcompiler.capture import CaptureMethod, capture_regions
 from qcompiler.errors import CalibrationError, CaptureError, ConfigError, UnsupportedError
 from qcompiler.pass_manager import PassContext, PassManager, Program, Region, parse_pipeline
 from qcompiler.passes.annotate_linears import SUPPORTED_DTYPES
-from qcompiler.passes.calibrate import ABSMAX
 from qcompiler.report import Report, build_report
 from qcompiler.schemes import get_scheme
 from qcompiler.serialize.record import CompileRecord, weights_digest
-from qcompiler.viz.snapshot import snapshot_graph
+from qcompiler.graph.snapshot import snapshot_graph
 
 __all__ = ["compile", "QuantizedModel"]
 
@@ -120,12 +119,12 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
     if example_inputs is None and calib is None:
         raise ConfigError("compile needs example_inputs or calibration_data to capture the model")
     example = as_call(example_inputs) if example_inputs is not None else calib.calls[0]
-    text = pipeline if pipeline is not None else sch.pipeline(config, calib is not None)
+    passes = parse_pipeline(pipeline) if pipeline is not None else sch.passes(config, calib is not None)
     lowering = parse_pipeline(be.lowering) if be.lowering else []
     if allow_fallback:  # every lowering pass that can fall back is told it may
         lowering = [dataclasses.replace(p, fallback=True) if "fallback" in {f.name for f in dataclasses.fields(p)}
                     else p for p in lowering]
-    manager = PassManager(parse_pipeline(text) + lowering)  # parse errors surface before any work
+    manager = PassManager(passes + lowering)  # parse errors surface before any work
     try:
         be.check()
     except UnsupportedError:
@@ -144,7 +143,7 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
     if plan.regions[0][0] == "":
         qmodel = plan.regions[0][1]
     program = Program([Region(path, region) for path, region in plan.regions], qmodel)
-    ctx = PassContext(options={"scheme": scheme, "backend": backend, "progress": progress},
+    ctx = PassContext(scheme=scheme, backend=backend, progress=progress,
                       calibration_data=calib, verify=verify)
     before = {r.label: snapshot_graph(r.gm, r.label) for r in program.regions}
     manager.run(program, ctx)
@@ -155,7 +154,7 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
                           split=plan.split, model_bytes_before=_state_bytes(model))
     report.notes.extend(f"not called in the example forward, left in float: {p}" for p in plan.not_called)
     record = CompileRecord(scheme, dict(options), backend, method.value, whole_graph, str(manager), example[0],
-                           example[1], base, before, dict(ctx.options.get(ABSMAX, {})))
+                           example[1], base, before, dict(ctx.state.absmax))
     qm = QuantizedModel(qmodel, program, report, record)
     if be.finalize is not None:
         qm = be.finalize(qm, example)

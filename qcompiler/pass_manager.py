@@ -28,7 +28,10 @@ import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
+from qcompiler.compile_state import CompileState
 from qcompiler.errors import ConfigError, PassError, QCompilerError
+from qcompiler.registry import Registry
+from qcompiler.verify import verify_graph
 
 __all__ = [
     "Region",
@@ -41,6 +44,7 @@ __all__ = [
     "AnalysisManager",
     "PassContext",
     "PassManager",
+    "PASSES",
     "register_pass",
     "get_pass",
     "list_passes",
@@ -151,9 +155,14 @@ class AnalysisManager:
 
 @dataclass
 class PassContext:
-    """What passes share during one compile: options, calibration data, analyses, notes."""
+    """What passes share during one compile: calibration data, analyses, the typed state passes
+    record for later ones (``state``), notes for the report. ``options`` is free-form, for user passes."""
 
     options: dict[str, Any] = field(default_factory=dict)
+    state: CompileState = field(default_factory=CompileState)
+    scheme: str = ""
+    backend: str = ""
+    progress: bool = False                # the one switch for every progress bar of the compile
     calibration_data: Any = None          # a qcompiler.calibration.CalibrationSet, or None
     analyses: AnalysisManager = field(default_factory=AnalysisManager)
     notes: dict[str, list[str]] = field(default_factory=dict)  # region/layer -> facts for the report
@@ -179,7 +188,8 @@ class PassContext:
 
 # --------------------------------------------------------------------------------- registry
 
-_PASSES: dict[str, type[Pass]] = {}
+# The built-in passes register themselves when qcompiler.passes is imported: the first look-up does it.
+PASSES: Registry[type[Pass]] = Registry("pass", builtins="qcompiler.passes")
 
 
 def register_pass(name: str):
@@ -199,22 +209,17 @@ def register_pass(name: str):
         if not dataclasses.is_dataclass(cls):
             cls = dataclass(frozen=True)(cls)
         cls.name = name
-        _PASSES[name] = cls
-        return cls
+        return PASSES.register(name, cls)
 
     return deco
 
 
 def get_pass(name: str) -> type[Pass]:
-    try:
-        return _PASSES[name]
-    except KeyError:
-        raise ConfigError(f"unknown pass {name!r}",
-                          hint=f"registered passes: {', '.join(sorted(_PASSES))}") from None
+    return PASSES.get(name)
 
 
 def list_passes() -> list[str]:
-    return sorted(_PASSES)
+    return PASSES.names()
 
 
 # ------------------------------------------------------------------------------ text form
@@ -303,10 +308,8 @@ class PassManager:
         return print_pipeline(self.passes)
 
     def run(self, program: Program, ctx: PassContext) -> Program:
-        from qcompiler.verify import verify_graph  # late: verify imports the ops
-
         bar = tqdm(self.passes, desc="passes", unit="pass", leave=False,
-                   disable=not ctx.options.get("progress", False))
+                   disable=not ctx.progress)
         for p in bar:
             bar.set_postfix_str(p.name, refresh=False)
             try:
@@ -339,7 +342,7 @@ class PassManager:
                 self._apply(region, results[region.path], p, ctx)
             return
         regions = tqdm(program.regions, desc=p.name, unit="region", leave=False,
-                       disable=not ctx.options.get("progress", False) or len(program.regions) < 2)
+                       disable=not ctx.progress or len(program.regions) < 2)
         for region in regions:
             ctx.region = region
             p.requires(region.gm, ctx)

@@ -102,7 +102,7 @@ def _header(d: Path, doc: dict[str, Any]) -> str:
 
 
 def run(args) -> int:
-    from qcompiler.report_render import from_dict
+    from qcompiler.report.render import from_dict
     from qcompiler.serialize import read_description, read_tensors, verify_files
 
     reports = {}

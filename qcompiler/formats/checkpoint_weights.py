@@ -29,7 +29,7 @@ from torch import fx
 from qcompiler.errors import ConfigError
 from qcompiler.formats.layer_weights import Int8Weights, LayerWeights, UIntWeights
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
-from qcompiler.passes._graph import add_buffer, is_linear, linear_parts
+from qcompiler.graph.nodes import add_buffer, is_linear, linear_parts
 from qcompiler.passes.quantize_weights import buffer_base, materialize_uint
 from qcompiler.spec import (SPEC_KEY, ActGranularity, OutlierMode, WeightFormat, WeightGranularity, WeightRefs,
                             get_spec, update_spec)

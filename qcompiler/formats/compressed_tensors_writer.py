@@ -33,7 +33,7 @@ import torch
 from torch import fx, nn
 
 from qcompiler.formats.errors import ExportFormatError
-from qcompiler.passes._graph import get_attr_value
+from qcompiler.graph.nodes import get_attr_value
 from qcompiler.quant import effective_group_size
 from qcompiler.spec import ActGranularity, OutlierMode, WeightFormat, WeightGranularity, get_spec
 

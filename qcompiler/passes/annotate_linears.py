@@ -13,7 +13,7 @@ from torch import fx
 
 from qcompiler.errors import UnsupportedError
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
-from qcompiler.passes._graph import is_linear, layer_name, linear_parts, resolve_weight
+from qcompiler.graph.nodes import is_linear, layer_name, linear_parts, resolve_weight
 from qcompiler.spec import LAYER_KEY, ActGranularity, LinearQuantSpec, WeightGranularity, set_spec
 
 __all__ = ["AnnotateLinears", "SUPPORTED_DTYPES"]

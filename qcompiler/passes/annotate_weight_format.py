@@ -14,7 +14,7 @@ from torch import fx
 
 from qcompiler.errors import ConfigError
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
-from qcompiler.passes._graph import is_linear
+from qcompiler.graph.nodes import is_linear
 from qcompiler.spec import ActGranularity, WeightFormat, get_spec, update_spec
 
 __all__ = ["AnnotateWeightFormat", "STORED_BITS"]

@@ -15,7 +15,7 @@ from torch import fx
 
 from qcompiler.errors import ConfigError
 from qcompiler.pass_manager import Analysis, GraphPass, PassContext, PassResult, Region, register_pass
-from qcompiler.passes._graph import is_linear
+from qcompiler.graph.nodes import is_linear
 from qcompiler.passes.calibrate import ActivationStats
 from qcompiler.spec import OutlierMode, get_spec, update_spec
 

@@ -29,7 +29,7 @@ from torch import fx
 
 import qcompiler.ops.fake_quant  # noqa: F401 - registers the fake-quantization ops
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
-from qcompiler.passes._graph import is_linear, linear_parts
+from qcompiler.graph.nodes import is_linear, linear_parts
 from qcompiler.quant import effective_group_size
 from qcompiler.spec import ActGranularity, LinearQuantSpec, OutlierMode, WeightFormat, WeightGranularity, get_spec
 

@@ -9,8 +9,9 @@ import torch
 from torch import fx
 
 from qcompiler.ops import QUANTIZE_OPS
+from qcompiler.ops.args import args_of
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
-from qcompiler.passes._graph import get_attr_value
+from qcompiler.graph.nodes import get_attr_value
 from qcompiler.spec import get_spec, update_spec
 
 __all__ = ["ShareActivationQuant"]
@@ -51,7 +52,8 @@ class ShareActivationQuant(GraphPass):
     @staticmethod
     def _retarget_specs(dropped: fx.Node, kept: fx.Node) -> None:
         """Matmuls fed by ``dropped`` now read ``kept``'s outlier-index buffer: say so in their spec."""
-        idx = kept.args[1] if len(kept.args) > 1 and isinstance(kept.args[1], fx.Node) else None
+        idx = getattr(args_of(kept), "outlier_idx", None)  # only quantize_rowwise has an index buffer
+        idx = idx if isinstance(idx, fx.Node) else None
         for item in dropped.users:
             for mm in item.users:
                 spec = get_spec(mm)

@@ -39,8 +39,8 @@ from torch import fx
 
 from qcompiler.errors import ConfigError
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
-from qcompiler.passes._graph import linear_parts, resolve_weight
-from qcompiler.passes.calibrate import SAMPLES, ActivationStats, FeatureStats
+from qcompiler.graph.nodes import linear_parts, resolve_weight
+from qcompiler.passes.calibrate import ActivationStats, FeatureStats
 from qcompiler.passes.quantize_weights import buffer_base
 from qcompiler.passes.scale_folding import (FoldKind, ScaleFoldAnalysis, divide_input, linear_groups,
                                             scale_weight_columns)
@@ -73,7 +73,7 @@ class Smooth(GraphPass):
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         stats = dict(ctx.analysis(ActivationStats))
         folds = ctx.analysis(ScaleFoldAnalysis, fold=self.fold)
-        samples = ctx.options.setdefault(SAMPLES, {})
+        samples = ctx.state.samples
         modified = False
         for x, linears in linear_groups(gm).items():
             first = linears[0]

@@ -158,7 +158,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, check_versi
     from qcompiler.errors import QCompilerError
     from qcompiler.pass_manager import Program, Region
     from qcompiler.report import Report
-    from qcompiler.viz.snapshot import GraphSnapshot
+    from qcompiler.graph.snapshot import GraphSnapshot
 
     root = Path(path)
     doc = read_description(root)
