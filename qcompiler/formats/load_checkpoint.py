@@ -115,7 +115,8 @@ def load_checkpoint(path: str | os.PathLike, *, backend: str = "eager", dtype: t
     scheme = f"checkpoint:{cfg.name}"
     qm.report().scheme = scheme
     qm.record = dataclasses.replace(qm.record, scheme=scheme, options={"format": cfg.name, "path": str(root)})
-    unused = [k for k in tensors.keys() if k not in consumed and not any(k == n for n, _ in model.named_parameters())]
+    params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    unused = [k for k in tensors.keys() if k not in consumed and k not in params]
     qm.report().notes.append(f"read from a {cfg.name} checkpoint ({root}): {len(table)} quantized linears, "
                              f"the other layers in float")
     if unused:

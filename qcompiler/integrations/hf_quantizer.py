@@ -30,15 +30,17 @@ METHOD = "qcompiler"
 
 @register_quantization_config(METHOD)
 class QCompilerConfig(QuantizationConfigMixin):
-    """Which qcompiler scheme to apply while loading, and its options (``threshold=6.0``, ...)."""
+    """Which qcompiler scheme to apply while loading, and its options, as keywords or ``options=``:
+    ``QCompilerConfig("int8-outlier", threshold=6.0)``; an unknown option fails here."""
 
     def __init__(self, scheme: str = "int8-outlier", backend: str = "eager", options: dict[str, Any] | None = None,
-                 calibration_data: list | None = None, **kwargs):
+                 calibration_data: list | None = None, **scheme_options: Any):
         from qcompiler.schemes import get_scheme
+        scheme_options.pop("quant_method", None)  # present when transformers rebuilds it from a dict
         self.quant_method = METHOD
         self.scheme = scheme
         self.backend = backend
-        self.options = dict(options or {})
+        self.options = {**dict(options or {}), **scheme_options}  # QCompilerConfig("nf4", block_size=64)
         self.calibration_data = calibration_data
         self.saved_as: dict | None = None
         sch = get_scheme(scheme)

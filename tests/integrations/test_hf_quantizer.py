@@ -60,3 +60,9 @@ def test_int8_outlier_loads_but_does_not_save(saved_llama, tmp_path):
 def test_calibrated_scheme_needs_data():
     with pytest.raises(qcompiler.ConfigError, match="needs calibration data"):
         QCompilerConfig("w8a8-smoothquant")
+
+
+def test_options_as_keywords_are_checked():
+    assert QCompilerConfig("w4-weight-only", group_size=64).options == {"group_size": 64}
+    with pytest.raises(qcompiler.ConfigError, match="no option 'groupsize'"):
+        QCompilerConfig("w4-weight-only", groupsize=64)
