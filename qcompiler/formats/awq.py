@@ -41,7 +41,7 @@ def _awq_columns(packed: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class AWQConfig:
     bits: int
-    group_size: int
+    group_size: int      # -1: one group per output channel
 
     name = "awq"
 
@@ -58,8 +58,8 @@ class AWQConfig:
         group = cfg.get("group_size", cfg.get("q_group_size"))
         if bits != 4:
             raise UnsupportedFormatError(f"{where}: AWQ GEMM stores 4-bit codes, the config says bits={bits!r}")
-        if not isinstance(group, int) or group <= 0:
-            raise CheckpointFormatError(f"{where}: AWQ group_size must be a positive int, got {group!r}")
+        if not isinstance(group, int) or not (group > 0 or group == -1):
+            raise CheckpointFormatError(f"{where}: AWQ group_size must be -1 (per channel) or > 0, got {group!r}")
         return cls(bits, group)
 
     def claims(self, tensors: CheckpointTensors, name: str) -> bool:
@@ -70,7 +70,7 @@ class AWQConfig:
 
     def read_linear(self, tensors: CheckpointTensors, name: str, module: nn.Linear) -> UIntWeights:
         n, k = module.out_features, module.in_features
-        g = self.group_size
+        g = k if self.group_size == -1 else self.group_size   # -1: one group per output channel
         groups = k // g
         shape = tensors.shape(f"{name}.qweight") if f"{name}.qweight" in tensors else None
         if shape != (k, n // 8) and shape == (n, k // 8):

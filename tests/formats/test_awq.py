@@ -1,7 +1,7 @@
 """AWQ (AutoAWQ GEMM layout) checkpoints read by qcompiler.load.
 
 Packed by the test after AutoAWQ's ``WQLinear_GEMM.from_linear`` (awq/modules/linear/gemm.py,
-casper-hansen/AutoAWQ; the same order is GPTQModel's ``AWQ_ORDER``): ``qweight`` int32 [in, out/8],
+casper-hansen/AutoAWQ, read for this test; the same order is GPTQModel's ``AWQ_ORDER``): ``qweight`` int32 [in, out/8],
 word j of a row holds output columns 8j + order_map[i] at bits 4i with order_map = [0,2,4,6,1,3,5,7];
 ``qzeros`` [in/g, out/8] packed the same way (raw zeros); ``scales`` [in/g, out];
 ``W = (q - z) * s``. The reference weight is that arithmetic on the test's own codes.
@@ -31,6 +31,7 @@ def _awq_pack(values: torch.Tensor) -> torch.Tensor:
 
 
 def _awq_layer(out_f, in_f, group, gen):
+    group = in_f if group == -1 else group  # AutoAWQ: group_size -1 means in_features
     groups = in_f // group
     q = torch.randint(0, 16, (in_f, out_f), generator=gen)
     z = torch.randint(0, 16, (groups, out_f), generator=gen)
@@ -42,7 +43,7 @@ def _awq_layer(out_f, in_f, group, gen):
 
 def _checkpoint(tmp_path, group=32, config_file=None, **cfg):
     model = tiny_llama()
-    gen = torch.Generator().manual_seed(group)
+    gen = torch.Generator().manual_seed(abs(group))
     replaced, ref_w = {}, {}
     for name, m in quantized_linears(model).items():
         replaced[name], ref_w[name] = _awq_layer(m.out_features, m.in_features, group, gen)
@@ -53,7 +54,7 @@ def _checkpoint(tmp_path, group=32, config_file=None, **cfg):
     return write_checkpoint(tmp_path / "awq", model, replaced, qcfg, config_file), reference_model(model, ref_w)
 
 
-@pytest.mark.parametrize("group,config_file", [(32, None), (64, "quant_config.json")])
+@pytest.mark.parametrize("group,config_file", [(32, None), (64, "quant_config.json"), (-1, None)])
 def test_awq_matches_documented_dequantization(tmp_path, ids, group, config_file):
     root, ref = _checkpoint(tmp_path, group, config_file)
     qm = qcompiler.load(root)
