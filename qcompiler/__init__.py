@@ -20,9 +20,18 @@ from qcompiler.schemes import Scheme, list_schemes, pipeline_for, register_schem
 from qcompiler.serialize import load, save
 from qcompiler.spec import SPEC_KEY, LinearQuantSpec, get_spec
 from qcompiler.verify import verify_graph
-from qcompiler.integrations import QCompilerConfig  # registers it with transformers (when installed)
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # transformers' quantizer API costs ~3 s to import: QCompilerConfig (and its registration with
+    # transformers) loads on first use. No directory ever says quant_method="qcompiler"
+    # (save_pretrained writes compressed-tensors), so nothing needs the registration earlier.
+    if name == "QCompilerConfig":
+        from qcompiler.integrations.hf_quantizer import QCompilerConfig
+        return QCompilerConfig
+    raise AttributeError(f"module 'qcompiler' has no attribute {name!r}")
 
 __all__ = [
     "compile", "QuantizedModel", "export_onnx",

@@ -1,7 +1,8 @@
 """``AutoModelForCausalLM.from_pretrained(path, quantization_config=QCompilerConfig(...))``.
 
 Registered with transformers' public quantizer API (``register_quantization_config`` /
-``register_quantizer``) when this module is imported (``import qcompiler`` does). The float
+``register_quantizer``) when this module is imported, i.e. on the first ``qcompiler.QCompilerConfig``
+(``import qcompiler`` alone does not pay for importing transformers). The float
 weights load as usual; after loading, the model is compiled with ``qcompiler.compile`` (example
 input: a few token ids, no calibration) and its submodules are replaced, in place, by the
 compiled ones, so ``generate()`` and everything else of the ``PreTrainedModel`` keep working::
