@@ -29,7 +29,7 @@ from torch import fx
 from qcompiler.errors import ConfigError
 from qcompiler.formats.layer_weights import Int8Weights, LayerWeights, UIntWeights
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
-from qcompiler.graph.nodes import add_buffer, is_linear, linear_parts
+from qcompiler.graph.nodes import add_buffer, is_linear, linear_parts, resolve_weight
 from qcompiler.passes.quantize_weights import buffer_base, materialize_uint
 from qcompiler.spec import (SPEC_KEY, ActGranularity, OutlierMode, WeightFormat, WeightGranularity, WeightRefs,
                             get_spec, update_spec)
@@ -65,6 +65,14 @@ def _permute_input(gm: fx.GraphModule, node: fx.Node, perm: torch.Tensor, base: 
     node.replace_input_with(x, sel)
 
 
+def _to(lw: LayerWeights, device: torch.device) -> LayerWeights:
+    if isinstance(lw, UIntWeights):
+        return UIntWeights(lw.codes.to(device), lw.scales.to(device),
+                           lw.zeros.to(device) if lw.zeros is not None else None, lw.bits, lw.group_size,
+                           lw.perm.to(device) if lw.perm is not None else None)
+    return Int8Weights(lw.qweight.to(device), lw.w_absmax.to(device))
+
+
 @register_pass("checkpoint-weights")
 @dataclass(frozen=True)
 class CheckpointWeights(GraphPass):
@@ -87,6 +95,8 @@ class CheckpointWeights(GraphPass):
                     ctx.note(spec.layer, "kept in float: not quantized in the checkpoint")
                     continue
                 base = buffer_base(spec)
+                dev = resolve_weight(gm, linear_parts(node)[1])[0].device  # the checkpoint is read on the CPU
+                lw = _to(lw, dev)
                 if isinstance(lw, UIntWeights):
                     update_spec(node, act=ActGranularity.NONE, format=WeightFormat.UINT, bits=lw.bits,
                                 group_size=lw.group_size, symmetric=lw.zeros is None)

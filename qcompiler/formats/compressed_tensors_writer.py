@@ -76,10 +76,10 @@ def _layers(qm) -> dict[str, _Layer]:
                                         hint="compressed-tensors' pack-quantized layout has no input permutation")
             refs = spec.weights
             if spec.format is WeightFormat.UINT:
-                qw = get_attr_value(gm, refs.qweight)
+                qw = get_attr_value(gm, refs.qweight).cpu()  # written from the CPU wherever it runs
                 codes = unpack_int4(qw, spec.in_features) if spec.bits == 4 else qw
-                scales = get_attr_value(gm, refs.scale).float()
-                zeros = get_attr_value(gm, refs.zeros) if refs.zeros is not None else None
+                scales = get_attr_value(gm, refs.scale).float().cpu()
+                zeros = get_attr_value(gm, refs.zeros).cpu() if refs.zeros is not None else None
                 off = 2 ** (spec.bits - 1)
                 if zeros is not None and int(zeros.max()) > 2 ** spec.bits - 1:
                     raise ExportFormatError(f"{where}: a zero point above {2 ** spec.bits - 1} does not fit "
@@ -97,8 +97,8 @@ def _layers(qm) -> dict[str, _Layer]:
                 if spec.act is not ActGranularity.ROW or spec.weight is not WeightGranularity.CHANNEL:
                     raise ExportFormatError(f"{where}: only per-row (per-token) activations with per-channel "
                                             f"weights are written as W8A8")
-                q = get_attr_value(gm, refs.qweight)
-                s = get_attr_value(gm, refs.scale).float().reshape(-1, 1) / 127.0   # W = q * absmax / 127
+                q = get_attr_value(gm, refs.qweight).cpu()
+                s = get_attr_value(gm, refs.scale).float().cpu().reshape(-1, 1) / 127.0   # W = q * absmax / 127
                 out[spec.layer] = _Layer(spec.layer, "w8a8", 8, 0, True, q.float() * s, s, None)
             else:
                 raise ExportFormatError(f"{where}: {spec.format.value} weights have no compressed-tensors "
