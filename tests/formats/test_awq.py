@@ -15,7 +15,7 @@ import torch
 import qcompiler
 from qcompiler.formats import CheckpointFormatError, UnsupportedFormatError
 
-from conftest import quantized_linears, reference_model, tiny_llama, write_checkpoint
+from checkpoint_helpers import quantized_linears, reference_model, tiny_llama, write_checkpoint
 
 ORDER_MAP = [0, 2, 4, 6, 1, 3, 5, 7]
 

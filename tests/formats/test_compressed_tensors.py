@@ -7,7 +7,7 @@ import torch
 import qcompiler
 from qcompiler.formats import ExportFormatError
 
-from conftest import tiny_llama
+from checkpoint_helpers import tiny_llama
 
 CAL = [{"input_ids": torch.randint(3, 256, (2, 12), generator=torch.Generator().manual_seed(i))} for i in range(2)]
 

