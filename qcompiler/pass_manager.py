@@ -11,7 +11,9 @@ Analyses are computed on demand, cached per region in ``ctx.analyses`` and dropp
 that modified the region unless its :class:`PassResult` lists them in ``preserved``.
 
 Pipelines have a text form, ``canonicalize-linear,detect-outliers{threshold=6.0},dce``, that
-:func:`parse_pipeline` and :func:`print_pipeline` turn into each other.
+:func:`parse_pipeline` and :func:`print_pipeline` turn into each other. Each pass declares a
+contract (:mod:`qcompiler.contracts`); :meth:`PassManager.check` walks a pipeline's contracts
+before any work.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from qcompiler.compile_state import CompileState
+from qcompiler.contracts import CALIBRATION_DATA, Contract, apply_contract, check_facts, check_pipeline
 from qcompiler.errors import ConfigError, PassError, QCompilerError
 from qcompiler.registry import Registry
 from qcompiler.verify import verify_graph
@@ -78,6 +81,7 @@ class Region:
 class Program:
     regions: list[Region]
     root: nn.Module  # the outer model with every region already swapped in
+    facts: frozenset = frozenset()  # what the passes run so far established (qcompiler.contracts)
 
 
 @dataclass(frozen=True)
@@ -95,11 +99,20 @@ class Pass:
 
     name: ClassVar[str] = ""
 
+    def contract(self) -> Contract:
+        """What this pass (with these options) requires, forbids, ensures and invalidates; the
+        pass manager checks a whole pipeline's contracts before any work. Default: nothing."""
+        return Contract()
+
     def requires(self, gm: fx.GraphModule, ctx: "PassContext") -> None:
-        """Raise if the graph is not in a state this pass can handle."""
+        """Raise if the graph is not in a state this pass can handle (default: the contract's
+        required facts that a graph shows)."""
+        check_facts(self.contract().requires, gm, ctx, "needs")
 
     def ensures(self, gm: fx.GraphModule, ctx: "PassContext") -> None:
-        """Raise if the pass did not leave the graph in the state it promises."""
+        """Raise if the pass did not leave the graph in the state it promises (default: the
+        contract's ensured facts that a graph shows)."""
+        check_facts(self.contract().ensures, gm, ctx, "promised")
 
     def __str__(self) -> str:
         return print_pipeline([self])
@@ -307,7 +320,15 @@ class PassManager:
     def __str__(self) -> str:
         return print_pipeline(self.passes)
 
+    def check(self, facts=()) -> frozenset:
+        """Checks the pipeline's contracts from ``facts`` (what holds before it: e.g.
+        ``{CALIBRATION_DATA}``) without touching a graph; raises :class:`ConfigError` naming the
+        first pass whose requirement is unmet. Returns the facts after the pipeline."""
+        return check_pipeline(self.passes, facts)
+
     def run(self, program: Program, ctx: PassContext) -> Program:
+        given = frozenset({CALIBRATION_DATA} if ctx.calibration_data is not None else ())
+        self.check(program.facts | given)  # an impossible pipeline fails here, before any work
         bar = tqdm(self.passes, desc="passes", unit="pass", leave=False,
                    disable=not ctx.progress)
         for p in bar:
@@ -329,6 +350,7 @@ class PassManager:
                 ctx.region = None
             ctx.history.append(p.name)
             ctx.current_node = None
+            program.facts = apply_contract(program.facts, p.contract()) - given
         return program
 
     def _run_one(self, p: Pass, program: Program, ctx: PassContext) -> None:

@@ -123,6 +123,7 @@ def prepare_qat(model: nn.Module, scheme: str = "int8-vectorwise", *, example_in
     config = get_scheme(scheme).make_config(options)
     text = _qat_pipeline(scheme, config)
     manager = PassManager(text)
+    manager.check()  # before the capture: QAT has no calibration data
     method = CaptureMethod.parse(capture)
     example = as_call(example_inputs)
     float_model = copy.deepcopy(model).eval()

@@ -30,7 +30,7 @@ def _files(*parts: str) -> list[Path]:
 
 
 # The bottom layers know nothing of passes, schemes, the report, backends, the API or the tools.
-_LOWER = ("graph", "verify", "ops", "quant", "registry.py", "errors.py", "spec.py", "pass_manager.py")
+_LOWER = ("graph", "verify", "ops", "quant", "registry.py", "errors.py", "spec.py", "pass_manager.py", "contracts.py")
 _UPPER = ("qcompiler.passes", "qcompiler.schemes", "qcompiler.report", "qcompiler.backends", "qcompiler.api",
           "qcompiler.viz", "qcompiler.cli")
 

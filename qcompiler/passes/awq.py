@@ -35,7 +35,8 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from qcompiler.errors import CalibrationError, ConfigError
+from qcompiler.errors import ConfigError
+from qcompiler.contracts import CALIBRATION_DATA, FORMAT_UINT, LINEARS_ANNOTATED, WEIGHTS_QUANTIZED, Contract
 from qcompiler.pass_manager import PassContext, PassResult, Program, ProgramPass, Region, register_pass
 from qcompiler.graph.nodes import linear_parts, resolve_weight
 from qcompiler.graph.rebind import set_linear_weight
@@ -61,6 +62,9 @@ class AWQ(ProgramPass):
     max_samples: int = 256     # rows kept per layer for the report's error estimate
     progress: bool = True      # show a bar when the compile shows progress
 
+    def contract(self) -> Contract:
+        return Contract(requires={LINEARS_ANNOTATED, FORMAT_UINT, CALIBRATION_DATA}, forbids={WEIGHTS_QUANTIZED})
+
     def __post_init__(self):
         if isinstance(self.n_grid, bool) or not isinstance(self.n_grid, int) or self.n_grid < 1:
             raise ConfigError(f"awq: n_grid must be an int >= 1, got {self.n_grid!r}")
@@ -69,9 +73,6 @@ class AWQ(ProgramPass):
         if isinstance(self.max_rows, bool) or not isinstance(self.max_rows, int) or self.max_rows < 1:
             raise ConfigError(f"awq: max_rows must be an int >= 1, got {self.max_rows!r}")
 
-    def requires(self, gm: fx.GraphModule, ctx: PassContext) -> None:
-        if ctx.calibration_data is None:
-            raise CalibrationError("awq needs calibration data", hint="pass calibration_data=[...] to compile")
 
     def run_program(self, program: Program, ctx: PassContext) -> dict[str, PassResult]:
         touched: set[str] = set()

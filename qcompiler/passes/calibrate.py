@@ -14,6 +14,7 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from qcompiler.errors import CalibrationError, QCompilerError
+from qcompiler.contracts import CALIBRATED, CALIBRATION_DATA, DECOMPOSED, LINEARS_ANNOTATED, Contract
 from qcompiler.pass_manager import Analysis, PassContext, PassResult, Program, ProgramPass, Region, register_pass
 from qcompiler.graph.nodes import is_linear, linear_parts
 from qcompiler.graph.observer import ActivationObserver, FeatureStats
@@ -37,10 +38,10 @@ class Calibrate(ProgramPass):
     max_samples: int = 256     # rows kept per layer for the report's error estimate
     progress: bool = True
 
-    def requires(self, gm: fx.GraphModule, ctx: PassContext) -> None:
-        if ctx.calibration_data is None:
-            raise CalibrationError("the calibrate pass needs calibration data",
-                                   hint="pass calibration_data=[...] to compile, or use outlier_mode='dynamic'")
+    def contract(self) -> Contract:
+        # observes the annotated aten.linear nodes: after decompose-matmul there are none left
+        return Contract(requires={LINEARS_ANNOTATED, CALIBRATION_DATA}, ensures={CALIBRATED}, forbids={DECOMPOSED})
+
 
     def run_program(self, program: Program, ctx: PassContext) -> dict[str, PassResult]:
         inserted = {r.path: self._insert_observers(r, ctx) for r in program.regions}

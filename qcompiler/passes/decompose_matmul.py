@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 from torch import fx
 
+from qcompiler.contracts import CALIBRATED, DECOMPOSED, WEIGHTS_QUANTIZED, Contract
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
 from qcompiler.graph.nodes import add_buffer, is_linear, linear_parts
 from qcompiler.quant import effective_group_size
@@ -104,6 +105,10 @@ EMITTERS: dict[WeightFormat, Emitter] = {
 @register_pass("decompose-matmul")
 @dataclass(frozen=True)
 class DecomposeMatmul(GraphPass):
+    def contract(self) -> Contract:
+        # the observed linears are gone: their statistics no longer describe this graph
+        return Contract(requires={WEIGHTS_QUANTIZED}, ensures={DECOMPOSED}, invalidates={CALIBRATED})
+
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         modified, empty_idx = False, None
         for node in list(gm.graph.nodes):

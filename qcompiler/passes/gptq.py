@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from qcompiler.errors import CalibrationError, ConfigError
+from qcompiler.errors import ConfigError
+from qcompiler.contracts import CALIBRATION_DATA, FORMAT_UINT, LINEARS_ANNOTATED, WEIGHTS_QUANTIZED, Contract
 from qcompiler.pass_manager import PassContext, PassResult, Program, ProgramPass, Region, register_pass
 from qcompiler.graph.nodes import linear_parts, resolve_weight
 from qcompiler.graph.rebind import set_linear_weight
@@ -74,6 +75,9 @@ class GPTQ(ProgramPass):
     max_samples: int = 256     # calibration rows kept per layer for the report's error estimate
     progress: bool = True      # show a bar when the compile shows progress
 
+    def contract(self) -> Contract:
+        return Contract(requires={LINEARS_ANNOTATED, FORMAT_UINT, CALIBRATION_DATA}, forbids={WEIGHTS_QUANTIZED})
+
     def __post_init__(self):
         if not (isinstance(self.percdamp, (int, float)) and 0 <= self.percdamp < 10):
             raise ConfigError(f"gptq: percdamp must be a number in [0, 10), got {self.percdamp!r}")
@@ -88,9 +92,6 @@ class GPTQ(ProgramPass):
                 raise ConfigError(f"gptq: device {self.device!r} is not a torch device",
                                   hint="use e.g. 'cpu', 'cuda' or 'cuda:1'") from None
 
-    def requires(self, gm: fx.GraphModule, ctx: PassContext) -> None:
-        if ctx.calibration_data is None:
-            raise CalibrationError("gptq needs calibration data", hint="pass calibration_data=[...] to compile")
 
     def run_program(self, program: Program, ctx: PassContext) -> dict[str, PassResult]:
         done: dict[str, list[str]] = {}

@@ -42,6 +42,7 @@ from typing import Callable, Optional
 import torch
 from torch import fx
 
+from qcompiler.contracts import CALIBRATED, DECOMPOSED, LOWERED, Contract
 from qcompiler.errors import UnsupportedError
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
 from qcompiler.graph.nodes import add_buffer, get_attr_value
@@ -70,6 +71,9 @@ def _dtype(node) -> torch.dtype | None:
 @dataclass(frozen=True)
 class LowerTriton(GraphPass):
     fallback: bool = False
+
+    def contract(self) -> Contract:
+        return Contract(requires={DECOMPOSED}, ensures={LOWERED}, invalidates={CALIBRATED})
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         from qcompiler.backends.triton import is_available  # late: imports triton
@@ -160,15 +164,16 @@ class LowerTriton(GraphPass):
 
     @staticmethod
     def _lower_quantize(gm, ops) -> bool:
-        """Row-wise quantize nodes still read by a lowered int8_linear run on Triton too."""
-        pairs = {_REF.quantize_rowwise.default: ops.quantize_rowwise.default,
-                 _REF.quantize_rowwise_dynamic.default: ops.quantize_rowwise_dynamic.default}
+        """Row-wise quantize nodes read only by lowered ops run on Triton too; one that feeds a
+        layer that fell back (no GPU here, say) stays in torch with it."""
+        quant = (_REF.quantize_rowwise.default, _REF.quantize_rowwise_dynamic.default)
         changed = False
         for node in gm.graph.nodes:
-            if node.op == "call_function" and node.target in pairs and node.users:
-                if _dtype(args_of(node).x) in (None, *_SUPPORTED):
-                    node.target = pairs[node.target]
-                    changed = True
+            if not (node.op == "call_function" and node.target in quant and node.users):
+                continue
+            if all(_on_triton(c) for c in _consumers(node)) and _dtype(args_of(node).x) in (None, *_SUPPORTED):
+                node.target = getattr(ops, node.target.overloadpacket.__name__).default
+                changed = True
         return changed
 
     @staticmethod
@@ -181,6 +186,15 @@ class LowerTriton(GraphPass):
             if node.target in quant or node.target is _REF.dequantize_blockwise_int8.default or (node.target is operator.getitem and isinstance(node.args[0], fx.Node)
                                         and node.args[0].target in quant):
                 gm.graph.erase_node(node)
+
+
+def _consumers(node: fx.Node) -> list[fx.Node]:
+    """What reads ``node``'s value, looking through the getitems that unpack a tuple output."""
+    return [c for u in node.users for c in (u.users if u.target is operator.getitem else (u,))]
+
+
+def _on_triton(node: fx.Node) -> bool:
+    return node.op == "call_function" and getattr(node.target, "namespace", None) == "qcompiler_triton"
 
 
 def _float_weight_dtype(ctx: PassContext, spec) -> Optional[torch.dtype]:

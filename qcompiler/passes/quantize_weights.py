@@ -23,6 +23,7 @@ from torch import fx
 
 from qcompiler.errors import UnsupportedError
 from qcompiler.ops import quantize_weight
+from qcompiler.contracts import FORMAT_CHOSEN, LINEARS_ANNOTATED, WEIGHTS_QUANTIZED, Contract
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
 from qcompiler.graph.nodes import add_buffer, is_linear, linear_parts, resolve_weight
 from qcompiler.quant import double_quantize, effective_group_size, pack_int4, quantize_nf4, quantize_uint
@@ -137,6 +138,9 @@ def materialize_uint(gm: fx.GraphModule, node: fx.Node, codes: torch.Tensor, sca
 @register_pass("quantize-weights")
 @dataclass(frozen=True)
 class QuantizeWeights(GraphPass):
+    def contract(self) -> Contract:
+        return Contract(requires={LINEARS_ANNOTATED, FORMAT_CHOSEN}, ensures={WEIGHTS_QUANTIZED})
+
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         modified = False
         for node in gm.graph.nodes:

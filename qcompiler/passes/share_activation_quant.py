@@ -9,6 +9,7 @@ import torch
 from torch import fx
 
 from qcompiler.ops import QUANTIZE_OPS
+from qcompiler.contracts import DECOMPOSED, Contract
 from qcompiler.ops.args import args_of
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
 from qcompiler.graph.nodes import get_attr_value
@@ -31,6 +32,9 @@ def _key(gm: fx.GraphModule, node: fx.Node) -> tuple:
 @register_pass("share-activation-quant")
 @dataclass(frozen=True)
 class ShareActivationQuant(GraphPass):
+    def contract(self) -> Contract:
+        return Contract(requires={DECOMPOSED})
+
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         seen: dict[tuple, fx.Node] = {}
         modified = False

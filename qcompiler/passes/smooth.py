@@ -38,6 +38,7 @@ import torch
 from torch import fx
 
 from qcompiler.errors import ConfigError
+from qcompiler.contracts import ACT_INT8, CALIBRATED, LINEARS_ANNOTATED, WEIGHTS_QUANTIZED, Contract
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
 from qcompiler.graph.nodes import linear_parts, resolve_weight
 from qcompiler.passes.calibrate import ActivationStats, FeatureStats
@@ -63,6 +64,10 @@ def smoothing_factors(act_absmax: torch.Tensor, weight_absmax: torch.Tensor, alp
 class Smooth(GraphPass):
     alpha: float = 0.5
     fold: bool = True   # false: always an explicit mul (for debugging and comparisons)
+
+    def contract(self) -> Contract:
+        # rescales the float weights: after quantize-weights that would change nothing that runs
+        return Contract(requires={LINEARS_ANNOTATED, ACT_INT8, CALIBRATED}, forbids={WEIGHTS_QUANTIZED})
 
     def __post_init__(self):
         a = self.alpha

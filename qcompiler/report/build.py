@@ -12,6 +12,7 @@ from qcompiler.graph.nodes import get_attr_value, is_linear, linear_parts, resol
 from qcompiler.passes.decompose_matmul import emit_quantized_linear
 from qcompiler.spec import LAYER_KEY, get_spec
 from qcompiler.report.data import LayerReport, Report
+from qcompiler.model_bytes import state_bytes
 
 __all__ = ["build_report"]
 
@@ -69,6 +70,6 @@ def build_report(program: Program, ctx: PassContext, *, scheme: str, backend: st
             if w is not None and spec.layer in samples and samples[spec.layer].shape[0]:
                 row.sqnr_db, row.rel_error = _layer_error(gm, spec, w, samples[spec.layer])
             rows.append(row)
-    after_total = sum(_nbytes(t) for t in program.root.state_dict().values() if isinstance(t, torch.Tensor))
+    after_total = state_bytes(program.root)  # tied tensors once
     return Report(scheme, backend, pipeline, rows, [r.label for r in program.regions], split,
                   model_bytes_before, after_total)
