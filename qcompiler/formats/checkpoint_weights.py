@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
+from qcompiler.contracts import ACT_FLOAT, FORMAT_CHOSEN, LINEARS_ANNOTATED, WEIGHTS_QUANTIZED, Contract
 from qcompiler.errors import ConfigError
 from qcompiler.formats.layer_weights import Int8Weights, LayerWeights, UIntWeights
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
@@ -77,6 +78,11 @@ def _to(lw: LayerWeights, device: torch.device) -> LayerWeights:
 @dataclass(frozen=True)
 class CheckpointWeights(GraphPass):
     source: str = ""
+
+    def contract(self) -> Contract:
+        # each layer's format is the checkpoint's: weight-only ones keep float activations, W8A8 ones not
+        return Contract(requires={LINEARS_ANNOTATED}, ensures={FORMAT_CHOSEN, WEIGHTS_QUANTIZED},
+                        invalidates={ACT_FLOAT})
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         if self.source not in _SOURCES:
