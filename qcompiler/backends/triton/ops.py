@@ -128,11 +128,13 @@ def weight_only_uint_linear(x: Tensor, qweight: Tensor, scales: Tensor, zeros: O
 
 def weight_only_nf4_linear(x: Tensor, qweight: Tensor, absmax: Tensor, absmax_scale: Optional[Tensor],
                            absmax_offset: Optional[Tensor], bias: Optional[Tensor], block_size: int,
-                           absmax_block: int) -> Tensor:
+                           absmax_block: int, levels: Optional[Tensor] = None,
+                           levels_half: Optional[Tensor] = None) -> Tensor:
     """Triton ``qcompiler::nf4_linear``, optionally with ``dequantize_blockwise_int8`` of the absmax
-    fused in (``absmax`` int8 codes + ``absmax_scale`` + ``absmax_offset``), dispatched on M."""
+    fused in (``absmax`` int8 codes + ``absmax_scale`` + ``absmax_offset``), dispatched on M;
+    ``levels`` / ``levels_half``: the NF4 table (float32 / x's dtype) as graph buffers."""
     return _weight_only_nf4_linear(x, qweight, absmax, absmax_scale, absmax_offset, bias, block_size,
-                                   absmax_block)
+                                   absmax_block, levels, levels_half)
 
 
 _define("quantize_rowwise(Tensor x, Tensor outlier_idx) -> (Tensor, Tensor, Tensor)",
@@ -160,7 +162,8 @@ _define("weight_only_uint_linear(Tensor x, Tensor qweight, Tensor scales, Tensor
         "int bits, int group_size) -> Tensor", weight_only_uint_linear,
         lambda x, qweight, scales, zeros, bias, bits, group_size: _linear_out(x, qweight, x.dtype))
 _define("weight_only_nf4_linear(Tensor x, Tensor qweight, Tensor absmax, Tensor? absmax_scale, "
-        "Tensor? absmax_offset, Tensor? bias, int block_size, int absmax_block) -> Tensor",
+        "Tensor? absmax_offset, Tensor? bias, int block_size, int absmax_block, Tensor? levels=None, "
+        "Tensor? levels_half=None) -> Tensor",
         weight_only_nf4_linear,
-        lambda x, qweight, absmax, absmax_scale, absmax_offset, bias, block_size, absmax_block:
-        _linear_out(x, qweight, x.dtype))
+        lambda x, qweight, absmax, absmax_scale, absmax_offset, bias, block_size, absmax_block, levels=None,
+        levels_half=None: _linear_out(x, qweight, x.dtype))
