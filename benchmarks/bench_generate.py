@@ -276,6 +276,7 @@ def main() -> None:
             torch.cuda.empty_cache()
             before = torch.cuda.memory_allocated()
         model = None
+        torch._dynamo.utils.counters.clear()
         try:
             model = ROWS[name](base, calib, backend)
             r = {"build_s": time.perf_counter() - t0}
@@ -283,6 +284,9 @@ def main() -> None:
             r.update(measure(model, args, None if name == "fp16-eager" else ref_logits, probe))
             r.pop("logits")
             r["row_s"] = time.perf_counter() - t0
+            counters = torch._dynamo.utils.counters
+            r["graph_breaks"] = sum(counters["graph_break"].values())
+            r["graphs"] = counters["stats"].get("unique_graphs", 0)
             results[name] = r
         except Exception as e:  # noqa: BLE001 - a benchmark reports what failed and goes on
             results[name] = {"error": f"{type(e).__name__}: {str(e)[:400]}"}

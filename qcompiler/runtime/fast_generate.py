@@ -21,6 +21,7 @@ Every qcompiler op is CUDA-graph-safe and traces without graph breaks (``tests/r
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -72,16 +73,23 @@ def _is_static_cache(cache: Any) -> bool:
 
 def _prefill_dispatch(forward: Callable, compiled: Callable) -> Callable:
     """``forward`` except for a prompt's forward (static cache, more than one token), which
-    runs ``compiled``."""
+    runs ``compiled``; should compiling fail, a warning says why and prompts run eager from then on."""
+    failed: list[str] = []
 
     def dispatch(*args, **kwargs):
-        if not torch.compiler.is_compiling():
+        if not failed and not torch.compiler.is_compiling():
             ids = kwargs.get("input_ids", args[0] if args else None)
             embeds = kwargs.get("inputs_embeds")
             rows = ids if ids is not None else embeds
             cache = kwargs.get("past_key_values", kwargs.get("cache"))
             if rows is not None and rows.dim() >= 2 and rows.shape[1] > 1 and _is_static_cache(cache):
-                return compiled(*args, **kwargs)
+                try:
+                    return compiled(*args, **kwargs)
+                except Exception as e:  # noqa: BLE001 - generate() must keep working: fall back, say so
+                    failed.append(f"{type(e).__name__}: {e}")
+                    warnings.warn(f"qcompiler fast generate: compiling the prompt's forward failed, prompts run "
+                                  f"eager from now on ({failed[0][:300]})", RuntimeWarning, stacklevel=2)
+                    cache.reset()  # a failed compile may have written part of the prompt
         return forward(*args, **kwargs)
 
     dispatch.__wrapped__ = forward
