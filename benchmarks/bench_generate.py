@@ -123,19 +123,20 @@ def qcompiled(scheme: str):
     return make
 
 
+# In priority order: with --rows all, a run that reaches --budget-s skips the rest.
 ROWS: dict[str, Callable] = {
-    "fp16-eager": lambda base, calib, be: base,
     "fp16-compiled": lambda base, calib, be: fast(copy.deepcopy(base)),
     "qc-w4-weight-only": qcompiled("w4-weight-only"),
-    "qc-w8-weight-only": qcompiled("w8-weight-only"),
     "qc-int8-outlier": qcompiled("int8-outlier"),
+    "qc-w8-weight-only": qcompiled("w8-weight-only"),
     "qc-nf4": qcompiled("nf4"),
-    "qc-gptq-w4": qcompiled("gptq-w4"),
-    "qc-w8a8-smoothquant": qcompiled("w8a8-smoothquant"),
+    "fp16-eager": lambda base, calib, be: base,
     "torchao-int8wo": lambda base, calib, be: fast(to_torchao(copy.deepcopy(base), 8)),
     "torchao-int4wo": lambda base, calib, be: fast(to_torchao(copy.deepcopy(base), 4)),
-    "bnb-int8": lambda base, calib, be: to_bnb_int8(copy.deepcopy(base)),
     "bnb-nf4": lambda base, calib, be: to_bnb_nf4(copy.deepcopy(base)),
+    "bnb-int8": lambda base, calib, be: to_bnb_int8(copy.deepcopy(base)),
+    "qc-gptq-w4": qcompiled("gptq-w4"),
+    "qc-w8a8-smoothquant": qcompiled("w8a8-smoothquant"),
 }
 TINY_ROWS = ["fp16-eager", "qc-w4-weight-only", "qc-w8-weight-only", "qc-int8-outlier", "qc-nf4", "qc-gptq-w4",
              "qc-w8a8-smoothquant"]
@@ -162,6 +163,26 @@ def _generate(model, ids, new: int):
                           do_sample=False)
 
 
+def gpu_time_per_token(model, ids, new: int) -> dict:
+    """GPU-only time per decode step (kernel time from the profiler, idle gaps left out: what the
+    step costs once host overhead is hidden), and the kernels that take it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def kernels(n):
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            _generate(model, ids, n)
+            torch.cuda.synchronize()
+        evs = [e for e in prof.key_averages() if getattr(e, "self_device_time_total", 0) > 0]
+        return sum(e.self_device_time_total for e in evs), evs
+
+    t_n, evs = kernels(new)
+    t_1, _ = kernels(1)
+    top = sorted(evs, key=lambda e: -e.self_device_time_total)[:8]
+    return {"gpu_ms_per_token": (t_n - t_1) / (new - 1) / 1e3,
+            "top_kernels_us_per_token": [(e.key[:90], round(e.self_device_time_total / new, 2), e.count)
+                                         for e in top]}
+
+
 @torch.no_grad()
 def measure(model, args, ref_logits: torch.Tensor | None, probe: torch.Tensor) -> dict:
     dev, out = args.device, {}
@@ -180,6 +201,11 @@ def measure(model, args, ref_logits: torch.Tensor | None, probe: torch.Tensor) -
         t_1 = _timed(lambda: _generate(model, ids, 1), args.reps, dev)
         out[f"decode_b{batch}_tok_s"] = batch * (args.decode - 1) / max(t_n - t_1, 1e-9)
         out[f"decode_b{batch}_step_ms"] = (t_n - t_1) / (args.decode - 1) * 1e3
+        if dev == "cuda" and batch == 1:
+            try:
+                out.update(gpu_time_per_token(model, ids, args.decode))
+            except Exception as e:  # noqa: BLE001 - the profile is extra; the row stands without it
+                out["gpu_profile_error"] = f"{type(e).__name__}: {str(e)[:200]}"
     if args.prefill:
         ids = torch.randint(3, int(vocab), (1, args.prefill), generator=g).to(dev)
         t0 = time.perf_counter()
@@ -200,8 +226,8 @@ def _weight_gib(device: str, before: int) -> float:
 
 def _table(results: dict, card: str) -> str:
     base = results.get("fp16-compiled", {})
-    lines = [f"| method ({card}) | decode b1 tok/s | ×fp16c | decode b16 tok/s | ×fp16c | prefill tok/s | ×fp16c "
-             "| weight GiB | logits err |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| method ({card}) | decode b1 tok/s | ×fp16c | GPU ms/token b1 | ×fp16c | decode b16 tok/s | ×fp16c "
+             "| prefill tok/s | ×fp16c | weight GiB | logits err |", "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(r, key, fmt="{:.0f}"):
         v = r.get(key)
@@ -210,12 +236,15 @@ def _table(results: dict, card: str) -> str:
 
     for name, r in results.items():
         if "error" in r or "skipped" in r:
-            lines.append(f"| {name} | {r.get('error', r.get('skipped'))[:80]} | | | | | | | |")
+            lines.append(f"| {name} | {r.get('error', r.get('skipped'))[:80]} | | | | | | | | | |")
             continue
         d1, d1r = cell(r, "decode_b1_tok_s")
         d16, d16r = cell(r, "decode_b16_tok_s")
+        g = r.get("gpu_ms_per_token")
+        g_s = f"{g:.3f}" if g else "–"
+        g_r = f"{base['gpu_ms_per_token'] / g:.2f}" if g and base.get("gpu_ms_per_token") else ""
         pf, pfr = cell(r, "prefill_tok_s")
-        lines.append(f"| {name} | {d1} | {d1r} | {d16} | {d16r} | {pf} | {pfr} | {r.get('weight_gib', float('nan')):.2f} "
+        lines.append(f"| {name} | {d1} | {d1r} | {g_s} | {g_r} | {d16} | {d16r} | {pf} | {pfr} | {r.get('weight_gib', float('nan')):.2f} "
                      f"| {r.get('logits_rel_err', float('nan')):.4f} |")
     return "\n".join(lines)
 

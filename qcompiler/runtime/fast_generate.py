@@ -47,11 +47,11 @@ class FastGenerateConfig:
     prefill_mode: str = "default"
     all_devices: bool = False
     backend: str = "inductor"
+    dynamic: Optional[bool] = True  # one trace for every batch size / prompt length (graphs per shape)
 
     def compile_kwargs(self, mode: str) -> dict:
-        if self.backend != "inductor":
-            return dict(backend=self.backend, mode=None, fullgraph=self.fullgraph)
-        return dict(backend=self.backend, mode=mode, fullgraph=self.fullgraph)
+        return dict(backend=self.backend, mode=mode if self.backend == "inductor" else None,
+                    fullgraph=self.fullgraph, dynamic=self.dynamic)
 
 
 def _hf_model(model: nn.Module) -> Optional[nn.Module]:
@@ -96,6 +96,27 @@ def _prefill_dispatch(forward: Callable, compiled: Callable) -> Callable:
     return dispatch
 
 
+def _guarded_compiled_call(get_compiled_call: Callable, eager_call: Callable) -> Callable:
+    """transformers' ``get_compiled_call``, whose compiled decode step falls back to ``eager_call``
+    (with a warning) if compiling it fails: ``generate()`` must work either way."""
+    failed: list[str] = []
+
+    def get(compile_config):
+        compiled = get_compiled_call(compile_config)
+
+        def call(*args, **kwargs):
+            if not failed:
+                try:
+                    return compiled(*args, **kwargs)
+                except Exception as e:  # noqa: BLE001 - compiling runs before the step writes the cache
+                    failed.append(f"{type(e).__name__}: {e}")
+                    warnings.warn(f"qcompiler fast generate: compiling the decode step failed, decoding runs "
+                                  f"eager from now on ({failed[0][:300]})", RuntimeWarning, stacklevel=2)
+            return eager_call(*args, **kwargs)
+        return call
+    return get
+
+
 def enable_fast_generate(model: nn.Module, config: FastGenerateConfig = FastGenerateConfig()) -> str:
     """Switch ``model`` (a Hugging Face generative model, or a ``QuantizedModel`` wrapping one) to
     the fast generate path. Returns what was done, or why nothing was (not a generative model, not
@@ -111,12 +132,13 @@ def enable_fast_generate(model: nn.Module, config: FastGenerateConfig = FastGene
     disable_fast_generate(hf)
     gc = hf.generation_config
     saved = {"cache_implementation": gc.cache_implementation, "compile_config": gc.compile_config,
-             "forward": hf.__dict__.get("forward")}
+             "forward": hf.__dict__.get("forward"), "get_compiled_call": hf.__dict__.get("get_compiled_call")}
     gc.cache_implementation = "static"
     cc = CompileConfig(**config.compile_kwargs(config.decode_mode))
     if config.all_devices:
         cc._compile_all_devices = True
     gc.compile_config = cc
+    hf.get_compiled_call = _guarded_compiled_call(hf.get_compiled_call, hf.__call__)
     if config.compile_prefill:
         forward = hf.forward
         compiled = torch.compile(forward, **config.compile_kwargs(config.prefill_mode))
@@ -125,7 +147,7 @@ def enable_fast_generate(model: nn.Module, config: FastGenerateConfig = FastGene
     prefill = f"prompts through torch.compile(mode={config.prefill_mode!r})" if config.compile_prefill \
         else "prompts eager"
     return (f"generate(): static KV cache, decode through torch.compile(mode={config.decode_mode!r}, "
-            f"fullgraph={config.fullgraph}) (CUDA graphs), {prefill}; "
+            f"fullgraph={config.fullgraph}, dynamic={config.dynamic}) (CUDA graphs), {prefill}; "
             "qcompiler.runtime.disable_fast_generate(qm) for eager")
 
 
@@ -137,10 +159,11 @@ def disable_fast_generate(model: nn.Module) -> bool:
         return False
     hf.generation_config.cache_implementation = saved["cache_implementation"]
     hf.generation_config.compile_config = saved["compile_config"]
-    if saved["forward"] is None:
-        hf.__dict__.pop("forward", None)
-    else:
-        hf.forward = saved["forward"]
+    for name in ("forward", "get_compiled_call"):
+        if saved[name] is None:
+            hf.__dict__.pop(name, None)
+        else:
+            setattr(hf, name, saved[name])
     if hasattr(hf, "_compiled_call"):  # transformers' cached compiled decode step
         del hf._compiled_call
     delattr(hf, _STATE)

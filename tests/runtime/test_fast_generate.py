@@ -37,7 +37,8 @@ def test_fast_generate_equals_eager_and_undoes(make_tiny_hf, make_token_batches)
         assert torch.equal(_greedy(qm, ids), ref)
         assert torch.equal(_greedy(qm, ids), ref)  # the second call reuses the cache and the compiled prompt
         assert disable_fast_generate(qm) and not fast_generate_status(qm)
-        assert "forward" not in qm.model.__dict__ and qm.model.generation_config.cache_implementation is None
+        assert "forward" not in qm.model.__dict__ and "get_compiled_call" not in qm.model.__dict__
+        assert qm.model.generation_config.cache_implementation is None
         assert torch.equal(_greedy(qm, ids), ref)
     torch._dynamo.reset()
 
