@@ -116,9 +116,9 @@ def main() -> None:
                 print(r if "error" in r else f"M={m:3d} {shape:8s} {method:13s} {r['us']:8.2f} us "
                       f"{r['tb_s']:.2f} TB/s ({100 * r['share_of_copy']:.0f}% of copy)", flush=True)
                 del made
-    if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], "profile_decode_kernels.json"), "w") as f:
-            json.dump({"card": card, "copy_tb_s": bw / 1e12, "rows": rows}, f, indent=2)
+                if os.environ.get("OUT"):  # after every row: a run cut short keeps what it measured
+                    with open(os.path.join(os.environ["OUT"], "profile_decode_kernels.json"), "w") as f:
+                        json.dump({"card": card, "copy_tb_s": bw / 1e12, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":
