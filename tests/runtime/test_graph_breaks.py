@@ -44,7 +44,7 @@ def test_reference_ops_trace_without_graph_breaks(scheme, make_tiny_hf, make_tok
     _check_traces_clean(qm, "eager")
 
 
-@pytest.mark.parametrize("scheme", ["int8-outlier", "nf4"])  # an int8 and a weight-only family
+@pytest.mark.parametrize("scheme", ["int8-outlier"])  # the tuple-returning quantize op and int8 GEMM (slow: ~1 min)
 def test_fake_impls_match_under_aot_eager(scheme, make_tiny_hf, make_token_batches):
     qm = _compiled(make_tiny_hf, make_token_batches, scheme, "eager", torch.float32)
     _check_traces_clean(qm, "aot_eager", explain=False)
