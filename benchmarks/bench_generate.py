@@ -105,8 +105,9 @@ def to_torchao(model: nn.Module, bits: int) -> nn.Module:
     if bits == 8:
         quantize_(model, Int8WeightOnlyConfig())
     else:  # tinygemm (torch._weight_int4pack_mm) layout: bf16 activations
+        from torchao.quantization.quantize_.workflows import Int4PackingFormat
         model = model.to(torch.bfloat16)
-        quantize_(model, Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d"))
+        quantize_(model, Int4WeightOnlyConfig(group_size=128, int4_packing_format=Int4PackingFormat.TILE_PACKED_TO_4D))
     return model
 
 
