@@ -71,9 +71,20 @@ def _is_static_cache(cache: Any) -> bool:
     return isinstance(cache, StaticCache)
 
 
+def _cache_ready(cache: Any) -> bool:
+    """Whether every layer of a static cache has allocated its tensors. transformers allocates them
+    on the first update and marks them static addresses (``torch._dynamo.mark_static_address``)
+    only when that update runs eagerly; allocated inside a compiled prompt, they are unmarked, and
+    CUDA graph trees then skip the decode step's graph ("skipping cudagraphs due to mutated
+    inputs": the cache's ``cumulative_length.add_``) - every step pays its launches' host time."""
+    layers = getattr(cache, "layers", None)
+    return layers is None or all(getattr(layer, "is_initialized", True) for layer in layers)
+
+
 def _prefill_dispatch(forward: Callable, compiled: Callable) -> Callable:
-    """``forward`` except for a prompt's forward (static cache, more than one token), which
-    runs ``compiled``; should compiling fail, a warning says why and prompts run eager from then on."""
+    """``forward`` except for a prompt's forward (static cache, more than one token, cache already
+    allocated - see :func:`_cache_ready`: a fresh cache's first prompt runs eager), which runs
+    ``compiled``; should compiling fail, a warning says why and prompts run eager from then on."""
     failed: list[str] = []
 
     def dispatch(*args, **kwargs):
@@ -82,7 +93,8 @@ def _prefill_dispatch(forward: Callable, compiled: Callable) -> Callable:
             embeds = kwargs.get("inputs_embeds")
             rows = ids if ids is not None else embeds
             cache = kwargs.get("past_key_values", kwargs.get("cache"))
-            if rows is not None and rows.dim() >= 2 and rows.shape[1] > 1 and _is_static_cache(cache):
+            if (rows is not None and rows.dim() >= 2 and rows.shape[1] > 1 and _is_static_cache(cache)
+                    and _cache_ready(cache)):
                 try:
                     return compiled(*args, **kwargs)
                 except Exception as e:  # noqa: BLE001 - generate() must keep working: fall back, say so
