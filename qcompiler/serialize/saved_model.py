@@ -49,14 +49,25 @@ def _options_json(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def save(qm: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None) -> Path:
+def save(qm: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None,
+         format: str = "qcompiler", **format_options: Any) -> Path:
     """Writes ``qm`` (from :func:`qcompiler.compile`) to the directory ``path``; returns it.
 
     >>> qcompiler.save(qm, "minilm-int8")       # model.safetensors + qcompiler.json
     >>> qm2 = qcompiler.load("minilm-int8", float_model)
 
     ``metadata`` (JSON-able) is stored as is, e.g. where the base model came from.
+    ``format="compressed-tensors"`` writes a Hugging Face model as a compressed-tensors checkpoint
+    (for transformers and vLLM); ``format_options`` go to
+    :func:`qcompiler.formats.compressed_tensors_writer.save_compressed_tensors`.
     """
+    if format == "compressed-tensors":
+        from qcompiler.formats.compressed_tensors_writer import save_compressed_tensors
+        return save_compressed_tensors(qm, path, **format_options)
+    if format != "qcompiler":
+        raise SaveError(f"unknown format {format!r}", hint="use 'qcompiler' (default) or 'compressed-tensors'")
+    if format_options:
+        raise SaveError(f"qcompiler's own format takes no options, got {', '.join(format_options)}")
     from qcompiler.api import QuantizedModel
     from qcompiler.capture import RegionModule
 
@@ -127,17 +138,27 @@ def _add(table: TensorTable, prefix: str, t: torch.Tensor) -> str:
     return key
 
 
-def load(path: str | os.PathLike, model: nn.Module, *, check_versions: bool = True) -> nn.Module:
+def load(path: str | os.PathLike, model: nn.Module | None = None, *, check_versions: bool = True,
+         **options: Any) -> nn.Module:
     """Rebuilds the compiled model saved in ``path`` on top of ``model``, the float model it was
     compiled from (checked by a sha256 of its weights). No calibration runs; outputs are bit for
-    bit those of the saved model. ``model`` is not modified."""
+    bit those of the saved model. ``model`` is not modified.
+
+    Without ``model``, ``path`` may be a GPTQ / AWQ / compressed-tensors checkpoint: the format is
+    detected from its config (see :func:`qcompiler.formats.load_checkpoint`, which gets ``options``)."""
+    if model is None:
+        if not (Path(path) / DESCRIPTION_FILE).is_file():
+            from qcompiler.formats import load_checkpoint
+            return load_checkpoint(path, **options)
+        raise LoadError(f"{path} was saved by qcompiler.save: load it with the float model it was compiled from",
+                        hint="qcompiler.load(path, model)")
     from qcompiler.api import QuantizedModel
     from qcompiler.backends import get_backend
     from qcompiler.capture import CaptureMethod, capture_regions
     from qcompiler.errors import QCompilerError
     from qcompiler.pass_manager import Program, Region
     from qcompiler.report import Report
-    from qcompiler.viz.snapshot import GraphSnapshot
+    from qcompiler.graph.snapshot import GraphSnapshot
 
     root = Path(path)
     doc = read_description(root)
