@@ -220,8 +220,23 @@ def _lower_nf4(gm, node, ops, state):
         args, how = (a.x, a.qweight, d.q, d.absmax, d.offset, a.bias, a.block_size, d.block_size), " +dq fused"
     else:
         args, how = (a.x, a.qweight, a.absmax, None, None, a.bias, a.block_size, 1), ""
-    new = gm.graph.call_function(ops.weight_only_nf4_linear.default, args)
+    new = gm.graph.call_function(ops.weight_only_nf4_linear.default, args + _nf4_levels(gm, a.qweight, a.x, state))
     return new, f"weight_only_nf4_linear (b{a.block_size}{how}{_WO_DISPATCH})"
+
+
+def _nf4_levels(gm, qweight, x, state) -> tuple:
+    """The NF4 table (float32, and in x's dtype) as buffers of ``gm``, one pair per graph: a constant
+    the kernels read, held by the model rather than made on first use (which, under CUDA graphs,
+    would leave it in the graph's memory pool)."""
+    from qcompiler.quant.nf4 import NF4_CODEBOOK  # late, like the ops namespace
+    dtype = _dtype(x) or torch.float16
+    key = ("nf4_levels", dtype)
+    if key not in state:
+        device = get_attr_value(gm, qweight.target).device if isinstance(qweight, fx.Node) else "cpu"
+        names = (add_buffer(gm, "nf4_levels", NF4_CODEBOOK.to(device=device, dtype=torch.float32)),
+                 add_buffer(gm, "nf4_levels_half", NF4_CODEBOOK.to(device=device, dtype=dtype)))
+        state[key] = tuple(gm.graph.get_attr(n) for n in names)
+    return state[key]
 
 
 def _uint_bits(node) -> Optional[str]:

@@ -32,7 +32,10 @@ _CODEBOOKS: dict[tuple, Tensor] = {}
 
 
 def codebook(device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
-    """The NF4 levels on ``device``, rounded (to nearest) to ``dtype``."""
+    """The NF4 levels on ``device``, rounded (to nearest) to ``dtype``: a constant made once per
+    (device, dtype). ``lower-triton`` hands lowered graphs their own copies as buffers instead, so
+    a compiled graph never creates one inside a CUDA graph's memory pool; this cache serves direct
+    calls of the launchers."""
     cb = _CODEBOOKS.get((device, dtype))
     if cb is None:
         cb = _CODEBOOKS[(device, dtype)] = NF4_CODEBOOK.to(device=device, dtype=dtype)
@@ -49,6 +52,7 @@ class WeightOperand:
     dq_scale: Optional[Tensor]       # float32 [ceil(N * G / dq_block)] (NF4 + dq) or None
     dq_offset: Optional[Tensor]      # float32 [1] (NF4 + dq) or None
     codebook: Optional[Tensor]       # float32 [16] (NF4) or None
+    codebook_half: Optional[Tensor]  # [16] in x's dtype (NF4, tensor-core path) or None: made on demand
     n: int
     k: int
     groups: int                      # G = ceil(K / group)
@@ -68,7 +72,12 @@ class WeightOperand:
         dq scale, dq offset."""
         cb = (self.codebook if self.codebook is not None else dummy,)
         if half is not None:
-            cb += (codebook(self.codebook.device, half) if self.codebook is not None else dummy,)
+            if self.codebook is None:
+                cb += (dummy,)
+            elif self.codebook_half is not None and self.codebook_half.dtype == half:
+                cb += (self.codebook_half,)
+            else:
+                cb += (codebook(self.codebook.device, half),)
         return (self.qweight, self.scales, self.zeros if self.zeros is not None else dummy, *cb,
                 self.dq_scale if self.dq_scale is not None else dummy,
                 self.dq_offset if self.dq_offset is not None else dummy)
@@ -117,15 +126,16 @@ def uint_operand(qweight: Tensor, scales: Tensor, zeros: Optional[Tensor], bits:
     scales = _check_groups(what, "scales", scales, torch.float32, n, g, device)
     if zeros is not None:
         zeros = _check_groups(what, "zeros", zeros, torch.uint8, n, g, device)
-    return WeightOperand(_c(qweight), scales, zeros, None, None, None, n, k, g, group_size, FMT_UINT,
+    return WeightOperand(_c(qweight), scales, zeros, None, None, None, None, n, k, g, group_size, FMT_UINT,
                          pack, 2 ** (bits - 1), 1)
 
 
 def nf4_operand(qweight: Tensor, absmax: Tensor, absmax_scale: Optional[Tensor],
                 absmax_offset: Optional[Tensor], block_size: int, absmax_block: int, k: int,
-                device) -> WeightOperand:
+                device, levels: Optional[Tensor] = None, levels_half: Optional[Tensor] = None) -> WeightOperand:
     """``qcompiler::nf4_linear``'s operands; with ``absmax_scale``/``absmax_offset`` the absmax is
-    ``dequantize_blockwise_int8(absmax, absmax_scale, absmax_offset, absmax_block)``, fused."""
+    ``dequantize_blockwise_int8(absmax, absmax_scale, absmax_offset, absmax_block)``, fused.
+    ``levels`` / ``levels_half``: the NF4 table in float32 / x's dtype (default: :func:`codebook`)."""
     what = "weight_only_nf4_linear"
     n, g = _check_common(what, qweight, k, 2, block_size, device)
     dq = absmax_scale is not None
@@ -142,7 +152,11 @@ def nf4_operand(qweight: Tensor, absmax: Tensor, absmax_scale: Optional[Tensor],
                         f"[1], got {absmax_scale.dtype} {tuple(absmax_scale.shape)} and "
                         f"{absmax_offset.dtype} {tuple(absmax_offset.shape)}")
         absmax_scale, absmax_offset = _c(absmax_scale.reshape(-1)), _c(absmax_offset.reshape(-1))
-    return WeightOperand(_c(qweight), absmax, None, absmax_scale, absmax_offset, codebook(qweight.device),
+    if levels is not None and (levels.dtype != torch.float32 or levels.numel() != 16 or levels.device != device):
+        _fail(what, f"the NF4 levels must be float32 [16] on {device}, got {levels.dtype} "
+                    f"{tuple(levels.shape)} on {levels.device}")
+    return WeightOperand(_c(qweight), absmax, None, absmax_scale, absmax_offset,
+                         levels if levels is not None else codebook(qweight.device), levels_half,
                          n, k, g, block_size, FMT_NF4, 2, 0, absmax_block if dq else 1)
 
 

@@ -5,6 +5,10 @@
 ``allow_fallback=True`` the layers the kernels cannot take (all of them where the device is the
 reason: no CUDA GPU, no triton) keep the reference ops, and so do the quantize ops feeding them;
 each such layer's report row says why, and the report notes the unusable backend.
+
+On a CUDA device, a compiled Hugging Face causal LM also gets the fast ``generate()``
+(:mod:`qcompiler.runtime.fast_generate`: static KV cache, decode replayed as CUDA graphs,
+compiled prefill); the report notes it. The CPU (and the interpreter) keep the eager path.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import qcompiler.passes.lower_triton  # noqa: F401 - registers the lower-triton 
 from qcompiler.backends import Backend, register_backend
 from qcompiler.backends.triton import is_available
 from qcompiler.errors import UnsupportedError
+from qcompiler.runtime.fast_generate import enable_fast_generate
 
 __all__ = ["TRITON"]
 
@@ -26,6 +31,14 @@ def _check() -> None:
                                     "on the CPU (slow), or use backend='eager'")
 
 
+def _finalize(qm, example):
+    """The fast generate path where it applies (CUDA, a generative model); a report note says."""
+    note = enable_fast_generate(qm)
+    if note.startswith("generate()"):
+        qm.report().notes.append(note)
+    return qm
+
+
 TRITON = register_backend(Backend(
     "triton", "lower-triton,dce", _check,
-    "Triton kernels: fused int8 GEMM + fp16 outliers, weight-only int8 for M <= 16"))
+    "Triton kernels: fused int8 GEMM + fp16 outliers, weight-only int8 for M <= 16", _finalize))

@@ -126,11 +126,13 @@ def weight_only_uint_linear(x: Tensor, qweight: Tensor, scales: Tensor, zeros: O
 
 def weight_only_nf4_linear(x: Tensor, qweight: Tensor, absmax: Tensor, absmax_scale: Optional[Tensor],
                            absmax_offset: Optional[Tensor], bias: Optional[Tensor], block_size: int,
-                           absmax_block: int) -> Tensor:
+                           absmax_block: int, levels: Optional[Tensor] = None,
+                           levels_half: Optional[Tensor] = None) -> Tensor:
     """Triton ``qcompiler::nf4_linear``, optionally with ``dequantize_blockwise_int8`` of the absmax
-    fused in (``absmax`` int8 codes + ``absmax_scale`` + ``absmax_offset``), dispatched on M."""
+    fused in (``absmax`` int8 codes + ``absmax_scale`` + ``absmax_offset``), dispatched on M;
+    ``levels`` / ``levels_half``: the NF4 table (float32 / x's dtype) as graph buffers."""
     return _weight_only_nf4_linear(x, qweight, absmax, absmax_scale, absmax_offset, bias, block_size,
-                                   absmax_block)
+                                   absmax_block, levels, levels_half)
 
 
 # The kernels that implement a reference op take its schema and its fake implementation.
@@ -154,7 +156,8 @@ _define("int8_dynamic_outlier_linear(Tensor x, Tensor wq, Tensor w_scale, float 
         "Tensor? bias) -> Tensor", int8_dynamic_outlier_linear,
         lambda x, wq, w_scale, threshold, bias: _linear_out(x, wq, x.dtype))
 _define("weight_only_nf4_linear(Tensor x, Tensor qweight, Tensor absmax, Tensor? absmax_scale, "
-        "Tensor? absmax_offset, Tensor? bias, int block_size, int absmax_block) -> Tensor",
+        "Tensor? absmax_offset, Tensor? bias, int block_size, int absmax_block, Tensor? levels=None, "
+        "Tensor? levels_half=None) -> Tensor",
         weight_only_nf4_linear,
-        lambda x, qweight, absmax, absmax_scale, absmax_offset, bias, block_size, absmax_block:
-        _linear_out(x, qweight, x.dtype))
+        lambda x, qweight, absmax, absmax_scale, absmax_offset, bias, block_size, absmax_block, levels=None,
+        levels_half=None: _linear_out(x, qweight, x.dtype))

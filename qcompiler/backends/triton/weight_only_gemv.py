@@ -299,19 +299,13 @@ _LAUNCH = {
     for mode, make in _CONFIGS.items()
 }
 
-# Split-K scratch per device: float32 partials and int32 counters that every launch leaves at 0.
-_SCRATCH: dict[torch.device, tuple[Tensor, Tensor]] = {}
-
-
-def _scratch(device: torch.device, parts: int, locks: int) -> tuple[Tensor, Tensor]:
-    """Grown, never shrunk (a CUDA graph captured after a warm-up call keeps valid pointers)."""
-    part, lock = _SCRATCH.get(device, (None, None))
-    if part is None or part.numel() < parts:
-        part = torch.empty(max(parts, 1 << 16), dtype=torch.float32, device=device)
-    if lock is None or lock.numel() < locks:
-        lock = torch.zeros(max(locks, 4096), dtype=torch.int32, device=device)
-    _SCRATCH[device] = (part, lock)
-    return part, lock
+def _split_k_workspace(device: torch.device, parts: int, locks: int) -> tuple[Tensor, Tensor]:
+    """This launch's float32 partial sums (uninitialised) and int32 tile counters (zeroed: one
+    memset; every launch leaves them at 0 again). Allocated per call and freed when the op returns,
+    never cached: a workspace that outlived the call would sit in a CUDA graph's memory pool
+    untracked ("Detected 2 tensor(s) in the cudagraph pool not tracked as outputs")."""
+    return (torch.empty(max(parts, 1), dtype=torch.float32, device=device),
+            torch.zeros(max(locks, 1), dtype=torch.int32, device=device))
 
 
 def _m_bucket(m: int) -> int:
@@ -362,7 +356,10 @@ def _run(what: str, x: Tensor, w: WeightOperand, bias: Optional[Tensor], mode: s
     kb, mb = w.qweight.shape[1], _m_bucket(m)
     splits = config["SPLIT_K"] if config is not None else min(
         _max_split(mb, n), max(c.kwargs["SPLIT_K"] for c in _LAUNCH[mode].autotuner.configs))
-    part, lock = _scratch(x.device, splits * m * n, triton.cdiv(m, 16) * triton.cdiv(n, 8))
+    if splits > 1:
+        part, lock = _split_k_workspace(x.device, splits * m * n, triton.cdiv(m, 16) * triton.cdiv(n, 8))
+    else:  # no split: the kernel never touches them
+        part, lock = y, y
     args = (x2, *w.args(y, x.dtype), bias if bias is not None else y, y, part, lock,
             m, n, k, kb, w.groups, w.group, mb, x2.stride(0), x2.stride(1), y.stride(0), y.stride(1))
     meta = dict(**w.meta(), HAS_BIAS=bias is not None, DOT=mode != "fma", DOT_F32=interpreting())

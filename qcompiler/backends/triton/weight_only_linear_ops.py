@@ -61,11 +61,12 @@ def weight_only_uint_linear(x: Tensor, qweight: Tensor, scales: Tensor, zeros: O
 
 def weight_only_nf4_linear(x: Tensor, qweight: Tensor, absmax: Tensor, absmax_scale: Optional[Tensor],
                            absmax_offset: Optional[Tensor], bias: Optional[Tensor], block_size: int,
-                           absmax_block: int) -> Tensor:
+                           absmax_block: int, levels: Optional[Tensor] = None,
+                           levels_half: Optional[Tensor] = None) -> Tensor:
     """``torch.ops.qcompiler.nf4_linear``; with ``absmax_scale``/``absmax_offset`` given, ``absmax``
     holds int8 codes and the op is ``nf4_linear(x, qweight, dequantize_blockwise_int8(absmax,
     absmax_scale, absmax_offset, absmax_block), bias, block_size)`` in one launch."""
     _check_x(x, "weight_only_nf4_linear")
     w = nf4_operand(qweight, absmax, absmax_scale, absmax_offset, block_size, absmax_block, x.shape[-1],
-                    x.device)
+                    x.device, levels, levels_half)
     return _linear(x, w, bias)
