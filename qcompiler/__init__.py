@@ -21,11 +21,12 @@ from qcompiler.qat import QATModel, convert, prepare_qat  # noqa: E402
 from qcompiler.spec import SPEC_KEY, LinearQuantSpec, get_spec
 from qcompiler.verify import verify_graph
 from qcompiler.export import export_onnx
+from qcompiler.loading import from_pretrained  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "compile", "QuantizedModel", "export_onnx",
+    "compile", "QuantizedModel", "export_onnx", "from_pretrained",
     "list_schemes", "register_scheme", "Scheme", "pipeline_for",
     "register_pass", "list_passes", "parse_pipeline", "print_pipeline",
     "Pass", "GraphPass", "ProgramPass", "PassResult", "PassContext", "PassManager",

@@ -14,6 +14,7 @@ from qcompiler.passes._graph import get_attr_value, is_linear, linear_parts, res
 from qcompiler.passes.calibrate import SAMPLES
 from qcompiler.passes.decompose_matmul import emit_quantized_linear
 from qcompiler.passes.quantize_weights import FLOAT_WEIGHTS
+from qcompiler.memory_usage import MemoryUsage
 from qcompiler.spec import LAYER_KEY, get_spec
 
 __all__ = ["LayerReport", "Report", "build_report"]
@@ -47,6 +48,7 @@ class Report:
     output_rel_error: float | None = None
     output_cosine: float | None = None
     notes: list[str] = field(default_factory=list)
+    memory: MemoryUsage | None = None      # bytes once per storage, and the peak of the call that made it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
