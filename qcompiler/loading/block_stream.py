@@ -72,21 +72,30 @@ def _detach_cache(v: Any) -> Any:
 
 
 def record_calls(model: nn.Module, module: nn.Module, calls: list[Call], *,
-                 device: torch.device | None = None) -> list[Call]:
+                 device: torch.device | None = None,
+                 override: tuple[nn.Module, list[torch.Tensor]] | None = None) -> list[Call]:
     """For each model-level call, the (args, kwargs) ``module`` receives in it (the forward stops
-    there); caches are swapped for :class:`PrefillCache`, tensors kept where they are."""
+    there); caches are swapped for :class:`PrefillCache`, tensors kept where they are.
+    ``override=(block, hiddens)``: ``block`` returns ``hiddens[i]`` in call i (the float stream)."""
     got: list[Call] = []
+    current = [0]
+    handles = []
+    if override is not None:
+        def replace(mod, args, kwargs, out):
+            h = override[1][current[0]]
+            return h if isinstance(out, torch.Tensor) else (h, *out[1:])
+        handles.append(override[0].register_forward_hook(replace, with_kwargs=True))
 
     def hook(mod, args, kwargs):
         got.append((tuple(args), {k: _detach_cache(v) for k, v in kwargs.items()}))
         raise _Reached
 
-    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
     move = (lambda t: t.to(device) if isinstance(t, torch.Tensor) else t) if device is not None else (lambda t: t)
     try:
         with torch.no_grad():
             for i, (args, kwargs) in enumerate(calls):
-                n = len(got)
+                n, current[0] = len(got), i
                 try:
                     model(*tree_map(move, args), **tree_map(move, kwargs))
                 except _Reached:
@@ -98,7 +107,8 @@ def record_calls(model: nn.Module, module: nn.Module, calls: list[Call], *,
                     raise CalibrationError(f"input {i} never reaches {type(module).__name__}",
                                            hint="the model's forward skips its blocks for this input")
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
     return got
 
 
@@ -122,9 +132,10 @@ def _run(module: nn.Module, calls: list[Call]) -> list[torch.Tensor]:
 
 def run_blocks(blocks: nn.ModuleList, prefix: str, calls: list[Call], plan: UnitPlan, *,
                bring_in: Callable[[int], None], calibrate_on: str = "quantized",
-               progress: bool = True, after: Callable[[int], None] | None = None) -> list[UnitResult]:
+               progress: bool = True) -> tuple[list[UnitResult], list[torch.Tensor] | None]:
     """Compiles ``blocks[i]`` for i = 0..n-1; ``bring_in(i)`` gives block i its float weights first.
-    ``calls``: what block 0 receives. Each block is replaced in ``blocks`` by its compiled self."""
+    ``calls``: what block 0 receives. Each block is replaced in ``blocks`` by its compiled self.
+    Returns the units and, when calibrating on the float stream, the last float block's outputs."""
     manager = plan.manager()
     sequential = any(p.name in SEQUENTIAL_PASSES for p in manager.passes)
     use_float = calibrate_on == "float" and not sequential
@@ -141,10 +152,13 @@ def run_blocks(blocks: nn.ModuleList, prefix: str, calls: list[Call], plan: Unit
         quant_out = _run(blocks[i], calls)
         calls = [with_hidden(c, h) for c, h in zip(calls, float_out or quant_out)]
         results.append(res)
-        if after is not None:
-            after(i)
     bar.close()
-    return results
+    return results, ([_hidden_of(c) for c in calls] if use_float else None)
+
+
+def _hidden_of(call: Call) -> torch.Tensor:
+    args, kwargs = call
+    return args[0] if args else kwargs["hidden_states"]
 
 
 def outer_linear_paths(model: nn.Module, blocks_path: str) -> list[str]:

@@ -146,11 +146,12 @@ def _stream(model: nn.Module, reader: CheckpointReader, calls, scheme: str, opti
         materialize(slots, block_keys[i], get)
         gc.collect()
 
-    units = run_blocks(blocks, prefix, first, plan, bring_in=bring_in, calibrate_on=calibrate_on, progress=progress)
+    units, float_last = run_blocks(blocks, prefix, first, plan, bring_in=bring_in, calibrate_on=calibrate_on, progress=progress)
     materialize(slots, sorted(head_keys), get)
     for head in heads:
         module = model.get_submodule(head)
-        head_calls = record_calls(model, module, calls, device=dev)
+        head_calls = record_calls(model, module, calls, device=dev,
+                                  override=(blocks[-1], float_last) if float_last is not None else None)
         res = compile_unit(module, head, head_calls, plan)
         if res.root is not module:
             parent_path, _, attr = head.rpartition(".")
