@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["MemoryUsage", "PeakMemory", "storage_bytes", "current_rss"]
+__all__ = ["MemoryUsage", "PeakMemory", "storage_bytes", "current_rss", "records_peak_memory"]
 
 
 @dataclass
@@ -87,3 +87,24 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.device_bytes = torch.cuda.max_memory_allocated(self.device) - self._cuda_start
+
+
+def records_peak_memory(fn):
+    """Decorator for ``compile``-like functions ``fn(model, ...) -> QuantizedModel``: the report's
+    ``memory`` gets the call's peak device and host memory (bytes before/after from the report)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(model, *args, **kwargs):
+        dev = next((t.device for t in model.parameters()), None) if isinstance(model, nn.Module) else None
+        with PeakMemory(dev) as peak:
+            qm = fn(model, *args, **kwargs)
+        report = qm.report()
+        mem = report.memory or MemoryUsage(report.model_bytes_before, report.model_bytes_after,
+                                           device=str(dev or "cpu"))
+        mem.peak_device_bytes, mem.peak_host_bytes, mem.host_bytes_at_start = peak.device_bytes, peak.host_bytes, \
+            peak.host_start
+        report.memory = mem
+        return qm
+
+    return wrapper
