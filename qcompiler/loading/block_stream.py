@@ -140,13 +140,14 @@ def run_blocks(blocks: nn.ModuleList, prefix: str, calls: list[Call], plan: Unit
     sequential = any(p.name in SEQUENTIAL_PASSES for p in manager.passes)
     use_float = calibrate_on == "float" and not sequential
     results = []
+    cache: dict = {}  # the blocks are alike: each kind of region is traced once
     bar = tqdm(range(len(blocks)), desc="quantizing blocks", unit="block", disable=not progress)
     for i in bar:
         bar.set_postfix_str(f"{prefix}.{i}")
         bring_in(i)
         block = blocks[i]
         float_out = _run(block, calls) if use_float else None
-        res = compile_unit(block, f"{prefix}.{i}", calls, plan, manager)
+        res = compile_unit(block, f"{prefix}.{i}", calls, plan, manager, cache)
         if res.root is not block:
             blocks[i] = res.root
         quant_out = _run(blocks[i], calls)

@@ -79,13 +79,35 @@ def _full(prefix: str, path: str) -> str:
     return f"{prefix}.{path}" if prefix and path else (prefix or path)
 
 
+def _meta_shell(gm, source: nn.Module):
+    """A copy of a cached capture whose tensors are on ``meta``: later blocks rebind it to their
+    own weights, and the first block's float weights (and its graph, which the passes are about
+    to rewrite) are not kept alive by the cache."""
+    import copy
+    import warnings
+
+    import torch
+
+    memo = {}
+    for t in source.state_dict(keep_vars=True).values():
+        shell = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(shell, requires_grad=False) if isinstance(t, nn.Parameter) else shell
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return copy.deepcopy(gm, memo), copy.deepcopy(source, memo)
+
+
 def compile_unit(unit: nn.Module, prefix: str, calls: list[Call], plan: UnitPlan,
-                 manager: PassManager | None = None) -> UnitResult:
+                 manager: PassManager | None = None, cache: dict | None = None) -> UnitResult:
     """Quantizes ``unit`` (at ``prefix`` in the model) in place; ``calls`` are the (args, kwargs)
-    it receives, the first used to capture it, all of them to calibrate when ``plan.calibrated``."""
+    it receives, the first used to capture it, all of them to calibrate when ``plan.calibrated``.
+    ``cache``: captures shared with the other units (identical blocks are traced once)."""
     manager = manager or plan.manager()
     method = CaptureMethod.parse(plan.capture)
-    captured = capture_regions(unit, *calls[0], method=method)
+    known = set(cache) if cache is not None else set()
+    captured = capture_regions(unit, *calls[0], method=method, cache=cache)
+    for key in (set(cache) - known if cache is not None else ()):
+        cache[key] = _meta_shell(*cache[key])
     root = unit
     if captured.regions and captured.regions[0][0] == "":
         root = captured.regions[0][1]
