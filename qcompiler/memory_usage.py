@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["MemoryUsage", "PeakMemory", "storage_bytes", "current_rss", "records_peak_memory"]
+__all__ = ["MemoryUsage", "PeakMemory", "storage_bytes", "current_rss", "records_peak_memory", "release_host_memory"]
 
 
 @dataclass
@@ -42,6 +42,19 @@ def storage_bytes(module: nn.Module) -> int:
         key = (str(t.device), s.data_ptr())
         seen[key] = max(seen.get(key, 0), s.nbytes())
     return sum(seen.values())
+
+
+def release_host_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``): without
+    it, the allocator keeps what each quantized block freed and the RSS grows block by block."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def current_rss() -> int:

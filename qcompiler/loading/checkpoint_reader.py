@@ -179,7 +179,8 @@ class CheckpointReader:
         else:
             from safetensors import safe_open
             handle = self._open.get(f)
-            if handle is None:
+            if handle is None:  # one shard open at a time: its mapped pages leave the RSS when the next opens
+                self._open.clear()
                 handle = self._open[f] = safe_open(str(f), framework="pt")
             try:
                 t = handle.get_tensor(key)

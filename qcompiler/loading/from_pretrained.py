@@ -24,7 +24,7 @@ from qcompiler.loading.errors import CheckpointError, DeviceMemoryError
 from qcompiler.loading.model_assembly import assemble
 from qcompiler.loading.skeleton import TensorSlots, build_skeleton, find_blocks, materialize, meta_tensors
 from qcompiler.loading.unit_compile import UnitPlan, compile_unit
-from qcompiler.memory_usage import PeakMemory
+from qcompiler.memory_usage import PeakMemory, release_host_memory
 
 __all__ = ["from_pretrained", "default_example"]
 
@@ -143,8 +143,8 @@ def _stream(model: nn.Module, reader: CheckpointReader, calls, scheme: str, opti
     first = record_calls(model, blocks[0], calls, device=dev)
 
     def bring_in(i: int) -> None:
+        release_host_memory()  # what the last block freed goes back to the OS before the next comes in
         materialize(slots, block_keys[i], get)
-        gc.collect()
 
     units, float_last = run_blocks(blocks, prefix, first, plan, bring_in=bring_in, calibrate_on=calibrate_on, progress=progress)
     materialize(slots, sorted(head_keys), get)
