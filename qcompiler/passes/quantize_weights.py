@@ -23,16 +23,14 @@ from torch import fx
 
 from qcompiler.errors import UnsupportedError
 from qcompiler.ops import quantize_weight
+from qcompiler.contracts import FORMAT_CHOSEN, LINEARS_ANNOTATED, WEIGHTS_QUANTIZED, Contract
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
-from qcompiler.passes._graph import add_buffer, is_linear, linear_parts, resolve_weight
+from qcompiler.graph.nodes import add_buffer, is_linear, linear_parts, resolve_weight
 from qcompiler.quant import double_quantize, effective_group_size, pack_int4, quantize_nf4, quantize_uint
 from qcompiler.spec import (ActGranularity, LinearQuantSpec, OutlierMode, WeightFormat, WeightGranularity, WeightRefs,
                             get_spec, update_spec)
 
-__all__ = ["QuantizeWeights", "FLOAT_WEIGHTS", "QUANTIZERS", "materialize_uint", "buffer_base"]
-
-# ctx.options key: layer -> the float weight, kept only until compile ends (for the report)
-FLOAT_WEIGHTS = "float_weights"
+__all__ = ["QuantizeWeights", "QUANTIZERS", "materialize_uint", "buffer_base"]
 
 # (gm, spec, float weight [N, K], buffer name prefix, bias buffer name) -> the stored buffers
 Quantizer = Callable[[fx.GraphModule, LinearQuantSpec, torch.Tensor, str, "str | None"], WeightRefs]
@@ -136,7 +134,7 @@ def materialize_uint(gm: fx.GraphModule, node: fx.Node, codes: torch.Tensor, sca
     if ctx is not None:
         resolved = resolve_weight(gm, w_node)
         if resolved is not None:
-            ctx.options.setdefault(FLOAT_WEIGHTS, {})[spec.layer] = resolved[0]
+            ctx.state.float_weights[spec.layer] = resolved[0]
     refs = _uint_refs(gm, spec, buffer_base(spec), codes, scales, zeros, _bias_ref(b_node))
     return update_spec(node, weights=refs)
 
@@ -144,6 +142,9 @@ def materialize_uint(gm: fx.GraphModule, node: fx.Node, codes: torch.Tensor, sca
 @register_pass("quantize-weights")
 @dataclass(frozen=True)
 class QuantizeWeights(GraphPass):
+    def contract(self) -> Contract:
+        return Contract(requires={LINEARS_ANNOTATED, FORMAT_CHOSEN}, ensures={WEIGHTS_QUANTIZED})
+
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         modified = False
         for node in gm.graph.nodes:
@@ -153,7 +154,7 @@ class QuantizeWeights(GraphPass):
             with ctx.at(node):
                 _, w_node, b_node = linear_parts(node)
                 w, _ = resolve_weight(gm, w_node)
-                ctx.options.setdefault(FLOAT_WEIGHTS, {})[spec.layer] = w
+                ctx.state.float_weights[spec.layer] = w
                 refs = QUANTIZERS[spec.format](gm, spec, w, buffer_base(spec), _bias_ref(b_node))
                 update_spec(node, weights=refs)
                 modified = True
