@@ -42,17 +42,21 @@ def list_loaders() -> list[str]:
 
 
 def quant_method_of(path: str | os.PathLike) -> str:
-    """``quantization_config.quant_method`` of ``path/config.json``, else ``"qcompiler"`` when
-    ``qcompiler.json`` is there."""
+    """The checkpoint format of ``path``: ``quantization_config.quant_method`` of its config.json
+    (or GPTQ's quantize_config.json / AWQ's quant_config.json, see
+    :func:`qcompiler.formats.detect.detect_format`), else ``"qcompiler"`` for qcompiler's own."""
+    from qcompiler.formats.detect import detect_format
+
     root = Path(path)
     cfg = root / "config.json"
     if cfg.is_file():
         try:
-            quant = json.loads(cfg.read_text()).get("quantization_config") or {}
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+            json.loads(cfg.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise IntegrityError(f"{cfg} is not valid JSON ({e})") from None
-        if isinstance(quant, dict) and quant.get("quant_method"):
-            return str(quant["quant_method"])
+    found = detect_format(root)
+    if found is not None:
+        return found[0]
     if (root / DESCRIPTION_FILE).is_file() or not cfg.is_file():
         return "qcompiler"  # a missing qcompiler.json is reported by the qcompiler loader
     raise LoadError(f"{root} is a float checkpoint (config.json has no quantization_config)",
