@@ -61,9 +61,10 @@ def _args(argv):
     p.add_argument("--intermediate", type=int)
     p.add_argument("--ms", help="comma-separated token counts, default 1,16,2048")
     p.add_argument("--iters", type=int, default=50)
-    p.add_argument("--variants", help="comma-separated subset of the rows (default: all that apply)")
+    p.add_argument("--variants", help="comma-separated rows to run, 'prefix*' for several (default: all that apply)")
     p.add_argument("--out", help="folder for the JSON (default $OUT, else the working directory)")
     p.add_argument("--check", action="store_true", help="run onnx.checker on every file (slow on big models)")
+    p.add_argument("--no-plans", action="store_true", help="skip the op timings and the per-M-bucket plan exports")
     a = p.parse_args(argv)
     small = dict(blocks=2, hidden=256, intermediate=688, ms="1,16,128")
     large = dict(blocks=4, hidden=4096, intermediate=11008, ms="1,16,2048")
@@ -105,7 +106,8 @@ class _Session:
         import onnxruntime as ort
         so = ort.SessionOptions()
         for k, v in (config or {}).items():
-            so.add_session_config_entry(k, v)
+            if not k.startswith("_"):  # "_ms", "_ortmodule": the benchmark's own, not ORT's
+                so.add_session_config_entry(k, v)
         providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
         self.s = ort.InferenceSession(str(path), so, providers=providers)
         self.device = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
@@ -139,7 +141,8 @@ class _Session:
         return statistics.median(ts) * 1e3, out
 
 
-def _variants(a, folder: Path, provider: str):
+def _variants(a, folder: Path, provider: str, op_res: dict | None = None, exports: dict | None = None,
+              results_alias: dict | None = None):
     """``(name, export() -> info dict, session configs to run it with)`` in order; the fp16
     baseline first, ORT's quantizer last (it needs the model in fp32)."""
     import qcompiler
@@ -168,8 +171,10 @@ def _variants(a, folder: Path, provider: str):
         export_float_onnx(model, example, _file(folder, name), check=a.check)
         return {}
 
-    def qc_export(target):
-        out = qcompiler.export_onnx(qm(), example, _file(folder, f"qc {target}"), target=target, check=a.check)
+    def qc_export(target, name=None):
+        out = qcompiler.export_onnx(qm(), example, _file(folder, name or f"qc {target}"), target=target, check=a.check)
+        if exports is not None:
+            exports[name or f"qc {target}"] = out
         return {"lowering": sorted(set(out.lowering.values()))}
 
     def qdyn():
@@ -187,7 +192,16 @@ def _variants(a, folder: Path, provider: str):
     fpa = [{}, {"ep.cuda.fpa_intb_gemm": "1"}] if cuda else [{}]  # ORT's CUTLASS weight-only GEMM is opt-in
     base = "fp16" if cuda else "fp32"
     yield base, lambda: float_export(base), [{}]
-    yield "qc ort-cuda", lambda: qc_export("ort-cuda"), fpa
+    yield "qc ort-cuda", lambda: qc_export("ort-cuda"), fpa + ([{"_ortmodule": "1"}] if cuda else [])
+    if op_res:  # one export per M bucket, each layer in the form the op timings found fastest at that M
+        from ort_buckets import plans, register_plan_targets
+        for target, (plan, fpa_on, bucket) in register_plan_targets(plans(op_res, a.ms)).items():
+            if all(item.endswith(":nbits") for item in plan.split(";")):  # that is the ort-cuda export itself
+                results_alias.update({m: "qc ort-cuda" + (" fpA_intB" if fpa_on else "") for m in bucket})
+                continue
+            name = f"qc plan M={'/'.join(map(str, bucket))}"
+            cfg = {"_ms": ",".join(map(str, bucket)), **({"ep.cuda.fpa_intb_gemm": "1"} if fpa_on else {})}
+            yield name, (lambda t=target, nm=name, p=plan: {**qc_export(t, nm), "plan": p}), [cfg]
     yield "qc ort-cuda-fold", lambda: qc_export("ort-cuda-fold"), [{}]
     yield "qc ort-cuda-keep", lambda: qc_export("ort-cuda-keep"), [{}]
     yield "qc generic", lambda: qc_export("generic"), [{}]
@@ -198,11 +212,19 @@ def _variants(a, folder: Path, provider: str):
 
 def _run(a, name, path, provider, config) -> dict:
     row = {"config": config, "ms": {}, "_out": {}}
-    os.environ["ORT_FPA_INTB_GEMM"] = "1" if config else "0"
+    os.environ["ORT_FPA_INTB_GEMM"] = "1" if config.get("ep.cuda.fpa_intb_gemm") else "0"
+    ms = [int(m) for m in config["_ms"].split(",")] if config.get("_ms") else a.ms
     try:
-        sess = _Session(path, provider, config)
-        row["providers"] = sess.providers
-        for m in a.ms:
+        if config.get("_ortmodule"):  # qcompiler's OrtModule (backend="onnxruntime"): torch tensors, DLPack
+            from ort_buckets import time_ortmodule
+            for m in ms:
+                row["ms"][m] = time_ortmodule(config["_export"], _ids(m, "cuda", seed=10 + m),
+                                              a.iters if m < 1024 else max(10, a.iters // 3))
+            ms = []
+        else:
+            sess = _Session(path, provider, config)
+            row["providers"] = sess.providers
+        for m in ms:
             ids = _ids(m, "cpu", seed=10 + m).numpy()
             row["ms"][m], out = sess.time(ids, a.iters if m < 1024 else max(10, a.iters // 3))
             row["_out"][m] = out.astype(np.float32)
@@ -234,8 +256,16 @@ def main(argv=None) -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-ort-"))
     base = "fp16" if provider == "CUDAExecutionProvider" else "fp32"
     results: dict[str, dict] = {}
-    for name, export, configs in _variants(a, folder, provider):
-        if only is not None and name not in only and name != base:
+    op_res, exports, alias = None, {}, {}
+    if not a.no_plans:
+        from ort_op_timings import op_timings
+        shapes = [(a.hidden, a.hidden), (a.intermediate, a.hidden), (a.hidden, a.intermediate)]
+        op_res = op_timings(shapes, a.ms, provider, folder)
+        results["_op_timings"] = {"op": op_res}
+        _save(a, provider, card, base, results, ort.__version__)
+    for name, export, configs in _variants(a, folder, provider, op_res, exports, alias):
+        if only is not None and not any(name == v or v.endswith("*") and name.startswith(v[:-1]) for v in only) \
+                and name != base:
             continue
         t = time.perf_counter()
         try:
@@ -248,13 +278,32 @@ def main(argv=None) -> None:
             continue
         print(f"  {name}: exported in {info['export_s']:.1f} s", flush=True)
         for config in configs:
-            label = name + (" fpA_intB" if config else "")
+            label = name + (" fpA_intB" if config.get("ep.cuda.fpa_intb_gemm") and "plan" not in name else "") + \
+                (" via OrtModule" if config.get("_ortmodule") else "")
+            if config.get("_ortmodule"):
+                config = {**config, "_export": exports[name]}
             results[label] = {**info, **_run(a, label, _file(folder, name), provider, config)}
             _errors(results, base)
             _save(a, provider, card, base, results, ort.__version__)  # partial results survive a timeout
         for f in folder.glob(_file(folder, name).stem + "*"):
             f.unlink()  # keep the disk small: 1.6 GB per fp16 file at the default sizes
+    _buckets(results, alias)
     _report(a, provider, card, base, results, ort.__version__)
+
+
+def _buckets(results: dict, alias: dict) -> None:
+    """The per-M-bucket row: each M timed on the export made for its bucket (``alias``: buckets
+    whose plan is MatMulNBits everywhere, i.e. the ort-cuda export itself)."""
+    rows = {name: row for name, row in results.items() if name.startswith("qc plan M=") and "error" not in row}
+    for m, name in alias.items():
+        if "ms" in results.get(name, {}) and m in results[name]["ms"]:
+            rows[f"{name} (M={m})"] = {"ms": {m: results[name]["ms"][m]},
+                                       "err": {m: results[name].get("err", {}).get(m)}, "plan": "all nbits"}
+    if rows:
+        results["qc per-M buckets"] = {
+            "ms": {m: t for row in rows.values() for m, t in row["ms"].items()},
+            "err": {m: e for row in rows.values() for m, e in row.get("err", {}).items() if e is not None},
+            "plans": {name: row.get("plan") for name, row in rows.items()}}
 
 
 def _errors(results: dict, base: str) -> None:
@@ -282,6 +331,8 @@ def _report(a, provider, card, base, results, ort_version) -> None:
     head = f"{'variant':<26}" + "".join(f"{'M=' + str(m) + ' ms':>14}{'x ' + base:>9}" for m in a.ms) + f"{'err':>9}"
     lines = [head, "-" * len(head)]
     for name, row in results.items():
+        if name.startswith("_"):
+            continue
         if "error" in row:
             lines.append(f"{name:<26} failed: {row['error'][:120]}")
             continue

@@ -6,7 +6,9 @@ exports the program (target ``ort-cuda`` when ONNX Runtime has the CUDA executio
 ``ort-cpu``) into a temporary folder that lives as long as the returned model, opens an
 ``InferenceSession`` and puts an :class:`OrtModule` in place of the eager model. The returned
 ``QuantizedModel`` is called like the original; ``qm.program`` still holds the eager graphs and
-``qm.report()`` says which ONNX operators each layer became.
+``qm.report()`` says which ONNX operators each layer became. For decoder LMs ``qm.generate()``
+runs greedy search in ONNX Runtime with the KV cache (``generate.py``; the KV-cache graph is
+exported on the first call, into the same folder).
 """
 
 from __future__ import annotations
@@ -57,9 +59,32 @@ def finalize(qm, example: tuple[tuple, dict]):
         shutil.rmtree(folder, ignore_errors=True)
         raise
     weakref.finalize(runner, shutil.rmtree, str(folder), True)
+    if _generates(qm.program.root):
+        runner.generator_factory = _kv_generator(weakref.ref(qm), folder, target)
     qm._modules["model"] = runner
     qm.report().notes.append(f"runs in ONNX Runtime ({', '.join(runner.providers)}) from {exported.path}")
     return qm
+
+
+def _generates(root) -> bool:
+    from qcompiler.backends.onnxruntime.kv_cache import _cache_arg
+    config = getattr(root, "config", None)
+    return hasattr(root, "generate") and _cache_arg(root) is not None and config is not None \
+        and not getattr(config, "is_encoder_decoder", False)
+
+
+def _kv_generator(qm_ref, folder: Path, target):
+    """Exports ``qm`` with its KV cache next to model.onnx and opens a greedy generator on it."""
+    def build():
+        from qcompiler.backends.onnxruntime.generate import OrtGenerator
+        from qcompiler.backends.onnxruntime.kv_cache import export_onnx_with_cache
+        qm = qm_ref()
+        exported = export_onnx_with_cache(qm, folder / "model_kv.onnx", target=target.name)
+        gen = OrtGenerator(exported, target.providers)
+        qm.report().notes.append(f"generate() runs in ONNX Runtime ({', '.join(gen.providers)}) "
+                                 f"with the KV cache, from {exported.path}")
+        return gen
+    return build
 
 
 def _names(qm, args: tuple) -> list[str]:

@@ -7,8 +7,10 @@ Before that the target's lowering pipeline runs on a copy of every region's grap
 (``targets.py``); the compiled model itself is left as it was, except that its report now says
 which ONNX operators each layer became.
 
-Hugging Face causal LMs are exported with ``use_cache=False`` (inputs ``input_ids`` /
+Hugging Face causal LMs are exported with ``use_cache=False`` here (inputs ``input_ids`` /
 ``attention_mask``, output ``logits``): the KV cache is not a tensor and stays out of the graph.
+``kv_cache.py`` exports them with the cache as tensors (``past_key_values.{i}.key`` in,
+``present.{i}.key`` out), for generation.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from qcompiler.errors import ConfigError, UnsupportedError
 from qcompiler.pass_manager import PassContext, PassManager, Program, Region
 from qcompiler.spec import LinearQuantSpec, get_spec
 
-__all__ = ["export_onnx", "OnnxExport", "EXTERNAL_DATA_BYTES", "lowered_view", "check_onnx_file"]
+__all__ = ["export_onnx", "export_module", "OnnxExport", "EXTERNAL_DATA_BYTES", "lowered_view", "check_onnx_file"]
 
 _NOTE = "ONNX lowering,"  # report notes this module writes start so (replaced on re-export)
 _BUILTIN_NAMESPACES = ("aten", "prims", "_operator", "higher_order")
@@ -80,11 +82,13 @@ def _check_translations(program: Program, table: dict, target: ExportTarget) -> 
 
 
 @contextlib.contextmanager
-def _lowered(qm, pipeline: str, example: tuple[tuple, dict] | None = None):
+def _lowered(qm, pipeline: str, example: tuple[tuple, dict] | None = None, module=None):
     """Runs ``pipeline`` on copies of the regions' graphs and swaps them in for the duration;
     the copies share every tensor with the originals, so this costs no weight memory. With an
-    ``example`` call, lowering passes see what each int8 matmul reads on it (``ctx.state.layer_inputs``)."""
+    ``example`` call (of ``module``, by default the model), lowering passes see what each int8
+    matmul reads on it (``ctx.state.layer_inputs``)."""
     program = qm.program
+    module = program.root if module is None else module
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree specs, deep-copied
         copies = [Region(r.path, _GmHolder(fx.GraphModule(r.gm, copy.deepcopy(r.gm.graph))))
@@ -94,7 +98,7 @@ def _lowered(qm, pipeline: str, example: tuple[tuple, dict] | None = None):
         args, kwargs = example
         with _swapped(program, [c.gm for c in copies]):
             ctx.state.layer_inputs = record_matmul_inputs([c.gm for c in copies],
-                                                          lambda: program.root(*args, **kwargs))
+                                                          lambda: module(*args, **kwargs))
     PassManager(pipeline).run(Program(copies, program.root), ctx)
     with _swapped(program, [c.gm for c in copies]):
         yield Program(copies, program.root)
@@ -166,8 +170,19 @@ def export_onnx(qm, example_inputs: Any, path: str | os.PathLike, dynamic_shapes
     ``external_data``: None writes the weights to ``<path>.data`` when they pass 2 GB.
 
     The file appears only when everything succeeded (written to a temporary folder, checked with
-    ``onnx.checker`` and shape inference, then moved into place).
+    ``onnx.checker`` and shape inference, then moved into place). Decoder LMs with their KV
+    cache as inputs and outputs: :func:`qcompiler.backends.onnxruntime.kv_cache.export_onnx_with_cache`.
     """
+    return export_module(qm, None, example_inputs, path, dynamic_shapes, target,
+                         external_data=external_data, check=check)
+
+
+def export_module(qm, module, example_inputs: Any, path: str | os.PathLike, dynamic_shapes: dict | None,
+                  target: str, *, external_data: bool | None = None, check: bool = True,
+                  rename: dict[str, str] | None = None) -> OnnxExport:
+    """:func:`export_onnx` of ``module``, a wrapper around ``qm``'s model (None: the model itself)
+    that calls it another way (with a KV cache); the compiled regions are lowered for ``target``
+    as in :func:`export_onnx`. ``rename``: graph input/output names to replace."""
     from qcompiler.api import QuantizedModel
     if not isinstance(qm, QuantizedModel):
         raise ConfigError(f"export_onnx takes the model qcompiler.compile returned, got {type(qm).__name__}",
@@ -175,18 +190,20 @@ def export_onnx(qm, example_inputs: Any, path: str | os.PathLike, dynamic_shapes
     tgt = get_target(target)
     table = tgt.translations()
     specs: dict[str, LinearQuantSpec] = {}
+    root = qm.program.root if module is None else module
 
     @contextlib.contextmanager
     def inside(example):  # around torch.onnx.export: the lowered graphs in place of the compiled ones
-        with _lowered(qm, tgt.lowering, example) as lowered:
+        with _lowered(qm, tgt.lowering, example, root) as lowered:
             _check_translations(lowered, table, tgt)
             specs.update(_lowered_specs(lowered))
             yield
 
-    call, path, use_external, files = write_onnx(qm.program.root, example_inputs, path, table,
+    call, path, use_external, files = write_onnx(root, example_inputs, path, table,
                                                  dynamic_shapes=dynamic_shapes, external_data=external_data,
-                                                 check=check, inside=inside)
+                                                 check=check, inside=inside, rename=rename)
     _update_report(qm, specs, tgt.name, path)  # only once the file is in place
+    if rename:
+        call.input_names = [rename.get(n, n) for n in call.input_names]
+        call.output_names = [rename.get(n, n) for n in call.output_names]
     return OnnxExport(path, tgt.name, call, {k: v.lowering for k, v in specs.items()}, use_external, OPSET, files)
-
-

@@ -3,6 +3,7 @@
 
     int8_linear                    onnx:MatMulInteger[(u8 x u8)] (+ fp outliers: Gather/MatMul, n cols)
     int8_linear_dynamic_outlier    onnx:MatMulInteger + fp outliers: NonZero/Gather (dynamic)
+    nf4_linear                     ort:MatMulBnb4(nf4, block 64) on ort-cuda, else onnx:nf4 dequantize+MatMul
     weight_only_linear             ort:MatMulNBits(8-bit, block 128)   when the target uses it
                                    onnx:dequantize+MatMul              otherwise
                                    (+ fp outliers: Gather/MatMul, n cols, after lower-ort-matmul-nbits)
@@ -19,7 +20,7 @@ from torch import fx
 from qcompiler.backends.onnxruntime.matmul_nbits import FOLDED_KEY
 from qcompiler.backends.onnxruntime.translations import MATMUL_NBITS_BLOCKS
 from qcompiler.graph.nodes import get_attr_value
-from qcompiler.ops.args import Int8LinearArgs, QuantizeRowwiseArgs, WeightOnlyLinearArgs
+from qcompiler.ops.args import Int8LinearArgs, NF4LinearArgs, QuantizeRowwiseArgs, WeightOnlyLinearArgs
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
 from qcompiler.spec import SPEC_KEY, get_spec
 
@@ -62,18 +63,27 @@ def _weight_only(gm: fx.GraphModule, node: fx.Node, p: "LabelOnnxLowering") -> s
         (f" ({folded} outlier dims folded in)" if folded else "")
 
 
+def _nf4(gm: fx.GraphModule, node: fx.Node, p: "LabelOnnxLowering") -> str:
+    from qcompiler.backends.onnxruntime.nf4 import MATMUL_BNB4_BLOCKS
+    block, spec = NF4LinearArgs.of(node).block_size, get_spec(node)
+    k = spec.in_features if spec is not None else None
+    bnb4 = p.matmul_nbits and block in MATMUL_BNB4_BLOCKS and isinstance(k, int) and k % block == 0
+    return f"ort:MatMulBnb4(nf4, block {block})" if bnb4 else "onnx:nf4 dequantize+MatMul"
+
+
 # op -> (graph module, node, the pass and its options) -> label
 LABELS: dict[object, Callable[[fx.GraphModule, fx.Node, "LabelOnnxLowering"], str]] = {
     _ops.int8_linear.default: _int8_linear,
     _ops.int8_linear_dynamic_outlier.default: _dynamic,
     _ops.weight_only_linear.default: _weight_only,
+    _ops.nf4_linear.default: _nf4,
 }
 
 
 @register_pass("label-onnx-lowering")
 @dataclass(frozen=True)
 class LabelOnnxLowering(GraphPass):
-    matmul_nbits: bool = False    # the target runs weight-only linears as com.microsoft.MatMulNBits
+    matmul_nbits: bool = False    # the target runs weight-only linears as com.microsoft.MatMulNBits / MatMulBnb4
     u8_activations: bool = False  # int8 matmuls take X as uint8 (+128, zero point 128)
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:

@@ -176,15 +176,27 @@ class LowerOrtMatMulNBits(GraphPass):
 
     block_size: int = 0
     outliers: OutlierFolding = OutlierFolding.AUTO
+    # per-layer operator, by weight shape: "NxK:form;..." with form nbits (MatMulNBits, the default),
+    # dequant (int8 codes in the file, dequantized in X's dtype: ORT folds them at load into a plain
+    # MatMul, outlier columns written in exactly) or int8 (left as int8_linear: MatMulInteger).
+    # ``layer_forms.py`` picks a plan from op-level timings.
+    plan: str = ""
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        from qcompiler.backends.onnxruntime.layer_forms import LayerForm, lower_dequant, parse_plan
+        plan = parse_plan(self.plan)
         modified = False
         for node in list(gm.graph.nodes):
             if node.op != "call_function" or node.target not in MATMUL_OPS:
                 continue
+            wq = get_attr_value(gm, args_of(node).wq.target)
+            form = plan.get(tuple(wq.shape), LayerForm.NBITS)
             with ctx.at(node):
-                self._lower(gm, node, ctx)
-                modified = True
+                if form is LayerForm.NBITS:
+                    self._lower(gm, node, ctx)
+                elif form is LayerForm.DEQUANT:
+                    lower_dequant(gm, node)
+                modified = modified or form is not LayerForm.INT8
         return PassResult(gm, modified)
 
     def _decide(self, spec, wq, ws, idx, w_out, block, ctx) -> tuple[bool, str]:

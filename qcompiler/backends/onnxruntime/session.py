@@ -55,6 +55,8 @@ class OrtModule(nn.Module):
         self._onnx_inputs = [i.name for i in self.session.get_inputs()]
         self._onnx_shapes = [list(i.shape) for i in self.session.get_inputs()]  # ints fixed, str/None dynamic
         self._onnx_outputs = [o.name for o in self.session.get_outputs()]
+        self.generator_factory = None  # decoder LMs: builds an OrtGenerator (KV-cache export) on first generate()
+        self._generator = None
         if self._onnx_inputs != exported.input_names:
             raise UnsupportedError(f"the ONNX file's inputs {self._onnx_inputs} are not the exported "
                                    f"{exported.input_names}", hint="export the model again")
@@ -73,6 +75,19 @@ class OrtModule(nn.Module):
             feeds = {n: t.detach().cpu().contiguous().numpy() for n, t in zip(self._onnx_inputs, tensors)}
             outs = [torch.from_numpy(o).to(device) for o in self.session.run(self._onnx_outputs, feeds)]
         return self.exported.call.unflatten_output(outs)
+
+    def generate(self, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Greedy generation in ONNX Runtime with the KV cache (``generate.py``); the first call
+        exports the model once more, with its cache as inputs and outputs (``kv_cache.py``)."""
+        from qcompiler.backends.onnxruntime.generate import generate_kwargs
+        if self.generator_factory is None:
+            raise UnsupportedError("this ONNX Runtime model has no KV-cache graph to generate with",
+                                   hint="generate() in ONNX Runtime takes decoder-only LMs; "
+                                        "qm.program.root.generate(...) runs the eager compiled model")
+        options = generate_kwargs(self._eager[0], input_ids, kwargs)
+        if self._generator is None:
+            self._generator = self.generator_factory()
+        return self._generator.generate(input_ids, **options)
 
     def _check_shapes(self, tensors: list[torch.Tensor]) -> None:
         """A clear error, not ONNX Runtime's, for an input whose rank or fixed sizes the file cannot take."""

@@ -14,7 +14,7 @@ ort-cuda   MatMulNBits 8-bit weight-only on the same int8         ONNX Runtime, 
 =========  =====================================================  ==========================
 
 Weight-only layers (``w8-weight-only``, ``w4-weight-only``) become MatMulNBits on ``ort-cuda``
-and dequantize + MatMul elsewhere (ONNX Runtime folds that into an fp32 MatMul at load: faster
+(``nf4``: MatMulBnb4, when its block size divides K) and dequantize + MatMul elsewhere (ONNX Runtime folds that into an fp32 MatMul at load: faster
 on its CPU EP than MatMulNBits, whose 8-bit CPU kernel dequantizes on every call).
 """
 

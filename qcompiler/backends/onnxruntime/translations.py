@@ -9,8 +9,9 @@ Standard operators (opset 18) only, unless a function's name says ``msft``::
     int8_linear(xq, xs, wq, ws, ..) MatMulInteger(xq, wq^T) -> Cast -> Mul(xs) -> Mul(ws / 127^2);
                                     + Cast(MatMul(x_outliers, w_outliers^T)); + bias; Cast
     int8_linear_dynamic_outlier     the same, outlier columns by NonZero(mask) + Gather of X and W
-    weight_only_linear (standard)   Cast(q) - z, * per-group steps, MatMul   (weights dequantized)
+    weight_only_linear (standard)   Cast(q) - z, * per-group steps (broadcast [N, G, g]), MatMul
     weight_only_linear (msft)       com.microsoft MatMulNBits, the layout the op already stores
+    nf4_linear                      Gather(NF4 levels) * absmax, MatMul; or com.microsoft MatMulBnb4 (nf4.py)
 
 Every function mirrors the reference implementation in ``qcompiler/ops`` step by step (same
 operand order for the float ops), so ONNX Runtime reproduces the int8 codes exactly and the
@@ -155,11 +156,21 @@ def _unpack4(qweight, k: int):
     return op.Slice(flat, op.Constant(value_ints=[0]), op.Constant(value_ints=[k]), op.Constant(value_ints=[1]))
 
 
-def _per_weight(t, g: int, k: int):
-    """Per-group ``[N, G]`` -> per-weight ``[N, K]`` (``expand_groups`` in qcompiler.quant)."""
-    n, groups = t.shape[0], t.shape[1]
-    rep = op.Expand(op.Unsqueeze(t, op.Constant(value_ints=[2])), op.Constant(value_ints=[1, 1, g]))
-    flat = op.Reshape(rep, op.Constant(value_ints=[n, groups * g]))
+def _dequantize_groups(codes, scales, zeros, bits: int, g: int, k: int):
+    """``[N, K]`` codes -> ``[N, K]`` float32 weight ``(q - z) * s``, broadcast per group in the
+    graph: codes viewed as ``[N, G, g]`` times ``scales [N, G, 1]``. The file then stores the
+    steps at their real size ``[N, G]`` (an expanded ``[N, K]`` step tensor would fold into an
+    initializer as large as the fp32 weight: issue #9, bug 8)."""
+    n, groups = scales.shape[0], scales.shape[1]
+    if groups * g != k:  # the last group is shorter: pad the codes to whole groups (sliced off below)
+        codes = op.Pad(codes, op.Constant(value_ints=[0, 0, 0, groups * g - k]))
+    q = op.Cast(op.Reshape(codes, op.Constant(value_ints=[n, groups, g])), to=_F32)
+    per_group = op.Constant(value_ints=[2])
+    z = op.Unsqueeze(op.Cast(zeros, to=_F32), per_group) if zeros is not None else _c(2 ** (bits - 1))
+    w = op.Mul(op.Sub(q, z), op.Unsqueeze(scales, per_group))
+    flat = op.Reshape(w, op.Constant(value_ints=[n, groups * g]))
+    if groups * g == k:
+        return flat
     return op.Slice(flat, op.Constant(value_ints=[0]), op.Constant(value_ints=[k]), op.Constant(value_ints=[1]))
 
 
@@ -168,8 +179,7 @@ def weight_only_linear_standard(x, qweight, scales, zeros=None, bias=None, bits:
     ONNX Runtime folds the dequantization at load time (float weights in memory, small file)."""
     k = x.shape[-1]
     codes = _unpack4(qweight, k) if bits == 4 else qweight
-    z = op.Cast(_per_weight(zeros, group_size, k), to=_F32) if zeros is not None else _c(2 ** (bits - 1))
-    w = op.Mul(op.Sub(op.Cast(codes, to=_F32), z), _per_weight(scales, group_size, k))
+    w = _dequantize_groups(codes, scales, zeros, bits, group_size, k)
     y = op.MatMul(op.Cast(x, to=_F32), op.Transpose(w, perm=[1, 0]))
     if bias is not None:
         y = op.Add(y, op.Cast(bias, to=_F32))
@@ -246,7 +256,10 @@ _q = torch.ops.qcompiler
 
 def standard_table() -> dict[Callable, Callable]:
     """Translations in standard ONNX operators only: runs in any ONNX runtime."""
+    from qcompiler.backends.onnxruntime import nf4
     return {
+        _q.nf4_linear.default: nf4.nf4_linear_standard,
+        _q.dequantize_blockwise_int8.default: nf4.dequantize_blockwise_int8,
         _q.quantize_rowwise.default: quantize_rowwise,
         _q.quantize_rowwise_dynamic.default: quantize_rowwise_dynamic,
         _q.quantize_tensorwise.default: quantize_tensorwise,
@@ -278,8 +291,11 @@ def int8_linear_dynamic_outlier_u8(xq, x_scale, x, outlier_mask, wq, w_scale, bi
 
 
 def ort_table() -> dict[Callable, Callable]:
-    """The standard table, with weight-only linears as ONNX Runtime's MatMulNBits."""
-    return {**standard_table(), _q.weight_only_linear.default: weight_only_linear_msft}
+    """The standard table, with weight-only linears as ONNX Runtime's MatMulNBits and NF4 ones as
+    its MatMulBnb4 (``nf4.py``)."""
+    from qcompiler.backends.onnxruntime.nf4 import nf4_linear_msft
+    return {**standard_table(), _q.weight_only_linear.default: weight_only_linear_msft,
+            _q.nf4_linear.default: nf4_linear_msft}
 
 
 def ort_cpu_table() -> dict[Callable, Callable]:

@@ -121,6 +121,12 @@ def _rename_dims(model, call: CallSpec, axes: dict[str, dict[int, Any]]) -> None
             fix(v)
 
 
+def _rename_values(model, rename: dict[str, str]) -> None:
+    for value in list(model.graph.inputs) + list(model.graph.outputs):
+        if value.name in rename:
+            value.name = rename[value.name]
+
+
 def check_onnx_file(path: Path) -> None:
     """``onnx.checker`` (full check) and strict shape inference on the written file."""
     import onnx
@@ -138,12 +144,13 @@ def _initializer_bytes(model) -> int:
 
 def write_onnx(root: nn.Module, example_inputs: Any, path: str | os.PathLike, table: dict, *,
                dynamic_shapes: dict | None = None, external_data: bool | None = None, check: bool = True,
-               inside: Callable[[tuple[tuple, dict]], contextlib.AbstractContextManager] | None = None
-               ) -> tuple[CallSpec, Path, bool, list[Path]]:
+               inside: Callable[[tuple[tuple, dict]], contextlib.AbstractContextManager] | None = None,
+               rename: dict[str, str] | None = None) -> tuple[CallSpec, Path, bool, list[Path]]:
     """Export ``root`` called with ``example_inputs`` to ``path``. ``inside((args, kwargs))``, given
     the example call as the export makes it, is entered around the export itself (compiled models
-    swap their lowered graphs in there). Returns the call spec, the path, whether the weights went
-    to external data, and the files written."""
+    swap their lowered graphs in there). ``rename`` gives graph inputs/outputs names that are no
+    Python identifiers (``past_key_values.0.key``). Returns the call spec, the path, whether the
+    weights went to external data, and the files written."""
     path = Path(path)
     if path.suffix != ".onnx":
         raise ConfigError(f"export path {str(path)!r} must end in .onnx")
@@ -159,6 +166,7 @@ def write_onnx(root: nn.Module, example_inputs: Any, path: str | os.PathLike, ta
         with (inside((args, {**kwargs, **call.fixed})) if inside else contextlib.nullcontext()):
             program = _run_exporter(root, call, tensors, axes, table)
         _rename_dims(program.model, call, axes)
+        _rename_values(program.model, rename or {})
         big = _initializer_bytes(program.model) > EXTERNAL_DATA_BYTES
         use_external = big if external_data is None else bool(external_data)
         if big and not use_external:

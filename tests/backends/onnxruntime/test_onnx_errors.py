@@ -23,10 +23,18 @@ def test_not_compiled(mlp, tmp_path):
 
 
 def test_scheme_without_onnx_lowering(compile_mlp, tmp_path):
-    # NF4's codebook lookup has no translation (yet): the error names the layer and the op
+    # a target whose table lacks an op the model uses: the error names the layer and the op
+    import torch
+
+    from qcompiler.backends.onnxruntime import ExportTarget, register_target
+    from qcompiler.backends.onnxruntime.translations import standard_table
+    nf4 = torch.ops.qcompiler.nf4_linear.default
+    register_target(ExportTarget("test-no-nf4", "label-onnx-lowering",
+                                 lambda: {k: v for k, v in standard_table().items() if k is not nf4},
+                                 ("CPUExecutionProvider",)))
     qm = compile_mlp("nf4")
     with pytest.raises(UnsupportedError, match="layer 'up' uses qcompiler::nf4_linear, which has no ONNX lowering"):
-        qcompiler.export_onnx(qm, outlier_x(2, 8, 24), tmp_path / "mlp.onnx")
+        qcompiler.export_onnx(qm, outlier_x(2, 8, 24), tmp_path / "mlp.onnx", target="test-no-nf4")
     _nothing_written(tmp_path)
 
 
