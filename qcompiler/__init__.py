@@ -20,6 +20,7 @@ from qcompiler.schemes import Scheme, list_schemes, pipeline_for, register_schem
 from qcompiler.serialize import load, save
 from qcompiler.spec import SPEC_KEY, LinearQuantSpec, get_spec
 from qcompiler.verify import verify_graph
+from qcompiler.loading import from_pretrained  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -34,7 +35,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'qcompiler' has no attribute {name!r}")
 
 __all__ = [
-    "compile", "QuantizedModel", "export_onnx",
+    "compile", "QuantizedModel", "export_onnx", "from_pretrained",
     "list_schemes", "register_scheme", "Scheme", "pipeline_for",
     "register_pass", "list_passes", "parse_pipeline", "print_pipeline",
     "Pass", "GraphPass", "ProgramPass", "PassResult", "PassContext", "PassManager",

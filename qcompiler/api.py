@@ -20,6 +20,7 @@ from qcompiler.meta_device import check_not_meta
 from qcompiler.model_bytes import larger_than_float_note, state_bytes, tied_layer_notes
 from qcompiler.pass_manager import PassContext, PassManager, Program, Region, parse_pipeline
 from qcompiler.passes.annotate_linears import SUPPORTED_DTYPES
+from qcompiler.memory_usage import records_peak_memory
 from qcompiler.report import Report, build_report
 from qcompiler.schemes import get_scheme
 from qcompiler.serialize.record import CompileRecord, weights_digest
@@ -101,11 +102,12 @@ def _check_dtypes(model: nn.Module) -> None:
                                         "cast the model, e.g. model.float()")
 
 
+@records_peak_memory  # report().memory: this call's peak device/host memory
 def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: Iterable[Any] | None = None, *,
             example_inputs: Any = None, backend: str = "eager", capture: str = "export",
             whole_graph: bool = False, pipeline: str | None = None, verify: bool = False,
             progress: bool = True, max_calibration_batches: int | None = None,
-            allow_fallback: bool = False, **options: Any) -> QuantizedModel:
+            allow_fallback: bool = False, inplace: bool = False, **options: Any) -> QuantizedModel:
     """Quantize ``model`` with ``scheme`` and return a module with the same call signature.
 
     >>> qm = qcompiler.compile(model, scheme="int8-outlier", calibration_data=batches, threshold=6.0)
@@ -116,7 +118,13 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
     args. Scheme options (``threshold``, ``outlier_mode``, ...) go in ``options``. ``pipeline``
     replaces the scheme's pass pipeline with a text pipeline of your own. ``allow_fallback=True``
     lets layers the backend cannot run keep the reference ops (each one noted in the report)
-    instead of failing. The model passed in is never modified: compile works on a copy.
+    instead of failing.
+
+    By default the model passed in is never modified: compile works on a copy, so its peak memory
+    is about twice the float model plus the quantized one. ``inplace=True`` quantizes the model
+    itself, block by block, releasing each block's float weights once it is done (peak: the float
+    model plus one block); the model passed in then *is* the compiled one's inside. To quantize a
+    checkpoint that does not fit in memory, use :func:`qcompiler.from_pretrained`.
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"compile takes a torch.nn.Module, got {type(model).__name__}")
@@ -148,6 +156,12 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
     ref_calls = (calib.calls[:2] if calib is not None else [example])
     with eval_mode(model) as was_training:  # the compiled model runs in eval mode: compare like with like
         ref_outs = _run_reference(model, ref_calls)
+    if inplace:  # the memory-lean path lives in qcompiler.loading.inplace
+        from qcompiler.loading.inplace import compile_inplace, plan_for
+        qm = compile_inplace(model, plan_for(scheme, options, backend, capture, calib, progress, verify, allow_fallback,
+                                             pipeline, whole_graph), calib.calls if calib is not None else [example])
+        _compare_outputs(qm, ref_calls, ref_outs, qm.report())
+        return qm
     base = weights_digest(model)
     qmodel = copy.deepcopy(model).eval()
     plan = capture_regions(qmodel, *example, method=method, whole=whole_graph, progress=progress)

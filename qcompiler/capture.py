@@ -304,15 +304,16 @@ def _record_calls(model: nn.Module, args: tuple, kwargs: dict) -> dict[nn.Module
 
 
 def capture_regions(model: nn.Module, args: tuple, kwargs: dict, method: CaptureMethod,
-                    whole: bool = False, progress: bool = False) -> CapturePlan:
+                    whole: bool = False, progress: bool = False, cache: dict | None = None) -> CapturePlan:
     """Capture ``model`` in place: every capturable region is swapped for a RegionModule.
 
     ``whole=True`` captures the model as one graph or raises CaptureError naming what broke it
-    and which submodules would capture instead.
+    and which submodules would capture instead. ``cache`` (see :func:`capture_module`) may be
+    shared between calls, e.g. one per block of a model compiled block by block.
     """
     calls = _record_calls(model, args, kwargs)
     plan = CapturePlan()
-    cache: dict = {}
+    cache = {} if cache is None else cache
     bar = tqdm(desc="capturing", unit="module", leave=False, disable=not progress)
 
     def visit(path: str, mod: nn.Module, parent: nn.Module | None, attr: str) -> None:

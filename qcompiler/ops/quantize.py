@@ -74,9 +74,15 @@ def quantize_tensorwise_fake(x):
     return x.new_empty(x.shape, dtype=torch.int8), x.new_empty((1,), dtype=torch.float32)
 
 
+_ROWS_PER_CHUNK = 4096  # an LM head (128k rows) in float32 at once would take several GB
+
+
 def quantize_weight(w: Tensor, per_channel: bool = True) -> tuple[Tensor, Tensor]:
     """Quantize a ``[N, K]`` weight: absmax per output channel (``[N]`` scales) or per tensor
     (``[1]``). Runs once at compile time, so it is a plain function, not an op."""
+    if per_channel and w.shape[0] > _ROWS_PER_CHUNK:  # rows are independent: bound the float32 temporaries
+        parts = [quantize_weight(w[i:i + _ROWS_PER_CHUNK]) for i in range(0, w.shape[0], _ROWS_PER_CHUNK)]
+        return torch.cat([q for q, _ in parts]), torch.cat([s for _, s in parts])
     wf = w.detach().float()
     if per_channel:
         scale = wf.abs().amax(dim=1).clamp_min(_TINY) if wf.shape[1] else wf.new_full((wf.shape[0],), _TINY)

@@ -54,10 +54,14 @@ def _quantize_int8(gm, spec, w, base, bias) -> WeightRefs:
     w_int = w.detach()
     outlier_weight = None
     static = spec.outliers is OutlierMode.STATIC and bool(spec.outlier_idx)
+    per_channel = spec.weight is WeightGranularity.CHANNEL
     if static:
         outlier_weight = add_buffer(gm, base + "_wout", w_int.index_select(1, idx).contiguous())
-        w_int = w_int.index_fill(1, idx, 0)
-    qw, scale = quantize_weight(w_int, per_channel=spec.weight is WeightGranularity.CHANNEL)
+    if static and per_channel and w_int.shape[0]:  # rows are independent: zero the outlier columns a row chunk at a time, no full copy
+        parts = [quantize_weight(w_int[i:i + 4096].index_fill(1, idx, 0)) for i in range(0, w_int.shape[0], 4096)]
+        qw, scale = torch.cat([q for q, _ in parts]), torch.cat([sc for _, sc in parts])
+    else:
+        qw, scale = quantize_weight(w_int.index_fill(1, idx, 0) if static else w_int, per_channel=per_channel)
     return WeightRefs(qweight=add_buffer(gm, base + "_qweight", qw), scale=add_buffer(gm, base + "_wscale", scale),
                       outlier_weight=outlier_weight,
                       outlier_idx=add_buffer(gm, base + "_oidx", idx) if static else None, bias=bias)

@@ -21,10 +21,10 @@ def pack_int4(codes: Tensor) -> Tensor:
     if codes.is_floating_point() or codes.dtype == torch.bool:
         raise UnsupportedError(f"pack_int4 takes integer codes, got {codes.dtype}",
                                hint="quantize first (qcompiler.quant.quantize_uint), then pack the codes")
-    c = codes.to(torch.int32)
-    if c.numel() and (c.min() < 0 or c.max() > 15):
-        raise UnsupportedError(f"pack_int4: codes must lie in 0..15, got {int(c.min())}..{int(c.max())}",
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) > 15):
+        raise UnsupportedError(f"pack_int4: codes must lie in 0..15, got {int(codes.min())}..{int(codes.max())}",
                                hint="4-bit codes are unsigned; add the zero point (8 when symmetric) first")
+    c = codes.to(torch.uint8)  # in 0..15, so uint8 holds the shifted nibble too: no int32 copy (an LM head's is GBs)
     if c.shape[-1] % 2:
         c = torch.nn.functional.pad(c, (0, 1))
     return (c[..., 0::2] | (c[..., 1::2] << 4)).to(torch.uint8)

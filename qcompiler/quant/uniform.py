@@ -57,9 +57,24 @@ def expand_groups(t: Tensor, g: int, k: int) -> Tensor:
     return t.repeat_interleave(g, dim=1)[:, :k]
 
 
+# Rows quantized at a time: each row's groups are independent, and the float32 temporaries of a
+# whole LM head (128k x 4096) would take several GB at once.
+ROWS_PER_CHUNK = 4096
+
+
 def quantize_uint(w: Tensor, bits: int, group_size: int = 0, symmetric: bool = True) -> UIntWeight:
     if bits not in (2, 3, 4, 5, 6, 7, 8):
         raise ConfigError(f"bits must be between 2 and 8, got {bits}")
+    if w.shape[0] > ROWS_PER_CHUNK:
+        parts = [_quantize_uint(w[i:i + ROWS_PER_CHUNK], bits, group_size, symmetric)
+                 for i in range(0, w.shape[0], ROWS_PER_CHUNK)]
+        zeros = torch.cat([p.zeros for p in parts]) if parts[0].zeros is not None else None
+        return UIntWeight(torch.cat([p.codes for p in parts]), torch.cat([p.scales for p in parts]), zeros,
+                          bits, parts[0].group_size)
+    return _quantize_uint(w, bits, group_size, symmetric)
+
+
+def _quantize_uint(w: Tensor, bits: int, group_size: int, symmetric: bool) -> UIntWeight:
     n, k = w.shape
     g = effective_group_size(k, group_size)
     wg = group_view(w.detach(), g)

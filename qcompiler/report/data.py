@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from qcompiler.memory_usage import MemoryUsage
+
 __all__ = ["LayerReport", "Report"]
 
 
@@ -37,6 +39,7 @@ class Report:
     output_rel_error: float | None = None
     output_cosine: float | None = None
     notes: list[str] = field(default_factory=list)
+    memory: MemoryUsage | None = None      # bytes once per storage, and the peak of the call that made it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

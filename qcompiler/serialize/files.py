@@ -1,8 +1,11 @@
-"""The two files of a saved model: names, format version, hashes, and reading them back checked.
+"""The files of a saved model: names, format version, hashes, and reading them back checked.
 
-``model.safetensors`` carries the sha256 of the description (in its metadata); ``qcompiler.json``
-carries the sha256 and size of ``model.safetensors``. Either file changed after saving, or cut
-short, is an :class:`~qcompiler.serialize.errors.IntegrityError` before anything is rebuilt.
+Tensors live in ``model.safetensors`` or, past ``max_shard_size``, in shards
+``model-0000k-of-0000n.safetensors`` (plus a Hugging Face style ``model.safetensors.index.json``).
+Every shard carries the sha256 of the description (in its metadata); ``qcompiler.json`` carries
+the sha256 and size of every shard. A file changed after saving, or cut short, is an
+:class:`~qcompiler.serialize.errors.IntegrityError` before anything is rebuilt. Format version 1
+(one ``model.safetensors``, ``weights: {file, bytes, sha256}``) is still read.
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ import torch
 
 from qcompiler.serialize.errors import IntegrityError, VersionMismatchError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "WEIGHTS_FILE", "DESCRIPTION_FILE", "DESCRIPTION_SHA", "versions",
+__all__ = ["FORMAT", "FORMAT_VERSION", "READABLE_VERSIONS", "INDEX_FILE", "weight_files", "WEIGHTS_FILE", "DESCRIPTION_FILE", "DESCRIPTION_SHA", "versions",
            "canonical_sha", "file_sha256", "read_description", "check_versions", "read_weights", "verify_files",
            "read_tensors"]
 
 FORMAT = "qcompiler.saved_model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+INDEX_FILE = "model.safetensors.index.json"
 WEIGHTS_FILE = "model.safetensors"
 DESCRIPTION_FILE = "qcompiler.json"
 DESCRIPTION_SHA = "qcompiler.description_sha256"  # safetensors metadata: ties the two files together
@@ -62,7 +67,7 @@ def read_description(path: str | os.PathLike) -> dict[str, Any]:
         raise IntegrityError(f"{p} is not valid JSON ({e})", hint="the file is damaged: save the model again") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise IntegrityError(f"{p} is not a qcompiler saved model")
-    if doc.get("format_version") != FORMAT_VERSION:
+    if doc.get("format_version") not in READABLE_VERSIONS:
         raise VersionMismatchError(f"{p} has format version {doc.get('format_version')!r}; this qcompiler "
                                    f"reads version {FORMAT_VERSION}",
                                    hint=f"load it with the qcompiler that saved it "
@@ -83,9 +88,15 @@ def check_versions(doc: dict[str, Any]) -> None:
                 hint=f"use {name} {then.get(name, '?')}, or pass check_versions=False to try anyway")
 
 
-def read_weights(root: Path, doc: dict[str, Any]) -> dict[str, torch.Tensor]:
+def weight_files(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """``[{file, bytes, sha256}, ...]`` of a description, either format version."""
     w = doc.get("weights") or {}
-    p = root / str(w.get("file", WEIGHTS_FILE))
+    if "files" in w:
+        return list(w["files"])
+    return [{"file": str(w.get("file", WEIGHTS_FILE)), "bytes": w.get("bytes"), "sha256": w.get("sha256")}]
+
+
+def _check_file(p: Path, w: dict[str, Any], verify: bool) -> None:
     if not p.is_file():
         raise IntegrityError(f"{p} does not exist", hint="copy the whole saved directory")
     size = p.stat().st_size
@@ -93,17 +104,30 @@ def read_weights(root: Path, doc: dict[str, Any]) -> dict[str, torch.Tensor]:
         raise IntegrityError(f"{p} is {size} bytes, {w.get('bytes')} were written"
                              + (" (truncated)" if isinstance(w.get("bytes"), int) and size < w["bytes"] else ""),
                              hint="the file is damaged or incomplete: copy or save it again")
-    if file_sha256(p) != w.get("sha256"):
+    if verify and file_sha256(p) != w.get("sha256"):
         raise IntegrityError(f"{p} does not match the sha256 recorded in {DESCRIPTION_FILE}",
                              hint="the file was changed after it was written: save the model again")
+
+
+def read_weights(root: Path, doc: dict[str, Any], *, device: str | torch.device = "cpu",
+                 verify: bool = True) -> dict[str, torch.Tensor]:
+    """Every tensor of a saved model, read straight onto ``device`` (safetensors memory-maps each
+    shard and copies one tensor at a time). ``verify=False`` skips the sha256 (sizes still checked)."""
     from safetensors import safe_open
 
-    with safe_open(str(p), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get(DESCRIPTION_SHA) != canonical_sha(doc):
-            raise IntegrityError(f"{DESCRIPTION_FILE} was changed after the model was saved",
-                                 hint="its contents no longer match the hash stored with the tensors")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    files = weight_files(doc)
+    for w in files:
+        _check_file(root / str(w["file"]), w, verify)
+    want = canonical_sha(doc)
+    tensors: dict[str, torch.Tensor] = {}
+    for w in files:
+        with safe_open(str(root / str(w["file"])), framework="pt", device=str(device)) as f:
+            meta = f.metadata() or {}
+            if meta.get(DESCRIPTION_SHA) != want:
+                raise IntegrityError(f"{DESCRIPTION_FILE} was changed after the model was saved",
+                                     hint="its contents no longer match the hash stored with the tensors")
+            for k in f.keys():
+                tensors[k] = f.get_tensor(k)
     manifest = doc.get("tensors", {})
     if set(manifest) != set(tensors):
         raise IntegrityError("the tensors in the file differ from those listed in the description")

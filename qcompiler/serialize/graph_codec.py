@@ -133,8 +133,9 @@ def _decode_target(entry: dict[str, Any], python: dict[str, Any]) -> Any:
     if "python" in t:
         if t["python"] not in python:
             raise LoadError(f"node '{entry['name']}' calls Python function {t['python']!r}, which the "
-                            "re-captured model does not call", hint="the file was changed, or the base "
-                            "model's code differs from the one the model was saved with")
+                            "re-captured model does not call", hint="the file was changed, the base "
+                            "model's code differs from the one the model was saved with, or (loading "
+                            "without the float model) the graph needs it: pass it, load(dir, model)")
         return python[t["python"]]
     raise LoadError(f"node '{entry['name']}': malformed target {t!r}")
 
@@ -152,13 +153,21 @@ def _decode_meta(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def decode_graph(nodes: list[dict[str, Any]], template: fx.GraphModule) -> fx.Graph:
+def decode_graph(nodes: list[dict[str, Any]], template: fx.GraphModule | None) -> fx.Graph:
     """Rebuilds the saved graph; calling convention, submodules and Python callables come from
-    ``template`` (the re-captured region), whose unchanged nodes also lend their meta."""
-    python = _python_targets(template.graph)
-    old = {n.name: n for n in template.graph.nodes}
-    graph = fx.Graph(owning_module=template)
-    graph._codegen = template.graph._codegen
+    ``template`` (the re-captured region), whose unchanged nodes also lend their meta.
+
+    Without a template (``load(dir)`` with no float model) the graph is called positionally, as
+    compile leaves it, and may call registered operators and ``operator`` functions only."""
+    if template is None:
+        python = _python_targets(fx.Graph())
+        old: dict[str, fx.Node] = {}
+        graph = fx.Graph()
+    else:
+        python = _python_targets(template.graph)
+        old = {n.name: n for n in template.graph.nodes}
+        graph = fx.Graph(owning_module=template)
+        graph._codegen = template.graph._codegen
     made: dict[str, fx.Node] = {}
     for entry in nodes:
         name = entry.get("name")

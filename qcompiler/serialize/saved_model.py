@@ -31,13 +31,15 @@ from qcompiler.serialize.files import check_versions as _check_versions
 from qcompiler.serialize.files import (DESCRIPTION_FILE, DESCRIPTION_SHA, FORMAT, FORMAT_VERSION, WEIGHTS_FILE,
                                        canonical_sha, file_sha256, read_description, read_weights,
                                        versions)
+from qcompiler.serialize.directory_writer import parse_size, plan_shards, write_directory
 from qcompiler.serialize.graph_codec import decode_graph, encode_graph
+from qcompiler.serialize.hf_config import calling_convention, hf_config_of, write_generation_config
 from qcompiler.serialize.record import CompileRecord, WeightsDigest, weights_digest
 from qcompiler.serialize.tensors import (TensorEntry, TensorTable, drop_unlisted, outer_tensors, region_tensors,
                                          set_tensor)
 from qcompiler.serialize.values import decode_arg, encode_arg, from_json, to_json
 
-__all__ = ["save", "load"]
+__all__ = ["save", "load_with_model"]
 
 def _options_json(options: dict[str, Any]) -> dict[str, Any]:
     out = {}
@@ -50,13 +52,19 @@ def _options_json(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def save(qm: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None,
-         format: str = "qcompiler", **format_options: Any) -> Path:
-    """Writes ``qm`` (from :func:`qcompiler.compile`) to the directory ``path``; returns it.
+         tokenizer: Any = None, max_shard_size: int | str = "4GB", format: str = "qcompiler",
+         **format_options: Any) -> Path:
+    """Writes ``qm`` (from :func:`qcompiler.compile` or :func:`qcompiler.from_pretrained`) to the
+    directory ``path``; returns it.
 
-    >>> qcompiler.save(qm, "minilm-int8")       # model.safetensors + qcompiler.json
-    >>> qm2 = qcompiler.load("minilm-int8", float_model)
+    >>> qcompiler.save(qm, "llama-int8", tokenizer=tok)  # config.json, shards, qcompiler.json
+    >>> qm2 = qcompiler.load("llama-int8", device="cuda")  # no float model needed
 
-    ``metadata`` (JSON-able) is stored as is, e.g. where the base model came from.
+    A Hugging Face model also gets its ``config.json`` (with a ``quantization_config`` block:
+    ``{"quant_method": "qcompiler", "scheme": ..., options}``) and, when given, the tokenizer's
+    files: ``load(path)`` then rebuilds it from the directory alone. Tensors go in safetensors
+    shards of at most ``max_shard_size``. Files appear atomically (see
+    :mod:`qcompiler.serialize.directory_writer`). ``metadata`` (JSON-able) is stored as is.
     ``format="compressed-tensors"`` writes a Hugging Face model as a compressed-tensors checkpoint
     (for transformers and vLLM); ``format_options`` go to
     :func:`qcompiler.formats.compressed_tensors_writer.save_compressed_tensors`.
@@ -75,7 +83,6 @@ def save(qm: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | N
         raise SaveError(f"save takes the model returned by qcompiler.compile, got {type(qm).__name__}")
     rec: CompileRecord = qm.record
     out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
     table = TensorTable()
     example = {"args": encode_arg(tuple(rec.example_args), lambda t: _add(table, "example", t)),
                "kwargs": encode_arg(dict(rec.example_kwargs), lambda t: _add(table, "example", t))}
@@ -89,6 +96,7 @@ def save(qm: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | N
             entries[target] = {"key": key, **to_json(entry)}
         regions.append({"path": region.path, "consts": encode_arg(dict(region.module._consts)),
                         "graph": encode_graph(gm.graph), "tensors": entries,
+                        "calling": calling_convention(region.module),
                         "before": rec.graphs_before[region.label].to_dict()
                         if region.label in rec.graphs_before else None})
     outer = {}
@@ -116,19 +124,21 @@ def save(qm: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | N
         json.dumps(doc["metadata"])
     except TypeError as e:
         raise SaveError(f"metadata is not JSON-able: {e}") from e
-    from safetensors.torch import save_file
+    where = plan_shards(table.tensors, parse_size(max_shard_size))
+    for k, entry in doc["tensors"].items():
+        entry["file"] = where[k]
+    hf_config = hf_config_of(qm, rec)
+    if hf_config is not None:
+        doc["hf_config"] = True
 
-    weights = out / WEIGHTS_FILE
-    tmp = out / (WEIGHTS_FILE + ".tmp")
-    save_file(table.tensors, str(tmp), metadata={"format": FORMAT, DESCRIPTION_SHA: canonical_sha(doc)})
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates the file private; make it like any other
-    os.replace(tmp, weights)
-    doc["weights"] = {"file": WEIGHTS_FILE, "bytes": weights.stat().st_size, "sha256": file_sha256(weights)}
-    tmp = out / (DESCRIPTION_FILE + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, out / DESCRIPTION_FILE)
+    def extra(tmp: Path) -> None:
+        if hf_config is not None:
+            (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True))
+            write_generation_config(qm, tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+
+    write_directory(out, table.tensors, where, doc, canonical_sha(doc), extra)
     return out
 
 
@@ -138,20 +148,12 @@ def _add(table: TensorTable, prefix: str, t: torch.Tensor) -> str:
     return key
 
 
-def load(path: str | os.PathLike, model: nn.Module | None = None, *, check_versions: bool = True,
-         **options: Any) -> nn.Module:
+def load_with_model(path: str | os.PathLike, model: nn.Module, *, check_versions: bool = True,
+                    verify: bool = True) -> nn.Module:
     """Rebuilds the compiled model saved in ``path`` on top of ``model``, the float model it was
     compiled from (checked by a sha256 of its weights). No calibration runs; outputs are bit for
-    bit those of the saved model. ``model`` is not modified.
-
-    Without ``model``, ``path`` may be a GPTQ / AWQ / compressed-tensors checkpoint: the format is
-    detected from its config (see :func:`qcompiler.formats.load_checkpoint`, which gets ``options``)."""
-    if model is None:
-        if not (Path(path) / DESCRIPTION_FILE).is_file():
-            from qcompiler.formats import load_checkpoint
-            return load_checkpoint(path, **options)
-        raise LoadError(f"{path} was saved by qcompiler.save: load it with the float model it was compiled from",
-                        hint="qcompiler.load(path, model)")
+    bit those of the saved model. ``model`` is not modified. (:func:`qcompiler.load` dispatches
+    here when given a model.)"""
     from qcompiler.api import QuantizedModel
     from qcompiler.backends import get_backend
     from qcompiler.capture import CaptureMethod, capture_regions
@@ -169,7 +171,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, check_versi
         comp = doc["compile"]
     except (KeyError, ValueError, TypeError) as e:
         raise IntegrityError(f"{DESCRIPTION_FILE} is missing or has a malformed entry: {e}") from None
-    tensors = read_weights(root, doc)
+    tensors = read_weights(root, doc, verify=verify)
     _check_base(model, base)
     try:
         backend = get_backend(comp["backend"])  # registers the backend's ops, which the graphs may call
