@@ -119,7 +119,9 @@ def _layer_error(gm: fx.GraphModule, spec, w: torch.Tensor, x: torch.Tensor):
     x = x.to(device=w.device, dtype=w.dtype)
     with torch.no_grad():
         y = mini(x).double()
-        ref = x.double() @ w.double().t() + (bias.double() if bias is not None else 0)
+        xd = x.double()  # W in float64 4096 rows at a time: a whole one is 4x its fp16 bytes
+        ref = torch.cat([xd @ w[i:i + 4096].double().t() for i in range(0, w.shape[0], 4096)], dim=-1) \
+            + (bias.double() if bias is not None else 0)
     err = (y - ref).norm().item()
     sig = ref.norm().item()
     sqnr = float("inf") if err == 0 else 10 * math.log10(max(sig, 1e-300) ** 2 / err ** 2)

@@ -187,7 +187,11 @@ class CheckpointReader:
             except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
                 raise CheckpointError(f"cannot read {key!r} from {f}: {e}", hint="copy the shard again") from None
         if dtype is not None and t.is_floating_point() and t.dtype != dtype:
-            t = t.to(device=device, dtype=dtype)
+            return t.to(device=device, dtype=dtype)
+        if torch.device(device).type == "cpu":
+            # safetensors hands out views of the shard's memory map: a view kept (the embeddings) keeps
+            # the whole map, and every page of it read since, resident. A copy owns its memory.
+            return t.clone()
         return t.to(device)
 
     def close(self) -> None:

@@ -152,6 +152,7 @@ def _stream(model: nn.Module, reader: CheckpointReader, calls, scheme: str, opti
         return reader.get(slots.stored_name(key, reader), dtype=dtype, device=placement.device_for(key))
 
     materialize(slots, [k for k in slots.groups if k not in in_blocks and k not in head_keys], get)
+    reader.close()
     for name, b in list(model.named_buffers()):  # computed buffers (rotary) go along
         if b.device != placement.device_for(name) and b.device.type != "meta":
             owner_path, _, attr = name.rpartition(".")
@@ -163,15 +164,19 @@ def _stream(model: nn.Module, reader: CheckpointReader, calls, scheme: str, opti
     def bring_in(i: int) -> None:
         release_host_memory()  # what the last block freed goes back to the OS before the next comes in
         materialize(slots, block_keys[i], get)
+        reader.close()  # unmap the shard: the pages read stay in the page cache, not in our RSS
 
     units, float_last = run_blocks(blocks, prefix, first, plan, bring_in=bring_in, calibrate_on=calibrate_on,
                                    progress=progress, place=lambda i, c: placement.place(f"{prefix}.{i}", c),
                                    finished=lambda i: placement.done(model, f"{prefix}.{i}"))
+    release_host_memory()
     materialize(slots, sorted(head_keys), get)
+    reader.close()
     for head in heads:
         module = model.get_submodule(head)
         head_calls = record_calls(model, module, calls, device=placement.input_device,
                                   override=(blocks[-1], float_last) if float_last is not None else None)
+        release_host_memory()
         res = compile_unit(module, head, placement.place(head, head_calls), plan)
         if res.root is not module:
             parent_path, _, attr = head.rpartition(".")
