@@ -103,6 +103,8 @@ def from_pretrained(path: str | os.PathLike, scheme: str = "int8-outlier",
     reader = CheckpointReader(root)
     if device_map is not None:  # where each block goes: qcompiler.loading.placement
         from qcompiler.loading.mapped_stream import placement_for
+        if device is not None:
+            raise ConfigError("from_pretrained got both device= and device_map=", hint="pass one of them")
         placement, dev, max_memory = placement_for(root, device_map, max_memory, offload_folder, scheme, dtype)
     else:
         placement = SingleDevice(dev)
