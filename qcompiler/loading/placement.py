@@ -11,6 +11,7 @@ the hooks are replaced by one ``accelerate.dispatch_model`` over the whole map.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from torch.utils._pytree import tree_map
 from qcompiler.errors import ConfigError
 from qcompiler.loading.device_map import DeviceMapPlan
 
-__all__ = ["SingleDevice", "MappedPlacement", "dispatch", "PRELOAD_CLASSES"]
+__all__ = ["SingleDevice", "MappedPlacement", "dispatch", "has_offloaded", "onloaded", "attributes_to", "PRELOAD_CLASSES"]
 
 # A region's graph reads its tensors with get_attr, never calling the modules holding them: the
 # whole region must be loaded before it runs (accelerate's preload_module_classes).
@@ -173,3 +174,23 @@ def dispatch(model: nn.Module, plan: DeviceMapPlan, *, state_dict: dict | None =
     for path in plan.entries:
         attributes_to(model.get_submodule(path) if path else model, plan.execution_device(path))
     return model
+
+
+def has_offloaded(model: nn.Module) -> bool:
+    """Whether accelerate hooks hold some of ``model``'s tensors offloaded (on ``meta`` now)."""
+    from accelerate.utils import has_offloaded_params
+
+    return any(has_offloaded_params(m) and any(t.device.type == "meta" for t in m.state_dict().values())
+               for m in model.modules())
+
+
+@contextlib.contextmanager
+def onloaded(model: nn.Module):
+    """Every offloaded tensor of ``model`` brought onto the CPU for the duration (to save the model)."""
+    from accelerate.utils import align_module_device, has_offloaded_params
+
+    with contextlib.ExitStack() as stack:
+        for m in model.modules():
+            if has_offloaded_params(m):
+                stack.enter_context(align_module_device(m, torch.device("cpu")))
+        yield model

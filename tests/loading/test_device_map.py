@@ -124,3 +124,12 @@ def test_disk_needs_an_offload_folder_and_load_rejects_bad_maps(llama_dir, calib
         _stream(llama_dir[1], "w4-weight-only", calib, prompt, device_map=CPU_DISK)
     with pytest.raises(ConfigError, match="'model.layers.7'"):
         qcompiler.load(single["w4-weight-only"][1], device_map={**CPU_DISK, "model.layers.7": "cpu"})
+
+
+def test_save_of_an_offloaded_model_round_trips(llama_dir, calib, prompt, single, tmp_path):
+    qm = _stream(llama_dir[1], "w4-weight-only", calib, prompt, device_map=CPU_DISK, offload_folder=tmp_path / "off")
+    qcompiler.save(qm, tmp_path / "saved")  # the disk block is brought in to be written
+    assert _on_meta(qm.model.model.layers[1])  # and offloaded again afterwards
+    ref = single["w4-weight-only"][2]
+    assert torch.equal(_logits(qcompiler.load(tmp_path / "saved"), prompt), ref)
+    assert torch.equal(_logits(qm, prompt), ref)
