@@ -115,6 +115,8 @@ def from_pretrained(path: str | os.PathLike, scheme: str = "int8-outlier",
         qm = _stream(model, reader, calls, scheme, dict(options), dtype, dev, backend=backend, capture=capture,
                      calibrated=calib is not None, calibrate_on=calibrate_on, progress=progress, verify=verify,
                      allow_fallback=allow_fallback, max_memory=max_memory, placement=placement)
+    if device_map is not None:
+        qm.report().notes.append(f"placed with device_map ({placement.plan.describe()})")
     mem = qm.report().memory
     mem.peak_device_bytes, mem.peak_host_bytes, mem.host_bytes_at_start = peak.device_bytes, peak.host_bytes, \
         peak.host_start

@@ -133,3 +133,20 @@ def test_save_of_an_offloaded_model_round_trips(llama_dir, calib, prompt, single
     ref = single["w4-weight-only"][2]
     assert torch.equal(_logits(qcompiler.load(tmp_path / "saved"), prompt), ref)
     assert torch.equal(_logits(qm, prompt), ref)
+
+
+def test_coarse_entries_are_split_into_blocks(llama_dir, calib, prompt, single, tmp_path):
+    from qcompiler.loading.device_map import resolve_device_map
+    from qcompiler.loading.skeleton import build_skeleton
+
+    skeleton = build_skeleton(llama_dir[1], torch.float32)
+    units = ["model.layers.0", "model.layers.1", "lm_head"]
+    plan = resolve_device_map(skeleton, {"": "cpu", "model.layers": "disk"}, units)
+    assert plan.entries == {"model.embed_tokens": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu",
+                            "lm_head": "cpu", "model.layers.0": "disk", "model.layers.1": "disk"}
+    assert plan.is_offloaded("model.layers.1.mlp.up_proj.weight") and not plan.is_offloaded("lm_head.weight")
+    qm = _stream(llama_dir[1], "w4-weight-only", calib, prompt, device_map={"": "cpu", "model.layers": "disk"},
+                 offload_folder=tmp_path)
+    assert _on_meta(qm.model.model.layers[0]) and _on_meta(qm.model.model.layers[1])
+    assert any("device_map" in n for n in qm.report().notes)
+    assert torch.equal(_logits(qm, prompt), single["w4-weight-only"][2])
