@@ -105,7 +105,7 @@ def from_pretrained(path: str | os.PathLike, scheme: str = "int8-outlier",
         from qcompiler.loading.mapped_stream import placement_for
         if device is not None:
             raise ConfigError("from_pretrained got both device= and device_map=", hint="pass one of them")
-        placement, dev, max_memory = placement_for(root, device_map, max_memory, offload_folder, scheme, dtype)
+        placement, dev, max_memory = placement_for(device_map, max_memory, offload_folder, scheme, dtype)
     else:
         placement = SingleDevice(dev)
     with PeakMemory(dev) as peak:

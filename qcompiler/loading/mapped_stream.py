@@ -8,7 +8,6 @@ skeleton (``bind``) before any weight is read; it then acts as a
 
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping
 
 import torch
@@ -70,11 +69,6 @@ class DeferredPlacement:
                 cap = next((_bytes(v) for k, v in max_memory.items() if k in (dev.index, str(dev))), None)
             _check_device_memory(reader, slots, mine, dtype, dev, cap, prefix)
 
-    def __getattr__(self, name: str):
-        if name.startswith("_") or self._mapped is None:
-            raise AttributeError(name)
-        return getattr(self._mapped, name)
-
     def device_for(self, name):
         return self._mapped.device_for(name)
 
@@ -94,9 +88,9 @@ class DeferredPlacement:
         return self._mapped.finish(model)
 
 
-def placement_for(root: os.PathLike, device_map, max_memory, offload_folder, scheme: str, dtype: torch.dtype):
-    """(placement, main device, max_memory for the single-device check) for ``from_pretrained``."""
-    del root  # the map is checked against the skeleton, in bind()
+def placement_for(device_map, max_memory, offload_folder, scheme: str, dtype: torch.dtype):
+    """(placement, main device, max_memory for the single-device check) for ``from_pretrained``;
+    the map itself is checked against the skeleton, in :meth:`DeferredPlacement.bind`."""
     if max_memory is not None and not isinstance(max_memory, Mapping):
         raise ConfigError(f"max_memory={max_memory!r} with a device_map must be a dict {{device: bytes}}",
                           hint='e.g. max_memory={0: "20GiB", 1: "20GiB", "cpu": "60GiB"}')
