@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from qcompiler.loading.device_map import resolve_device_map
-from qcompiler.loading.placement import _set_meta, dispatch
+from qcompiler.loading.placement import to_meta, dispatch
 
 __all__ = ["dispatch_loaded", "saved_keys"]
 
@@ -67,7 +67,7 @@ def dispatch_loaded(qm, root: Path, doc: dict[str, Any], device_map, *, max_memo
         for name in module.state_dict():
             key = aliases.get(keys[prefix + name], keys[prefix + name])
             index[prefix + name] = {"safetensors_file": str(root / doc["tensors"][key]["file"]), "weight_name": key}
-        _set_meta(module)  # read back from the saved shard at each forward
+        to_meta(module)  # read back from the saved shard at each forward
     dispatch(model, plan, offload_index=index or None)
     qm.report().notes.append(f"placed with device_map ({plan.describe()})")
     return qm

@@ -22,7 +22,8 @@ from torch.utils._pytree import tree_map
 from qcompiler.errors import ConfigError
 from qcompiler.loading.device_map import DeviceMapPlan
 
-__all__ = ["SingleDevice", "MappedPlacement", "dispatch", "has_offloaded", "onloaded", "attributes_to", "PRELOAD_CLASSES"]
+__all__ = ["SingleDevice", "MappedPlacement", "dispatch", "has_offloaded", "onloaded", "attributes_to", "to_meta",
+           "PRELOAD_CLASSES"]
 
 # A region's graph reads its tensors with get_attr, never calling the modules holding them: the
 # whole region must be loaded before it runs (accelerate's preload_module_classes).
@@ -59,7 +60,9 @@ class SingleDevice:
         return model
 
 
-def _set_meta(module: nn.Module) -> None:
+def to_meta(module: nn.Module) -> None:
+    """Every parameter and persistent buffer of ``module`` (and below) onto ``meta``: its values now
+    live in an offload store."""
     from accelerate.utils import named_module_tensors, set_module_tensor_to_device
 
     for name, _ in list(named_module_tensors(module, include_buffers=True, recurse=True, remove_non_persistent=True)):
@@ -131,7 +134,7 @@ class MappedPlacement:
             save_offload_index(self.index, str(self.folder))
         else:
             self.cpu_state.update({k: v.to("cpu") for k, v in state.items()})
-        _set_meta(module)
+        to_meta(module)
 
     def done(self, model: nn.Module, path: str) -> None:
         """The module at entry ``path`` is final: offload it if its entry says so, and hook it."""
