@@ -150,3 +150,13 @@ def test_coarse_entries_are_split_into_blocks(llama_dir, calib, prompt, single, 
     assert _on_meta(qm.model.model.layers[0]) and _on_meta(qm.model.model.layers[1])
     assert any("device_map" in n for n in qm.report().notes)
     assert torch.equal(_logits(qm, prompt), single["w4-weight-only"][2])
+
+
+def test_capture_cache_keys_differ_by_device():
+    # blocks of a device map trace on different devices: a graph traced on one must not be reused on another
+    from qcompiler.capture import _capture_key
+
+    mlp = torch.nn.Linear(4, 4)
+    x = torch.zeros(2, 4)
+    assert _capture_key(mlp, {"x": x}, {}) == _capture_key(mlp, {"x": x.clone()}, {})
+    assert _capture_key(mlp, {"x": x}, {}) != _capture_key(mlp, {"x": x.to("meta")}, {})
