@@ -7,7 +7,7 @@ the bytes of the linear layers' stored weights (codes + scales + zero points + f
 columns; float layers at full size) over their fp32 bytes; "model kept" is the same for every
 parameter and buffer of the model (the 46.9 MB word embedding stays fp32 in every method).
 
-    python benchmarks/accuracy.py                 # prints the Markdown table, writes docs/readme/accuracy.md
+    python benchmarks/accuracy.py                 # prints the Markdown table, writes docs/accuracy.md
     python benchmarks/accuracy.py --no-peers      # qcompiler schemes only
 """
 
@@ -32,7 +32,7 @@ from torch import nn
 import qcompiler
 from qcompiler.models import CALIBRATION_SENTENCES, EVAL_SENTENCES, MiniLM, load_minilm
 
-OUT = Path(__file__).resolve().parent.parent / "docs" / "readme" / "accuracy.md"
+OUT = Path(__file__).resolve().parent.parent / "docs" / "accuracy.md"
 # Extra rows with non-default options, for schemes that are registered.
 VARIANTS = {"w4-weight-only": ({"symmetric": False},), "nf4": ({"double_quant": True},)}
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")

@@ -16,9 +16,10 @@ Times, after a warm-up call that also runs the autotuner:
 * ``gpu ms``: median of the same events with the GPU held back by ``torch.cuda._sleep`` before
   each call, so the host has issued the whole call before the GPU starts: GPU time only (what a
   CUDA-graph'd decode loop sees); L2 flushed as well;
-* ``host us``: host time per call, issuing 200 calls back to back. Error: ||y - x.float() @ w.float().T|| / ||.||. Peers are optional
+* ``host us``: host time per call, issuing 200 calls back to back (all three from
+  ``benchmarks/timing.py``). Error: ||y - x.float() @ w.float().T|| / ||.||. Peers are optional
 (printed "n/a: reason" when missing). Full results go to ``$OUT/bench_int8_outlier.json`` when
-``OUT`` is set (or ``--json``).
+``OUT`` is set (or ``--json``), rewritten after every shape.
 
     PYTHONPATH=. python benchmarks/bench_int8_outlier.py [--shapes 1x4096x4096,...] [--rep 200]
 """
@@ -26,7 +27,6 @@ Times, after a warm-up call that also runs the autotuner:
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
@@ -34,6 +34,8 @@ import traceback
 
 import torch
 import torch.nn.functional as F
+
+from timing import JsonResults, bench_ms, gpu_ms, host_us, run_meta, warm_up  # sibling module
 
 __all__ = ["main"]
 
@@ -152,34 +154,7 @@ def _best_configs():
     return out
 
 
-def _gpu_ms(fn, n=60) -> float:
-    """Median GPU time of ``fn`` with its launch overhead hidden (see the module docstring)."""
-    flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device="cuda")
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    for i in range(n):
-        flush.zero_()
-        torch.cuda._sleep(1_000_000)  # ~0.5 ms of GPU cycles: the host gets well ahead
-        starts[i].record()
-        fn()
-        ends[i].record()
-    torch.cuda.synchronize()
-    return sorted(s.elapsed_time(e) for s, e in zip(starts, ends))[n // 2]
-
-
-def _host_us(fn, n=200) -> float:
-    import time
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    t = time.perf_counter() - t
-    torch.cuda.synchronize()
-    return t / n * 1e6
-
-
-def run(shapes, rep, methods):
-    import triton
+def run(shapes, rep, methods, sink=None):
     results = []
     for (m, k, n) in shapes:
         x, w, idx = _problem(m, k, n)
@@ -188,18 +163,18 @@ def run(shapes, rep, methods):
         for name, make, check in methods:
             try:
                 fn = make(x, w, idx)
-                y = fn()  # warm-up; compiles and autotunes
-                torch.cuda.synchronize()
+                y = warm_up(fn)  # compiles and autotunes
                 err = _rel_err(y if torch.is_tensor(y) else y[0], ref) if check else None
-                ms = triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median")
-                row["methods"][name] = {"ms": ms, "rel_err": err, "gpu_ms": _gpu_ms(fn),
-                                        "host_us": _host_us(fn)}
+                row["methods"][name] = {"ms": bench_ms(fn, rep=rep), "rel_err": err,
+                                        "gpu_ms": gpu_ms(fn), "host_us": host_us(fn)}
             except Exception as e:  # noqa: BLE001 - a missing or broken peer is reported, not fatal
                 row["methods"][name] = {"error": f"{type(e).__name__}: {e}".splitlines()[0][:160]}
                 if os.environ.get("BENCH_TRACE"):
                     traceback.print_exc()
             print(f"  {row['shape']:>16} {name:<28} {row['methods'][name]}", flush=True)
         results.append(row)
+        if sink is not None:
+            sink.add(row)
         del x, w, ref
         torch.cuda.empty_cache()
     return results
@@ -238,29 +213,13 @@ def main(argv=None) -> int:
     methods = [mt for mt in METHODS if not args.only or any(o in mt[0] for o in args.only.split(","))]
     if methods[0][0] != METHODS[0][0]:
         methods.insert(0, METHODS[0])
-    card = torch.cuda.get_device_name()
-    meta = {"card": card, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-            "torch": torch.__version__}
-    try:
-        import triton
-        meta["triton"] = triton.__version__
-    except ImportError:
-        pass
-    for mod in ("bitsandbytes", "torchao"):
-        try:
-            meta[mod] = __import__(mod).__version__
-        except Exception as e:  # noqa: BLE001
-            meta[mod] = f"n/a: {type(e).__name__}: {e}".splitlines()[0]
+    meta = run_meta(peers=("triton", "bitsandbytes", "torchao"))
+    card = meta["card"]
     print(json.dumps(meta), flush=True)
     torch.backends.cuda.matmul.allow_tf32 = False
-    results = run(shapes, args.rep, methods)
-    out = {"meta": meta, "results": results, "configs": _best_configs()}
-    path = args.json or (os.path.join(os.environ["OUT"], "bench_int8_outlier.json")
-                         if os.environ.get("OUT") else None)
-    if path:
-        with open(path, "w") as f:
-            json.dump(out, f, indent=1)
+    sink = JsonResults("bench_int8_outlier.json", meta, path=args.json)
+    results = run(shapes, args.rep, methods, sink)
+    out = sink.write(configs=_best_configs())
     print(f"\n{card}, {meta['date']}, torch {meta['torch']}, triton {meta.get('triton')}")
     print(_table(results, methods))
     print("\nautotuned configs:", json.dumps(out["configs"], indent=1))

@@ -226,7 +226,7 @@ def main(argv=None) -> None:
         import onnxscript  # noqa: F401 - torch.onnx's dynamo exporter needs it
     except ImportError:
         sys.exit("onnxscript is not importable: the export needs onnxscript and onnx-ir (carry their wheels, "
-                 "see docs/readme/onnx.md)")
+                 "see docs/onnx.md)")
     only = set(a.variants.split(",")) if a.variants else None
     card = torch.cuda.get_device_name() if torch.cuda.is_available() and not a.small else "cpu"
     print(f"ONNX Runtime {ort.__version__}, {provider}, {card}; {a.blocks} Llama blocks, hidden {a.hidden}, "

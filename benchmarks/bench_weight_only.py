@@ -17,8 +17,9 @@ For each M x K x N: X fp16 ~ N(0, 1), W ~ N(0, 0.02^2), no bias. Rows:
 Times after a warm-up call (which also autotunes): ``ms`` = median of ``triton.testing.do_bench``
 (L2 flushed between calls); ``gpu ms`` = the same with the GPU held back by ``torch.cuda._sleep``
 so the whole call is queued first (GPU time only, as in a CUDA graph); ``host us`` = host time per
-call over 200 calls. Error: ||y - x.float() @ w.float().T|| / ||.||. Full results go to
-``$OUT/bench_weight_only.json`` when ``OUT`` is set (or ``--json``); a Markdown table is printed.
+call over 200 calls (all from ``benchmarks/timing.py``). Error: ||y - x.float() @ w.float().T|| / ||.||.
+Full results go to ``$OUT/bench_weight_only.json`` when ``OUT`` is set (or ``--json``), rewritten
+after every shape; a Markdown table is printed.
 
     PYTHONPATH=. python benchmarks/bench_weight_only.py [--quick] [--shapes 1x4096x4096,...]
     TRITON_INTERPRET=1 PYTHONPATH=. python benchmarks/bench_weight_only.py --tiny   # CPU smoke run
@@ -27,16 +28,15 @@ call over 200 calls. Error: ||y - x.float() @ w.float().T|| / ||.||. Full result
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import statistics
 import sys
-import time
 import traceback
 
 import torch
 import torch.nn.functional as F
+
+from timing import JsonResults, bench_ms, gpu_ms, host_us, run_meta, warm_up  # sibling module
 
 __all__ = ["main"]
 
@@ -194,55 +194,7 @@ METHODS = [  # (name, make, check error)
 ]
 
 
-# --- timing -----------------------------------------------------------------------------------
-
-def _ms(fn, rep: int) -> float:
-    if DEVICE == "cuda":
-        import triton
-        return triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median")
-    times = []
-    for _ in range(3):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
-
-
-def _gpu_ms(fn, n=60) -> float | None:
-    """Median GPU time of ``fn`` with its launch overhead hidden (see the module docstring)."""
-    if DEVICE != "cuda":
-        return None
-    flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device="cuda")
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    for i in range(n):
-        flush.zero_()
-        torch.cuda._sleep(1_000_000)  # ~0.5 ms of GPU cycles: the host gets well ahead
-        starts[i].record()
-        fn()
-        ends[i].record()
-    torch.cuda.synchronize()
-    return sorted(s.elapsed_time(e) for s, e in zip(starts, ends))[n // 2]
-
-
-def _host_us(fn, n=200) -> float | None:
-    if DEVICE != "cuda":
-        return None
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    t = time.perf_counter() - t
-    torch.cuda.synchronize()
-    return t / n * 1e6
-
-
-def _sync():
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
-def run(shapes, rep, methods, profile=True):
+def run(shapes, rep, methods, profile=True, sink=None):
     results = []
     for (m, k, n) in shapes:
         x, w = _problem(m, k, n)
@@ -251,12 +203,11 @@ def run(shapes, rep, methods, profile=True):
         for name, make, check in methods:
             try:
                 fn = make(x, w)
-                y = fn()  # warm-up; compiles and autotunes
-                _sync()
+                y = warm_up(fn)  # compiles and autotunes
                 err = _rel_err(y, ref) if check else None
-                r = {"ms": _ms(fn, rep), "rel_err": err}
+                r = {"ms": bench_ms(fn, rep=rep), "rel_err": err}
                 if profile:
-                    r.update(gpu_ms=_gpu_ms(fn), host_us=_host_us(fn))
+                    r.update(gpu_ms=gpu_ms(fn), host_us=host_us(fn))
                 row["methods"][name] = r
             except Exception as e:  # noqa: BLE001 - a missing or broken peer is reported, not fatal
                 row["methods"][name] = {"error": f"{type(e).__name__}: {e}".splitlines()[0][:160]}
@@ -264,6 +215,8 @@ def run(shapes, rep, methods, profile=True):
                     traceback.print_exc()
             print(f"  {row['shape']:>16} {name:<34} {row['methods'][name]}", flush=True)
         results.append(row)
+        if sink is not None:
+            sink.add(row)
         del x, w, ref
         if DEVICE == "cuda":
             torch.cuda.empty_cache()
@@ -351,25 +304,15 @@ def main(argv=None) -> int:
     methods = [mt for mt in METHODS if not args.only or any(o in mt[0] for o in args.only.split(","))]
     if methods[0][0] != METHODS[0][0]:
         methods.insert(0, METHODS[0])
-    card = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU (Triton interpreter)"
-    meta = {"card": card, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "torch": torch.__version__,
-            "autotune": os.environ.get("QCOMPILER_TRITON_AUTOTUNE", "1")}
-    for mod in ("triton", "bitsandbytes", "torchao"):
-        try:
-            meta[mod] = __import__(mod).__version__
-        except Exception as e:  # noqa: BLE001
-            meta[mod] = f"n/a: {type(e).__name__}: {e}".splitlines()[0]
+    meta = run_meta(peers=("triton", "bitsandbytes", "torchao"),
+                    autotune=os.environ.get("QCOMPILER_TRITON_AUTOTUNE", "1"))
+    card = meta["card"]
     print(json.dumps(meta), flush=True)
     if DEVICE == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
-    results = run(shapes, rep, methods, profile=not args.quick)
-    out = {"meta": meta, "results": results, "configs": _best_configs()}
-    path = args.json or (os.path.join(os.environ["OUT"], "bench_weight_only.json")
-                         if os.environ.get("OUT") else None)
-    if path:
-        with open(path, "w") as f:
-            json.dump(out, f, indent=1)
+    sink = JsonResults("bench_weight_only.json", meta, path=args.json)
+    results = run(shapes, rep, methods, profile=not args.quick, sink=sink)
+    out = sink.write(configs=_best_configs())
     print(f"\n{card}, {meta['date']}, torch {meta['torch']}, triton {meta.get('triton')}")
     print(_table(results, methods))
     print("\nGoals (M <= 16):")

@@ -7,12 +7,14 @@ Llama-architecture model, fp16 vs qcompiler (Triton backend), on the GPU.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench_e2e_llama import build  # noqa: E402 - sibling script
+from timing import card_name, wall_ms  # sibling module
+
+__all__ = ["main", "run"]
 
 
 @torch.no_grad()
@@ -38,18 +40,13 @@ def main() -> None:
     ids = torch.randint(3, 32000, (1, args.prefill), device="cuda")
     calib = [{"input_ids": torch.randint(3, 32000, (1, 256), device="cuda")}]
     qm = qcompiler.compile(model, "int8-outlier", calib, backend="triton", progress=False)
+    print(card_name())
     for name, m in (("fp16", model), ("qcompiler", qm)):
         run(m, ids, args.steps)
         run(m, ids, args.steps)
-        t = time.perf_counter()
-        run(m, ids[:, :16], args.steps)
-        dec = (time.perf_counter() - t) / (args.steps + 1)
-        t = time.perf_counter()
-        with torch.no_grad():
-            m(input_ids=ids, use_cache=False)
-        torch.cuda.synchronize()
-        pre = time.perf_counter() - t
-        print(f"{name}: prefill {pre * 1e3:.2f} ms, decode step {dec * 1e3:.2f} ms", flush=True)
+        dec = wall_ms(lambda: run(m, ids[:, :16], args.steps)) / (args.steps + 1)
+        pre = wall_ms(torch.no_grad()(lambda: m(input_ids=ids, use_cache=False)))
+        print(f"{name}: prefill {pre:.2f} ms, decode step {dec:.2f} ms", flush=True)
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             run(m, ids, 2)
         print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=14, max_name_column_width=60))

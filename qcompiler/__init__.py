@@ -2,25 +2,24 @@
 
     qm = qcompiler.compile(model, scheme="int8-outlier", calibration_data=batches)
     print(qm.report())
+
+Passes, schemes and backends are looked up by name in their registries (``qcompiler.registry``);
+the built-in ones load on the first look-up, so importing this package registers nothing by side effect.
 """
 
-import qcompiler.ops  # noqa: F401 - registers the torch.ops.qcompiler namespace
-import qcompiler.passes  # noqa: F401 - registers the built-in passes
+from qcompiler import ops
 from qcompiler.api import QuantizedModel, compile
 from qcompiler.backends import Backend, list_backends, register_backend
 from qcompiler.errors import (CalibrationError, CaptureError, ConfigError, PassError, QCompilerError,
                               UnsupportedError, VerificationError)
+from qcompiler.export import export_onnx
 from qcompiler.pass_manager import (GraphPass, Pass, PassContext, PassManager, PassResult, ProgramPass,
                                     list_passes, parse_pipeline, print_pipeline, register_pass)
+from qcompiler.qat import QATModel, convert, prepare_qat
 from qcompiler.schemes import Scheme, list_schemes, pipeline_for, register_scheme
 from qcompiler.serialize import load, save
-import qcompiler.schemes_weight_only  # noqa: F401,E402 - registers w8-weight-only, w4-weight-only, nf4
-import qcompiler.schemes_smoothquant  # noqa: F401,E402 - registers w8a8-smoothquant
-import qcompiler.schemes_gptq_awq  # noqa: F401,E402 - registers gptq-w4, gptq-w8, awq-w4
-from qcompiler.qat import QATModel, convert, prepare_qat  # noqa: E402
 from qcompiler.spec import SPEC_KEY, LinearQuantSpec, get_spec
 from qcompiler.verify import verify_graph
-from qcompiler.export import export_onnx
 from qcompiler.loading import from_pretrained  # noqa: E402
 
 __version__ = "0.1.0"
@@ -36,4 +35,5 @@ __all__ = [
     "PassError", "VerificationError",
     "save", "load",
     "prepare_qat", "convert", "QATModel",
+    "ops",
 ]

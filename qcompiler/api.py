@@ -13,15 +13,18 @@ from torch.utils._pytree import tree_flatten
 from qcompiler.backends import get_backend
 from qcompiler.calibration import CalibrationSet, as_call
 from qcompiler.capture import CaptureMethod, capture_regions
+from qcompiler.contracts import CALIBRATION_DATA
 from qcompiler.errors import CalibrationError, CaptureError, ConfigError, UnsupportedError
+from qcompiler.inference_only import eval_mode, training_error
+from qcompiler.meta_device import check_not_meta
+from qcompiler.model_bytes import larger_than_float_note, state_bytes, tied_layer_notes
 from qcompiler.pass_manager import PassContext, PassManager, Program, Region, parse_pipeline
 from qcompiler.passes.annotate_linears import SUPPORTED_DTYPES
-from qcompiler.passes.calibrate import ABSMAX
 from qcompiler.memory_usage import records_peak_memory
 from qcompiler.report import Report, build_report
 from qcompiler.schemes import get_scheme
 from qcompiler.serialize.record import CompileRecord, weights_digest
-from qcompiler.viz.snapshot import snapshot_graph
+from qcompiler.graph.snapshot import snapshot_graph
 
 __all__ = ["compile", "QuantizedModel"]
 
@@ -36,9 +39,18 @@ class QuantizedModel(nn.Module):
         self._program = program
         self._report = report
         self.record = record  # how it was compiled: what qcompiler.save writes besides the tensors
+        self.training = False  # inference only, like the model inside (see train)
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> "QuantizedModel":
+        """``eval()`` / ``train(False)`` work (compile already returns the model in eval mode);
+        ``train()`` raises :class:`UnsupportedError`: a compiled model runs inference only (for
+        quantization-aware training use :func:`qcompiler.prepare_qat`)."""
+        if mode:
+            raise training_error("a compiled model")  # before any flag flips: all or nothing
+        return super().train(False)
 
     def __getattr__(self, name: str):
         try:
@@ -90,10 +102,6 @@ def _check_dtypes(model: nn.Module) -> None:
                                         "cast the model, e.g. model.float()")
 
 
-def _state_bytes(model: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
-
-
 @records_peak_memory  # report().memory: this call's peak device/host memory
 def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: Iterable[Any] | None = None, *,
             example_inputs: Any = None, backend: str = "eager", capture: str = "export",
@@ -128,21 +136,26 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
     if example_inputs is None and calib is None:
         raise ConfigError("compile needs example_inputs or calibration_data to capture the model")
     example = as_call(example_inputs) if example_inputs is not None else calib.calls[0]
-    text = pipeline if pipeline is not None else sch.pipeline(config, calib is not None)
+    passes = parse_pipeline(pipeline) if pipeline is not None else sch.passes(config, calib is not None)
     lowering = parse_pipeline(be.lowering) if be.lowering else []
     if allow_fallback:  # every lowering pass that can fall back is told it may
         lowering = [dataclasses.replace(p, fallback=True) if "fallback" in {f.name for f in dataclasses.fields(p)}
                     else p for p in lowering]
-    manager = PassManager(parse_pipeline(text) + lowering)  # parse errors surface before any work
+    manager = PassManager(passes + lowering)  # parse errors surface before any work
+    manager.check({CALIBRATION_DATA} if calib is not None else ())  # so do impossible pipelines
+    unusable = None
     try:
         be.check()
-    except UnsupportedError:
+    except UnsupportedError as e:
         if not allow_fallback:
             raise
+        unusable = f"{e.message}: allow_fallback=True kept the reference op of each layer its kernels cannot run"
     _check_dtypes(model)
+    check_not_meta(model, example)
 
     ref_calls = (calib.calls[:2] if calib is not None else [example])
-    ref_outs = _run_reference(model, ref_calls)
+    with eval_mode(model) as was_training:  # the compiled model runs in eval mode: compare like with like
+        ref_outs = _run_reference(model, ref_calls)
     if inplace:  # the memory-lean path lives in qcompiler.loading.inplace
         from qcompiler.loading.inplace import compile_inplace, plan_for
         qm = compile_inplace(model, plan_for(scheme, options, backend, capture, calib, progress, verify, allow_fallback,
@@ -158,7 +171,7 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
     if plan.regions[0][0] == "":
         qmodel = plan.regions[0][1]
     program = Program([Region(path, region) for path, region in plan.regions], qmodel)
-    ctx = PassContext(options={"scheme": scheme, "backend": backend, "progress": progress},
+    ctx = PassContext(scheme=scheme, backend=backend, progress=progress,
                       calibration_data=calib, verify=verify)
     before = {r.label: snapshot_graph(r.gm, r.label) for r in program.regions}
     manager.run(program, ctx)
@@ -166,10 +179,19 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
         region.module.freeze()
 
     report = build_report(program, ctx, scheme=scheme, backend=backend, pipeline=str(manager),
-                          split=plan.split, model_bytes_before=_state_bytes(model))
+                          split=plan.split, model_bytes_before=state_bytes(model))
+    tied = tied_layer_notes(model, [r.layer for r in report.quantized], program.root)
+    for row in report.quantized:
+        row.notes.extend([tied[row.layer]] if row.layer in tied else [])
+        bigger = larger_than_float_note(row.bytes_before, row.bytes_after, len(row.outlier_dims or ()), row.shape[1])
+        row.notes.extend([bigger] if bigger else [])
+    report.notes.extend([unusable] if unusable else [])
+    if was_training:
+        report.notes.append("the model was passed in train mode: compiled and compared with the float model in "
+                            "eval mode (dropout off); the model passed in keeps its mode")
     report.notes.extend(f"not called in the example forward, left in float: {p}" for p in plan.not_called)
     record = CompileRecord(scheme, dict(options), backend, method.value, whole_graph, str(manager), example[0],
-                           example[1], base, before, dict(ctx.options.get(ABSMAX, {})))
+                           example[1], base, before, dict(ctx.state.absmax))
     qm = QuantizedModel(qmodel, program, report, record)
     if be.finalize is not None:
         qm = be.finalize(qm, example)

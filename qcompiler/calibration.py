@@ -43,6 +43,9 @@ class CalibrationSet:
                 break
             args, kwargs = as_call(item, i)
             for leaf in tree_flatten((args, kwargs))[0]:
+                if isinstance(leaf, torch.Tensor) and leaf.is_meta:
+                    raise CalibrationError(f"calibration item {i} holds a tensor on the 'meta' device, which "
+                                           "has no values", hint="give real tensors on the model's device")
                 if isinstance(leaf, torch.Tensor) and leaf.is_floating_point() and not torch.isfinite(leaf).all():
                     bad = "NaN" if torch.isnan(leaf).any() else "Inf"
                     raise CalibrationError(f"calibration item {i} holds {bad} values",

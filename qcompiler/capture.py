@@ -25,6 +25,9 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from tqdm.auto import tqdm
 
 from qcompiler.errors import CaptureError, ConfigError, UnsupportedError
+from qcompiler.inference_only import training_error
+from qcompiler.output_dtype import follow_dtype_change
+from qcompiler.region_attributes import carried_attributes, implied_constants, same_constants
 
 __all__ = ["CaptureMethod", "RegionModule", "CapturePlan", "capture_regions", "capture_module"]
 
@@ -128,7 +131,7 @@ def capture_module(module: nn.Module, path: str, args: tuple, kwargs: dict, meth
             with fx_config.patch(backed_size_oblivious=True):
                 ep = torch.export.export(_BoundCall(module, consts, list(tensors)), (), tensors,
                                          dynamic_shapes=_dynamic_shapes(tensors), strict=False)
-            gm = ep.module()
+            gm = _trainable_flags(ep.module())
         else:
             gm = fx.symbolic_trace(module, concrete_args=consts)
     except Exception as e:  # noqa: BLE001 - tracers raise anything; we re-raise with the place
@@ -142,6 +145,15 @@ def capture_module(module: nn.Module, path: str, args: tuple, kwargs: dict, meth
 
 _SIMPLE = (bool, int, float, str, type(None))
 _ABSENT = object()
+
+
+def _trainable_flags(gm: fx.GraphModule) -> fx.GraphModule:
+    """torch.export's module overrides ``train``/``eval`` to raise, which breaks ``model.eval()``
+    on every model holding a region; drop the overrides: the graph keeps the mode it was traced in
+    (eval), and :meth:`RegionModule.train` says so when asked to train."""
+    for name in ("train", "eval"):
+        gm.__dict__.pop(name, None)
+    return gm
 
 
 def _capture_key(module: nn.Module, tensors: dict[str, Any], consts: dict[str, Any]) -> tuple:
@@ -186,6 +198,24 @@ class RegionModule(nn.Module):
         self._positional = not consts and self._names == params[: len(self._names)]
         self._out_spec = None  # set by freeze()
         self._original_type = type(original).__name__
+        self._implied = implied_constants(original)  # return_dict=True where the capture passed none
+        for name, value in carried_attributes(original, type(self)).items():  # main_input_name, config
+            if name not in self.__dict__:
+                object.__setattr__(self, name, value)
+        self.train(False)  # the graph runs as traced, in eval mode: say so to whoever asks
+
+    def train(self, mode: bool = True) -> "RegionModule":
+        """``eval()`` (``train(False)``) works; ``train()`` raises: the graph was traced in eval
+        mode and holds quantized weights (see :func:`qcompiler.inference_only.training_error`)."""
+        if mode:
+            raise training_error(f"region '{self.path or '<model>'}' ({self._original_type})")
+        return super().train(False)
+
+    def _apply(self, fn, recurse=True):
+        """``.half()``, ``.to(dtype)``: the graph's fixed output dtypes follow the tensors'."""
+        super()._apply(fn, recurse)
+        follow_dtype_change(self.gm, fn)
+        return self
 
     def freeze(self) -> None:
         """Turn an exported graph into a plain positional one (idempotent)."""
@@ -221,7 +251,7 @@ class RegionModule(nn.Module):
             items = v.items() if self._signature.parameters[k].kind is inspect.Parameter.VAR_KEYWORD else [(k, v)]
             for name, value in items:
                 (tensors if _is_tensor_tree(value) else consts)[name] = value
-        if consts != self._consts:
+        if consts != self._consts and not same_constants(consts, self._consts, self._implied):
             diff = {k: (self._consts.get(k, "<absent>"), consts.get(k, "<absent>"))
                     for k in sorted(set(consts) | set(self._consts))
                     if self._consts.get(k, _ABSENT) != consts.get(k, _ABSENT)}
@@ -230,7 +260,7 @@ class RegionModule(nn.Module):
                 f"constant arguments than this call: {', '.join(f'{k}: captured {a!r}, now {b!r}' for k, (a, b) in diff.items())}",
                 hint="calibrate (or give example_inputs) with calls shaped like the ones you will make")
         if self._method is CaptureMethod.SYMBOLIC_TRACE:
-            return self.gm(**tensors, **consts)
+            return self.gm(**tensors, **self._consts)  # the graph's own: equal or implied-equal
         if self._out_spec is not None:
             if set(tensors) != set(self._names):
                 raise UnsupportedError(

@@ -34,14 +34,9 @@ class MemoryUsage:
 
 def storage_bytes(module: nn.Module) -> int:
     """Bytes of every parameter and buffer of ``module``, each storage counted once."""
-    seen: dict[tuple[str, int], int] = {}
-    for t in list(module.parameters()) + list(module.buffers()):
-        if t.device.type == "meta":
-            continue
-        s = t.untyped_storage()
-        key = (str(t.device), s.data_ptr())
-        seen[key] = max(seen.get(key, 0), s.nbytes())
-    return sum(seen.values())
+    from qcompiler.model_bytes import state_bytes
+
+    return state_bytes(module)
 
 
 def release_host_memory() -> None:

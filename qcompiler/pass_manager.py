@@ -11,7 +11,9 @@ Analyses are computed on demand, cached per region in ``ctx.analyses`` and dropp
 that modified the region unless its :class:`PassResult` lists them in ``preserved``.
 
 Pipelines have a text form, ``canonicalize-linear,detect-outliers{threshold=6.0},dce``, that
-:func:`parse_pipeline` and :func:`print_pipeline` turn into each other.
+:func:`parse_pipeline` and :func:`print_pipeline` turn into each other. Each pass declares a
+contract (:mod:`qcompiler.contracts`); :meth:`PassManager.check` walks a pipeline's contracts
+before any work.
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
+from qcompiler.compile_state import CompileState
+from qcompiler.contracts import CALIBRATION_DATA, Contract, apply_contract, check_facts, check_pipeline
 from qcompiler.errors import ConfigError, PassError, QCompilerError
+from qcompiler.registry import Registry
+from qcompiler.verify import verify_graph
 
 __all__ = [
     "Region",
@@ -41,6 +47,7 @@ __all__ = [
     "AnalysisManager",
     "PassContext",
     "PassManager",
+    "PASSES",
     "register_pass",
     "get_pass",
     "list_passes",
@@ -74,6 +81,7 @@ class Region:
 class Program:
     regions: list[Region]
     root: nn.Module  # the outer model with every region already swapped in
+    facts: frozenset = frozenset()  # what the passes run so far established (qcompiler.contracts)
 
 
 @dataclass(frozen=True)
@@ -91,11 +99,20 @@ class Pass:
 
     name: ClassVar[str] = ""
 
+    def contract(self) -> Contract:
+        """What this pass (with these options) requires, forbids, ensures and invalidates; the
+        pass manager checks a whole pipeline's contracts before any work. Default: nothing."""
+        return Contract()
+
     def requires(self, gm: fx.GraphModule, ctx: "PassContext") -> None:
-        """Raise if the graph is not in a state this pass can handle."""
+        """Raise if the graph is not in a state this pass can handle (default: the contract's
+        required facts that a graph shows)."""
+        check_facts(self.contract().requires, gm, ctx, "needs")
 
     def ensures(self, gm: fx.GraphModule, ctx: "PassContext") -> None:
-        """Raise if the pass did not leave the graph in the state it promises."""
+        """Raise if the pass did not leave the graph in the state it promises (default: the
+        contract's ensured facts that a graph shows)."""
+        check_facts(self.contract().ensures, gm, ctx, "promised")
 
     def __str__(self) -> str:
         return print_pipeline([self])
@@ -151,9 +168,14 @@ class AnalysisManager:
 
 @dataclass
 class PassContext:
-    """What passes share during one compile: options, calibration data, analyses, notes."""
+    """What passes share during one compile: calibration data, analyses, the typed state passes
+    record for later ones (``state``), notes for the report. ``options`` is free-form, for user passes."""
 
     options: dict[str, Any] = field(default_factory=dict)
+    state: CompileState = field(default_factory=CompileState)
+    scheme: str = ""
+    backend: str = ""
+    progress: bool = False                # the one switch for every progress bar of the compile
     calibration_data: Any = None          # a qcompiler.calibration.CalibrationSet, or None
     analyses: AnalysisManager = field(default_factory=AnalysisManager)
     notes: dict[str, list[str]] = field(default_factory=dict)  # region/layer -> facts for the report
@@ -179,7 +201,8 @@ class PassContext:
 
 # --------------------------------------------------------------------------------- registry
 
-_PASSES: dict[str, type[Pass]] = {}
+# The built-in passes register themselves when qcompiler.passes is imported: the first look-up does it.
+PASSES: Registry[type[Pass]] = Registry("pass", builtins="qcompiler.passes")
 
 
 def register_pass(name: str):
@@ -199,22 +222,17 @@ def register_pass(name: str):
         if not dataclasses.is_dataclass(cls):
             cls = dataclass(frozen=True)(cls)
         cls.name = name
-        _PASSES[name] = cls
-        return cls
+        return PASSES.register(name, cls)
 
     return deco
 
 
 def get_pass(name: str) -> type[Pass]:
-    try:
-        return _PASSES[name]
-    except KeyError:
-        raise ConfigError(f"unknown pass {name!r}",
-                          hint=f"registered passes: {', '.join(sorted(_PASSES))}") from None
+    return PASSES.get(name)
 
 
 def list_passes() -> list[str]:
-    return sorted(_PASSES)
+    return PASSES.names()
 
 
 # ------------------------------------------------------------------------------ text form
@@ -302,11 +320,17 @@ class PassManager:
     def __str__(self) -> str:
         return print_pipeline(self.passes)
 
-    def run(self, program: Program, ctx: PassContext) -> Program:
-        from qcompiler.verify import verify_graph  # late: verify imports the ops
+    def check(self, facts=()) -> frozenset:
+        """Checks the pipeline's contracts from ``facts`` (what holds before it: e.g.
+        ``{CALIBRATION_DATA}``) without touching a graph; raises :class:`ConfigError` naming the
+        first pass whose requirement is unmet. Returns the facts after the pipeline."""
+        return check_pipeline(self.passes, facts)
 
+    def run(self, program: Program, ctx: PassContext) -> Program:
+        given = frozenset({CALIBRATION_DATA} if ctx.calibration_data is not None else ())
+        self.check(program.facts | given)  # an impossible pipeline fails here, before any work
         bar = tqdm(self.passes, desc="passes", unit="pass", leave=False,
-                   disable=not ctx.options.get("progress", False))
+                   disable=not ctx.progress)
         for p in bar:
             bar.set_postfix_str(p.name, refresh=False)
             try:
@@ -326,6 +350,7 @@ class PassManager:
                 ctx.region = None
             ctx.history.append(p.name)
             ctx.current_node = None
+            program.facts = apply_contract(program.facts, p.contract()) - given
         return program
 
     def _run_one(self, p: Pass, program: Program, ctx: PassContext) -> None:
@@ -339,7 +364,7 @@ class PassManager:
                 self._apply(region, results[region.path], p, ctx)
             return
         regions = tqdm(program.regions, desc=p.name, unit="region", leave=False,
-                       disable=not ctx.options.get("progress", False) or len(program.regions) < 2)
+                       disable=not ctx.progress or len(program.regions) < 2)
         for region in regions:
             ctx.region = region
             p.requires(region.gm, ctx)

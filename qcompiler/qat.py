@@ -32,7 +32,7 @@ from torch import nn
 from qcompiler.calibration import as_call
 from qcompiler.capture import CaptureMethod, capture_regions
 from qcompiler.errors import CaptureError, ConfigError
-from qcompiler.pass_manager import PassContext, PassManager, Program, Region, parse_pipeline, print_pipeline
+from qcompiler.pass_manager import PassContext, PassManager, Program, Region, print_pipeline
 from qcompiler.passes.detect_outliers import DetectOutliers
 from qcompiler.passes.insert_fake_quant import InsertFakeQuant
 from qcompiler.schemes import get_scheme
@@ -95,11 +95,11 @@ class QATModel(nn.Module):
 def _qat_pipeline(scheme: str, config) -> str:
     sch = get_scheme(scheme)
     try:
-        text = sch.pipeline(config, False)
+        passes = sch.passes(config, False)
     except ConfigError:  # schemes that need calibration data: their annotation prefix is the same
-        text = sch.pipeline(config, True)
+        passes = sch.passes(config, True)
     kept = []
-    for p in parse_pipeline(text):
+    for p in passes:
         if p.name not in QAT_ANNOTATION_PASSES:
             break
         if isinstance(p, DetectOutliers) and p.mode is OutlierMode.STATIC:
@@ -107,7 +107,7 @@ def _qat_pipeline(scheme: str, config) -> str:
         kept.append(p)
     if not any(p.name.startswith("annotate-") for p in kept):
         raise ConfigError(f"scheme '{scheme}' cannot be trained with QAT: its pipeline does not start by "
-                          f"annotating linears ({text[:80]}...)")
+                          f"annotating linears ({print_pipeline(passes)[:80]}...)")
     return print_pipeline(kept + [InsertFakeQuant()])
 
 
@@ -123,6 +123,7 @@ def prepare_qat(model: nn.Module, scheme: str = "int8-vectorwise", *, example_in
     config = get_scheme(scheme).make_config(options)
     text = _qat_pipeline(scheme, config)
     manager = PassManager(text)
+    manager.check()  # before the capture: QAT has no calibration data
     method = CaptureMethod.parse(capture)
     example = as_call(example_inputs)
     float_model = copy.deepcopy(model).eval()
@@ -134,7 +135,7 @@ def prepare_qat(model: nn.Module, scheme: str = "int8-vectorwise", *, example_in
     if plan.regions[0][0] == "":
         qmodel = plan.regions[0][1]
     program = Program([Region(path, region) for path, region in plan.regions], qmodel)
-    manager.run(program, PassContext(options={"scheme": scheme, "qat": True}, verify=verify))
+    manager.run(program, PassContext(options={"qat": True}, scheme=scheme, verify=verify))
     return QATModel(qmodel, program, scheme, options, example, capture, float_model, str(manager))
 
 

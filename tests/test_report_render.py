@@ -6,7 +6,7 @@ import math
 import pytest
 
 from qcompiler.report import LayerReport, Report
-from qcompiler.report_render import from_json, outliers_text, to_markdown, totals
+from qcompiler.report.render import from_json, outliers_text, to_markdown, totals
 
 
 @pytest.fixture
@@ -57,3 +57,19 @@ def test_totals_and_outlier_text(report):
     t = totals(report)
     assert (t["bytes_before"], t["bytes_after"]) == (65536, 17408) and t["min_sqnr_db"] == 41.5
     assert outliers_text(report.layers[0]) == "3 [3,17,40]" and outliers_text(report.layers[1]) == "dynamic"
+
+
+def test_text_is_the_same_table_as_markdown(report):
+    """str(report) and to_markdown come from one set of rows: every cell of one is in the other."""
+    from qcompiler.report.render import _row, to_text
+
+    text = str(report)
+    assert text == to_text(report) and text.startswith("qcompiler report - scheme int8-outlier, backend triton")
+    md = to_markdown(report)
+    for r in report.layers:
+        for cell in _row(r)[:-1]:  # notes go under the row in text, in their own column in Markdown
+            assert cell in text and cell.replace("|", "\\|") in md, cell
+        assert all(f"note: {n}" in text for n in r.notes)
+    for line in ("2 of 3 linear layers quantized", "whole model (parameters + buffers)", "split: model.layers.0",
+                 "note: a note", "worst 41.5 dB"):
+        assert line in text and line in md, line

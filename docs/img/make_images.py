@@ -1,4 +1,4 @@
-"""Regenerates the pictures in docs/readme/tools.md from the bundled MiniLM (no network).
+"""Regenerates the pictures in docs/tools.md from the bundled MiniLM (no network).
 
     python docs/img/make_images.py            # needs matplotlib, rich and chromium on PATH
 

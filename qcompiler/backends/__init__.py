@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from qcompiler.errors import ConfigError
+from qcompiler.registry import Registry
 
-__all__ = ["Backend", "register_backend", "get_backend", "list_backends"]
+__all__ = ["Backend", "BACKENDS", "register_backend", "get_backend", "list_backends"]
 
 
 def _always() -> None:
@@ -26,34 +26,21 @@ class Backend:
     finalize: Callable[[Any, tuple[tuple, dict]], Any] | None = None
 
 
-_BACKENDS: dict[str, Backend] = {}
+# Backends whose code lives in a subpackage that registers them on import.
+BACKENDS: Registry[Backend] = Registry("backend", lazy={"triton": "qcompiler.backends.triton.backend",
+                                                        "onnxruntime": "qcompiler.backends.onnxruntime.backend"})
 
 
 def register_backend(backend: Backend) -> Backend:
-    _BACKENDS[backend.name] = backend
-    return backend
-
-
-# Backends whose code lives in a subpackage that registers them on import.
-_LAZY = {"triton": "qcompiler.backends.triton.backend", "onnxruntime": "qcompiler.backends.onnxruntime.backend"}
+    return BACKENDS.register(backend.name, backend)
 
 
 def get_backend(name: str) -> Backend:
-    if name not in _BACKENDS and name in _LAZY:
-        import importlib
-        try:
-            importlib.import_module(_LAZY[name])
-        except ImportError as e:
-            raise ConfigError(f"backend {name!r} is not available: {e}",
-                              hint="use backend='eager', or install what the message names") from e
-    try:
-        return _BACKENDS[name]
-    except KeyError:
-        raise ConfigError(f"unknown backend {name!r}", hint=f"available: {', '.join(list_backends())}") from None
+    return BACKENDS.get(name)
 
 
 def list_backends() -> list[str]:
-    return sorted(set(_BACKENDS) | set(_LAZY))
+    return BACKENDS.names()
 
 
 register_backend(Backend("eager", "", description="the reference ops in plain torch (CPU and CUDA)"))

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qcompiler.install_hint import install_hint
+
 __all__ = ["ExitCode", "CliError", "BaseModel", "load_base_model", "load_saved", "read_sentences",
            "encode_sentences", "print_report", "err_console", "MINILM"]
 
@@ -89,7 +91,7 @@ def load_base_model(name: str, loader: str = "auto", dtype: str = "float32") -> 
         from transformers.utils import logging as hf_logging
     except ImportError as e:
         raise CliError("loading Hugging Face models needs transformers", ExitCode.UNAVAILABLE,
-                       hint="pip install 'qcompiler[hf]'") from e
+                       hint=install_hint("hf", "transformers")) from e
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # our own bars say what is happening
     try:

@@ -69,6 +69,9 @@ def _say(msg: str) -> None:
 def run(args) -> int:
     import qcompiler
 
+    if args.plots:  # before the work, not after it
+        from qcompiler.viz.plots import require_matplotlib
+        require_matplotlib()
     options = dict(parse_option(o) for o in args.option)
     if args.batch_size < 1 or args.max_length < 1:
         raise CliError("--batch-size and --max-length must be positive", ExitCode.USAGE)

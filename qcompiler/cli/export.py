@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from qcompiler.cli._common import CliError, ExitCode, load_saved
+from qcompiler.install_hint import install_hint
 
 __all__ = ["register", "run"]
 
@@ -32,7 +33,7 @@ def run(args) -> int:
     export = getattr(qcompiler, "export_onnx", None)
     if export is None:
         raise CliError("ONNX export is not available in this qcompiler (qcompiler.export_onnx is missing)",
-                       ExitCode.UNAVAILABLE, hint="install a qcompiler version with ONNX export, and 'qcompiler[onnx]'")
+                       ExitCode.UNAVAILABLE, hint="update qcompiler; then " + install_hint("onnx"))
     qm, _ = load_saved(args.dir, args.model)
     rec = qm.record
     if rec.example_args and rec.example_kwargs:
@@ -42,7 +43,7 @@ def run(args) -> int:
     try:
         export(qm, example, args.onnx, target=args.target)
     except ImportError as e:
-        raise CliError(f"ONNX export needs {e.name}", ExitCode.UNAVAILABLE, hint="pip install 'qcompiler[onnx]'") from e
+        raise CliError(f"ONNX export needs {e.name}", ExitCode.UNAVAILABLE, hint=install_hint("onnx", e.name or "onnx")) from e
     out = Path(args.onnx)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, target {args.target})", file=sys.stderr)
     return ExitCode.OK

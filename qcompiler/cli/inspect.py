@@ -102,9 +102,12 @@ def _header(d: Path, doc: dict[str, Any]) -> str:
 
 
 def run(args) -> int:
-    from qcompiler.report_render import from_dict
+    from qcompiler.report.render import from_dict
     from qcompiler.serialize import read_description, read_tensors, verify_files
 
+    if args.plots:  # before the work, not after it
+        from qcompiler.viz.plots import require_matplotlib
+        require_matplotlib()
     reports = {}
     for d in map(Path, args.dirs):
         doc = verify_files(d) if args.verify else read_description(d)

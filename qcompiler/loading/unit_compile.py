@@ -21,10 +21,9 @@ from qcompiler.calibration import CalibrationSet
 from qcompiler.capture import CaptureMethod, capture_regions
 from qcompiler.errors import ConfigError, UnsupportedError
 from qcompiler.pass_manager import PassContext, PassManager, Program, Region, parse_pipeline
-from qcompiler.passes.calibrate import ABSMAX
 from qcompiler.report import Report, build_report
 from qcompiler.schemes import get_scheme
-from qcompiler.viz.snapshot import snapshot_graph
+from qcompiler.graph.snapshot import snapshot_graph
 
 __all__ = ["UnitPlan", "UnitResult", "compile_unit"]
 
@@ -60,7 +59,7 @@ class UnitPlan:
         except UnsupportedError:
             if not self.allow_fallback:
                 raise
-        return PassManager(parse_pipeline(sch.pipeline(config, self.calibrated)) + lowering)
+        return PassManager(list(sch.passes(config, self.calibrated)) + lowering)
 
 
 @dataclass
@@ -119,14 +118,13 @@ def compile_unit(unit: nn.Module, prefix: str, calls: list[Call], plan: UnitPlan
                           split, not_called)
     program = Program(regions, root)
     calib = CalibrationSet(list(calls)) if plan.calibrated else None
-    ctx = PassContext(options={"scheme": plan.scheme, "backend": plan.backend, "progress": False},
-                      calibration_data=calib, verify=plan.verify)
+    ctx = PassContext(scheme=plan.scheme, backend=plan.backend, progress=False, calibration_data=calib,
+                      verify=plan.verify)
     before = {r.label: snapshot_graph(r.gm, r.label) for r in regions}
     manager.run(program, ctx)
     for r in regions:
         r.module.freeze()
     report = build_report(program, ctx, scheme=plan.scheme, backend=plan.backend, pipeline=str(manager),
                           split=split, model_bytes_before=0)
-    from qcompiler.passes.sequential_calibrate import SEQUENTIAL_TRACE
-    return UnitResult(root, regions, report, split, not_called, before, dict(ctx.options.get(ABSMAX, {})),
-                      list(ctx.options.get(SEQUENTIAL_TRACE, [])))
+    return UnitResult(root, regions, report, split, not_called, before, dict(ctx.state.absmax),
+                      list(ctx.state.sequential_trace))

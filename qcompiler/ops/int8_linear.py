@@ -7,7 +7,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["int8_matmul", "int8_linear", "int8_linear_dynamic_outlier"]
+__all__ = ["int8_matmul", "int8_linear", "int8_linear_dynamic_outlier", "int8_linear_fake",
+           "int8_linear_dynamic_outlier_fake"]
 
 _INV_127_SQ = 1.0 / (127.0 * 127.0)
 
@@ -57,7 +58,7 @@ def int8_linear(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tensor,
 
 
 @int8_linear.register_fake
-def _(xq, x_scale, wq, w_scale, x_outliers, w_outliers, bias, out_dtype):
+def int8_linear_fake(xq, x_scale, wq, w_scale, x_outliers, w_outliers, bias, out_dtype):
     return xq.new_empty((*xq.shape[:-1], wq.shape[0]), dtype=out_dtype)
 
 
@@ -79,5 +80,5 @@ def int8_linear_dynamic_outlier(xq: Tensor, x_scale: Tensor, x: Tensor, outlier_
 
 
 @int8_linear_dynamic_outlier.register_fake
-def _(xq, x_scale, x, outlier_mask, wq, w_scale, bias):
+def int8_linear_dynamic_outlier_fake(xq, x_scale, x, outlier_mask, wq, w_scale, bias):
     return x.new_empty((*x.shape[:-1], wq.shape[0]))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["quantize_rowwise", "quantize_rowwise_dynamic", "quantize_tensorwise", "quantize_weight"]
+__all__ = ["quantize_rowwise", "quantize_rowwise_dynamic", "quantize_tensorwise", "quantize_weight",
+           "quantize_rowwise_fake", "quantize_rowwise_dynamic_fake", "quantize_tensorwise_fake"]
 
 # A row of zeros quantizes to zeros; its scale must not be 0 or dequantization divides by it.
 _TINY = 1e-12
@@ -33,7 +34,7 @@ def quantize_rowwise(x: Tensor, outlier_idx: Tensor) -> tuple[Tensor, Tensor, Te
 
 
 @quantize_rowwise.register_fake
-def _(x, outlier_idx):
+def quantize_rowwise_fake(x, outlier_idx):
     return (x.new_empty(x.shape, dtype=torch.int8),
             x.new_empty((*x.shape[:-1], 1), dtype=torch.float32),
             x.new_empty((*x.shape[:-1], outlier_idx.shape[0])))
@@ -54,7 +55,7 @@ def quantize_rowwise_dynamic(x: Tensor, threshold: float) -> tuple[Tensor, Tenso
 
 
 @quantize_rowwise_dynamic.register_fake
-def _(x, threshold):
+def quantize_rowwise_dynamic_fake(x, threshold):
     return (x.new_empty(x.shape, dtype=torch.int8),
             x.new_empty((*x.shape[:-1], 1), dtype=torch.float32),
             x.new_empty((x.shape[-1],), dtype=torch.bool))
@@ -69,7 +70,7 @@ def quantize_tensorwise(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @quantize_tensorwise.register_fake
-def _(x):
+def quantize_tensorwise_fake(x):
     return x.new_empty(x.shape, dtype=torch.int8), x.new_empty((1,), dtype=torch.float32)
 
 

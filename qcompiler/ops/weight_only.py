@@ -45,7 +45,8 @@ from qcompiler.quant.nf4 import dequantize_nf4
 from qcompiler.quant.packing import unpack_int4
 from qcompiler.quant.uniform import dequantize_uint
 
-__all__ = ["weight_only_linear", "nf4_linear", "dequantize_blockwise_int8", "unpacked_codes"]
+__all__ = ["weight_only_linear", "nf4_linear", "dequantize_blockwise_int8", "unpacked_codes",
+           "weight_only_linear_fake", "nf4_linear_fake", "dequantize_blockwise_int8_fake"]
 
 
 def unpacked_codes(qweight: Tensor, bits: int, k: int) -> Tensor:
@@ -72,7 +73,7 @@ def weight_only_linear(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Option
 
 
 @weight_only_linear.register_fake
-def _(x, qweight, scales, zeros, bias, bits, group_size):
+def weight_only_linear_fake(x, qweight, scales, zeros, bias, bits, group_size):
     return x.new_empty((*x.shape[:-1], qweight.shape[0]))
 
 
@@ -84,7 +85,7 @@ def nf4_linear(x: Tensor, qweight: Tensor, absmax: Tensor, bias: Optional[Tensor
 
 
 @nf4_linear.register_fake
-def _(x, qweight, absmax, bias, block_size):
+def nf4_linear_fake(x, qweight, absmax, bias, block_size):
     return x.new_empty((*x.shape[:-1], qweight.shape[0]))
 
 
@@ -95,5 +96,5 @@ def dequantize_blockwise_int8(q: Tensor, absmax: Tensor, offset: Tensor, block_s
 
 
 @dequantize_blockwise_int8.register_fake
-def _(q, absmax, offset, block_size):
+def dequantize_blockwise_int8_fake(q, absmax, offset, block_size):
     return q.new_empty(q.shape, dtype=torch.float32)

@@ -12,7 +12,6 @@ from qcompiler.passes.quantize_weights import QuantizeWeights
 from qcompiler.passes.scale_folding import ScaleFoldAnalysis
 from qcompiler.passes.share_activation_quant import ShareActivationQuant
 from qcompiler.passes.smooth import Smooth
-from qcompiler.passes import weight_only_invariants  # noqa: F401 - registers verifier checks
 
 __all__ = [
     "CanonicalizeLinear",

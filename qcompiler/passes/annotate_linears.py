@@ -12,8 +12,10 @@ import torch
 from torch import fx
 
 from qcompiler.errors import UnsupportedError
+from qcompiler.contracts import (ACT_FLOAT, ACT_INT8, ACT_ROW, ACT_TENSOR, FORMAT_CHOSEN, FORMAT_NF4, FORMAT_UINT,
+                                 LINEARS_ANNOTATED, OUTLIERS_DETECTED, WEIGHTS_QUANTIZED, Contract)
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
-from qcompiler.passes._graph import is_linear, layer_name, linear_parts, resolve_weight
+from qcompiler.graph.nodes import is_linear, layer_name, linear_parts, resolve_weight
 from qcompiler.spec import LAYER_KEY, ActGranularity, LinearQuantSpec, WeightGranularity, set_spec
 
 __all__ = ["AnnotateLinears", "SUPPORTED_DTYPES"]
@@ -26,6 +28,12 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 class AnnotateLinears(GraphPass):
     act: ActGranularity = ActGranularity.ROW
     weight: WeightGranularity = WeightGranularity.CHANNEL
+
+    def contract(self) -> Contract:
+        act = {ActGranularity.ROW: ACT_ROW, ActGranularity.TENSOR: ACT_TENSOR, ActGranularity.NONE: ACT_FLOAT}[self.act]
+        int8 = (ACT_INT8, FORMAT_CHOSEN) if self.act is not ActGranularity.NONE else ()  # W8A8: format int8
+        return Contract(ensures={LINEARS_ANNOTATED, act, *int8}, forbids={WEIGHTS_QUANTIZED},  # fresh specs
+                        invalidates={ACT_INT8, FORMAT_CHOSEN, FORMAT_UINT, FORMAT_NF4, OUTLIERS_DETECTED})
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         for node in gm.graph.nodes:

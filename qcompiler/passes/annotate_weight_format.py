@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from torch import fx
 
 from qcompiler.errors import ConfigError
+from qcompiler.contracts import (ACT_FLOAT, ACT_INT8, FORMAT_CHOSEN, FORMAT_NF4, FORMAT_UINT, LINEARS_ANNOTATED,
+                                 OUTLIERS_DETECTED, WEIGHTS_QUANTIZED, Contract)
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
-from qcompiler.passes._graph import is_linear
+from qcompiler.graph.nodes import is_linear
 from qcompiler.spec import ActGranularity, WeightFormat, get_spec, update_spec
 
 __all__ = ["AnnotateWeightFormat", "STORED_BITS"]
@@ -46,6 +48,11 @@ class AnnotateWeightFormat(GraphPass):
     group_size: int = 128
     symmetric: bool = True
     double_quant: bool = False
+
+    def contract(self) -> Contract:
+        fmt = FORMAT_NF4 if self.format is WeightFormat.NF4 else FORMAT_UINT
+        return Contract(requires={LINEARS_ANNOTATED}, ensures={ACT_FLOAT, fmt, FORMAT_CHOSEN},
+                        forbids={WEIGHTS_QUANTIZED}, invalidates={ACT_INT8, OUTLIERS_DETECTED})
 
     def __post_init__(self):
         check_weight_format(self.format, self.bits, self.group_size, self.double_quant, "annotate-weight-format")

@@ -35,11 +35,11 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from qcompiler.errors import CalibrationError, ConfigError
+from qcompiler.errors import ConfigError
+from qcompiler.contracts import CALIBRATION_DATA, FORMAT_UINT, LINEARS_ANNOTATED, WEIGHTS_QUANTIZED, Contract
 from qcompiler.pass_manager import PassContext, PassResult, Program, ProgramPass, Region, register_pass
-from qcompiler.passes._graph import linear_parts, resolve_weight
-from qcompiler.passes._rebind import set_linear_weight
-from qcompiler.passes.calibrate import SAMPLES
+from qcompiler.graph.nodes import linear_parts, resolve_weight
+from qcompiler.graph.rebind import set_linear_weight
 from qcompiler.passes.gptq import RowSampler, pending_uint
 from qcompiler.passes.layer_inputs import linear_groups_in_order, tap_inputs
 from qcompiler.passes.quantize_weights import buffer_base
@@ -60,7 +60,10 @@ class AWQ(ProgramPass):
     max_rows: int = 1024       # calibration rows per group used by the search
     device: str | None = None  # where each region is processed (one at a time); None: where it is
     max_samples: int = 256     # rows kept per layer for the report's error estimate
-    progress: bool = False
+    progress: bool = True      # show a bar when the compile shows progress
+
+    def contract(self) -> Contract:
+        return Contract(requires={LINEARS_ANNOTATED, FORMAT_UINT, CALIBRATION_DATA}, forbids={WEIGHTS_QUANTIZED})
 
     def __post_init__(self):
         if isinstance(self.n_grid, bool) or not isinstance(self.n_grid, int) or self.n_grid < 1:
@@ -70,14 +73,11 @@ class AWQ(ProgramPass):
         if isinstance(self.max_rows, bool) or not isinstance(self.max_rows, int) or self.max_rows < 1:
             raise ConfigError(f"awq: max_rows must be an int >= 1, got {self.max_rows!r}")
 
-    def requires(self, gm: fx.GraphModule, ctx: PassContext) -> None:
-        if ctx.calibration_data is None:
-            raise CalibrationError("awq needs calibration data", hint="pass calibration_data=[...] to compile")
 
     def run_program(self, program: Program, ctx: PassContext) -> dict[str, PassResult]:
         touched: set[str] = set()
         unreached = run_sequential(program, ctx, lambda r, calls: self._region(r, calls, ctx, touched),
-                                   device=self.device, what="awq", progress=self.progress)
+                                   device=self.device, what="awq", progress=self.progress and ctx.progress)
         for path in unreached:
             ctx.note(path or "<model>", "awq: not reached by the calibration data; plain round-to-nearest")
         return {r.path: PassResult(r.gm, modified=r.path in touched) for r in program.regions}
@@ -120,7 +120,7 @@ class AWQ(ProgramPass):
                 set_linear_weight(gm, lin, new_w.to(w.dtype), buffer_base(ls) + "_awq_w")
             if fold is not None:
                 update_spec(lin, smoothing=fold.kind.value)
-            ctx.options.setdefault(SAMPLES, {})[ls.layer] = rows_sample(xs / s[None, :], 256).cpu()
+            ctx.state.samples[ls.layer] = rows_sample(xs / s[None, :], 256).cpu()
             ctx.note(ls.layer, f"awq: alpha={found.alpha:.2f}, group output MSE {found.loss:.3g} "
                                f"(round-to-nearest {found.loss_rtn:.3g}); 1/s folded into: {where}")
         if fold is not None:

@@ -7,61 +7,20 @@ pass returns, so no later pass ever sees one. The result is the :class:`Activati
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
 from qcompiler.errors import CalibrationError, QCompilerError
+from qcompiler.contracts import CALIBRATED, CALIBRATION_DATA, DECOMPOSED, LINEARS_ANNOTATED, Contract
 from qcompiler.pass_manager import Analysis, PassContext, PassResult, Program, ProgramPass, Region, register_pass
-from qcompiler.passes._graph import is_linear, linear_parts
+from qcompiler.graph.nodes import is_linear, linear_parts
+from qcompiler.graph.observer import ActivationObserver, FeatureStats
 from qcompiler.spec import get_spec
 
-__all__ = ["Calibrate", "ActivationObserver", "ActivationStats", "FeatureStats", "SAMPLES", "ABSMAX"]
-
-# ctx.options key: layer -> calibration rows kept for the report's error estimate
-SAMPLES = "samples"
-# ctx.options key: layer -> [K] per-feature max |x| over all calibration rows (kept on qm.record)
-ABSMAX = "absmax"
-
-
-@dataclass
-class FeatureStats:
-    absmax: torch.Tensor          # [K] float32, max |x| per input feature over all rows seen
-    rows: int                     # rows seen
-    samples: torch.Tensor         # [S, K] float32 rows kept for error estimates in the report
-
-
-class ActivationObserver(nn.Module):
-    """Identity that records what flows through it."""
-
-    def __init__(self, layers: list[str], max_samples: int):
-        super().__init__()
-        self.layers = layers
-        self.max_samples = max_samples
-        self.absmax: torch.Tensor | None = None
-        self.rows = 0
-        self.samples: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.detach().reshape(-1, x.shape[-1]).float()
-        if flat.numel() and not torch.isfinite(flat).all():
-            raise CalibrationError(f"non-finite activations reach layer(s) {', '.join(self.layers)}",
-                                   hint="the float model itself produces NaN/Inf on this data: check it in fp32")
-        amax = flat.abs().amax(dim=0) if flat.shape[0] else flat.new_zeros(flat.shape[1])
-        self.absmax = amax if self.absmax is None else torch.maximum(self.absmax, amax)
-        self.rows += flat.shape[0]
-        kept = sum(s.shape[0] for s in self.samples)
-        if kept < self.max_samples and flat.shape[0]:
-            step = max(1, flat.shape[0] // max(1, (self.max_samples - kept)))
-            self.samples.append(flat[::step][: self.max_samples - kept].cpu())
-        return x
-
-    def stats(self) -> FeatureStats:
-        return FeatureStats(self.absmax.cpu(), self.rows, torch.cat(self.samples) if self.samples else
-                            torch.empty(0, self.absmax.shape[0]))
-
+__all__ = ["Calibrate", "ActivationObserver", "ActivationStats", "FeatureStats"]
 
 class ActivationStats(Analysis):
     """``{linear node name: FeatureStats}`` for one region; produced by the calibrate pass."""
@@ -79,10 +38,10 @@ class Calibrate(ProgramPass):
     max_samples: int = 256     # rows kept per layer for the report's error estimate
     progress: bool = True
 
-    def requires(self, gm: fx.GraphModule, ctx: PassContext) -> None:
-        if ctx.calibration_data is None:
-            raise CalibrationError("the calibrate pass needs calibration data",
-                                   hint="pass calibration_data=[...] to compile, or use outlier_mode='dynamic'")
+    def contract(self) -> Contract:
+        # observes the annotated aten.linear nodes: after decompose-matmul there are none left
+        return Contract(requires={LINEARS_ANNOTATED, CALIBRATION_DATA}, ensures={CALIBRATED}, forbids={DECOMPOSED})
+
 
     def run_program(self, program: Program, ctx: PassContext) -> dict[str, PassResult]:
         inserted = {r.path: self._insert_observers(r, ctx) for r in program.regions}
@@ -91,8 +50,8 @@ class Calibrate(ProgramPass):
         finally:
             for r in program.regions:
                 self._remove_observers(r.gm, inserted[r.path])
-        samples = ctx.options.setdefault(SAMPLES, {})
-        absmax = ctx.options.setdefault(ABSMAX, {})
+        samples = ctx.state.samples
+        absmax = ctx.state.absmax
         for r in program.regions:
             stats = {lin: obs.stats() for obs, lins in inserted[r.path] for lin in lins if obs.absmax is not None}
             ctx.analyses.put(ActivationStats, r, stats)
@@ -134,7 +93,7 @@ class Calibrate(ProgramPass):
         calls = ctx.calibration_data.calls
         if self.max_batches:
             calls = calls[: self.max_batches]
-        bar = tqdm(calls, desc="calibrating", unit="batch", disable=not (self.progress and ctx.options.get("progress", True)), leave=False)
+        bar = tqdm(calls, desc="calibrating", unit="batch", disable=not (self.progress and ctx.progress), leave=False)
         with torch.no_grad():
             for i, (args, kwargs) in enumerate(bar):
                 try:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
-from qcompiler.passes._graph import LINEAR, is_transpose, resolve_weight
+from qcompiler.graph.nodes import LINEAR, is_transpose, resolve_weight
 
 __all__ = ["CanonicalizeLinear"]
 

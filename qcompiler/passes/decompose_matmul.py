@@ -30,9 +30,9 @@ from typing import Callable
 import torch
 from torch import fx
 
+from qcompiler.contracts import CALIBRATED, DECOMPOSED, WEIGHTS_QUANTIZED, Contract
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
-from qcompiler.passes._graph import add_buffer, is_linear, linear_parts
-from qcompiler.passes.quantize_weights import FLOAT_WEIGHTS
+from qcompiler.graph.nodes import add_buffer, is_linear, linear_parts
 from qcompiler.quant import effective_group_size
 from qcompiler.quant.nf4 import DOUBLE_QUANT_BLOCK
 from qcompiler.spec import SPEC_KEY, ActGranularity, LinearQuantSpec, OutlierMode, WeightFormat, get_spec
@@ -105,6 +105,10 @@ EMITTERS: dict[WeightFormat, Emitter] = {
 @register_pass("decompose-matmul")
 @dataclass(frozen=True)
 class DecomposeMatmul(GraphPass):
+    def contract(self) -> Contract:
+        # the observed linears are gone: their statistics no longer describe this graph
+        return Contract(requires={WEIGHTS_QUANTIZED}, ensures={DECOMPOSED}, invalidates={CALIBRATED})
+
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         modified, empty_idx = False, None
         for node in list(gm.graph.nodes):
@@ -118,7 +122,7 @@ class DecomposeMatmul(GraphPass):
                     empty_idx = add_buffer(gm, "_qc_empty_idx",
                                            torch.empty(0, dtype=torch.long, device=qweight.device))
                 out_dtype = node.meta["val"].dtype if "val" in node.meta else \
-                    ctx.options[FLOAT_WEIGHTS][spec.layer].dtype
+                    ctx.state.float_weights[spec.layer].dtype
                 with gm.graph.inserting_before(node):
                     y = emit_quantized_linear(gm.graph, spec, x, bias, out_dtype, empty_idx)
                 y.meta[SPEC_KEY] = spec

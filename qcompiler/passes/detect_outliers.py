@@ -14,8 +14,9 @@ import torch
 from torch import fx
 
 from qcompiler.errors import ConfigError
+from qcompiler.contracts import ACT_ROW, CALIBRATED, LINEARS_ANNOTATED, OUTLIERS_DETECTED, WEIGHTS_QUANTIZED, Contract
 from qcompiler.pass_manager import Analysis, GraphPass, PassContext, PassResult, Region, register_pass
-from qcompiler.passes._graph import is_linear
+from qcompiler.graph.nodes import is_linear
 from qcompiler.passes.calibrate import ActivationStats
 from qcompiler.spec import OutlierMode, get_spec, update_spec
 
@@ -38,6 +39,12 @@ class DetectOutliers(GraphPass):
     threshold: float = 6.0
     mode: OutlierMode = OutlierMode.STATIC
 
+    def contract(self) -> Contract:
+        # only the per-row int8 path multiplies outlier columns in float; quantize-weights splits W by them
+        stats = {CALIBRATED} if self.mode is OutlierMode.STATIC else set()
+        return Contract(requires={LINEARS_ANNOTATED, ACT_ROW, *stats}, ensures={OUTLIERS_DETECTED},
+                        forbids={WEIGHTS_QUANTIZED})
+
     def __post_init__(self):
         if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold) and self.threshold >= 0):
             raise ConfigError(f"detect-outliers: threshold must be a finite number >= 0, got {self.threshold!r}")
@@ -51,6 +58,13 @@ class DetectOutliers(GraphPass):
             if not (is_linear(node) and get_spec(node) is not None):
                 continue
             with ctx.at(node):
+                spec = get_spec(node)
+                if self.threshold == 0:
+                    ctx.note(spec.layer, "threshold 0: every nonzero input column is an outlier, so the layer "
+                                         "computes in float (no int8 saving)")
+                elif len(outliers.get(node.name, ())) == spec.in_features:
+                    ctx.note(spec.layer, f"all {spec.in_features} input columns exceed threshold {self.threshold:g}: "
+                                         "the layer computes in float")
                 if self.mode is OutlierMode.DYNAMIC:
                     update_spec(node, outliers=OutlierMode.DYNAMIC, threshold=self.threshold)
                 elif node.name in outliers:

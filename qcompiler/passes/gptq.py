@@ -27,13 +27,13 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from qcompiler.errors import CalibrationError, ConfigError
+from qcompiler.errors import ConfigError
+from qcompiler.contracts import CALIBRATION_DATA, FORMAT_UINT, LINEARS_ANNOTATED, WEIGHTS_QUANTIZED, Contract
 from qcompiler.pass_manager import PassContext, PassResult, Program, ProgramPass, Region, register_pass
-from qcompiler.passes._graph import linear_parts, resolve_weight
-from qcompiler.passes._rebind import set_linear_weight
-from qcompiler.passes.calibrate import SAMPLES
+from qcompiler.graph.nodes import linear_parts, resolve_weight
+from qcompiler.graph.rebind import set_linear_weight
 from qcompiler.passes.layer_inputs import linear_groups_in_order, tap_inputs
-from qcompiler.passes.quantize_weights import FLOAT_WEIGHTS, buffer_base, materialize_uint
+from qcompiler.passes.quantize_weights import buffer_base, materialize_uint
 from qcompiler.passes.sequential_calibrate import region_device, run_sequential
 from qcompiler.quant.gptq import HessianAccumulator, gptq_quantize
 from qcompiler.spec import WeightFormat, get_spec
@@ -73,7 +73,10 @@ class GPTQ(ProgramPass):
     act_order: bool = False    # visit columns by decreasing diag(H)
     device: str | None = None  # where each region is quantized (one at a time); None: where it is
     max_samples: int = 256     # calibration rows kept per layer for the report's error estimate
-    progress: bool = False
+    progress: bool = True      # show a bar when the compile shows progress
+
+    def contract(self) -> Contract:
+        return Contract(requires={LINEARS_ANNOTATED, FORMAT_UINT, CALIBRATION_DATA}, forbids={WEIGHTS_QUANTIZED})
 
     def __post_init__(self):
         if not (isinstance(self.percdamp, (int, float)) and 0 <= self.percdamp < 10):
@@ -89,15 +92,12 @@ class GPTQ(ProgramPass):
                 raise ConfigError(f"gptq: device {self.device!r} is not a torch device",
                                   hint="use e.g. 'cpu', 'cuda' or 'cuda:1'") from None
 
-    def requires(self, gm: fx.GraphModule, ctx: PassContext) -> None:
-        if ctx.calibration_data is None:
-            raise CalibrationError("gptq needs calibration data", hint="pass calibration_data=[...] to compile")
 
     def run_program(self, program: Program, ctx: PassContext) -> dict[str, PassResult]:
         done: dict[str, list[str]] = {}
         unreached = run_sequential(program, ctx, lambda r, calls: self._region(r, calls, ctx, done),
-                                   device=self.device, what="gptq", progress=self.progress)
-        fw = ctx.options.setdefault(FLOAT_WEIGHTS, {})
+                                   device=self.device, what="gptq", progress=self.progress and ctx.progress)
+        fw = ctx.state.float_weights
         for region in program.regions:  # the region is back home: so must the report's float weights be
             home = region_device(region.module)
             for layer in done.get(region.path, []):
@@ -132,8 +132,8 @@ class GPTQ(ProgramPass):
                             percdamp=self.percdamp, block_size=self.block_size, act_order=self.act_order)
         u = res.weight
         materialize_uint(gm, lin, u.codes, u.scales, u.zeros)
-        ctx.options.setdefault(FLOAT_WEIGHTS, {})[spec.layer] = w
-        ctx.options.setdefault(SAMPLES, {})[spec.layer] = rows
+        ctx.state.float_weights[spec.layer] = w
+        ctx.state.samples[spec.layer] = rows
         # From here on the layer computes with its quantized weight: later layers calibrate on that.
         set_linear_weight(gm, lin, res.dequantized.to(w.dtype), buffer_base(spec) + "_gptq_dq")
         ctx.note(spec.layer, f"gptq: {acc.rows} calibration rows, est. added error {res.loss:.4g}"

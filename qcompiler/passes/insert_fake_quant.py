@@ -28,8 +28,9 @@ import torch
 from torch import fx
 
 import qcompiler.ops.fake_quant  # noqa: F401 - registers the fake-quantization ops
+from qcompiler.contracts import FAKE_QUANTIZED, FORMAT_CHOSEN, LINEARS_ANNOTATED, WEIGHTS_QUANTIZED, Contract
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
-from qcompiler.passes._graph import is_linear, linear_parts
+from qcompiler.graph.nodes import is_linear, linear_parts
 from qcompiler.quant import effective_group_size
 from qcompiler.spec import ActGranularity, LinearQuantSpec, OutlierMode, WeightFormat, WeightGranularity, get_spec
 
@@ -64,6 +65,10 @@ WEIGHT_FAKE_QUANT: dict[WeightFormat, Callable[[fx.Graph, fx.Node, LinearQuantSp
 @register_pass("insert-fake-quant")
 @dataclass(frozen=True)
 class InsertFakeQuant(GraphPass):
+    def contract(self) -> Contract:
+        return Contract(requires={LINEARS_ANNOTATED, FORMAT_CHOSEN}, ensures={FAKE_QUANTIZED},
+                        forbids={WEIGHTS_QUANTIZED})
+
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         modified = False
         for node in list(gm.graph.nodes):

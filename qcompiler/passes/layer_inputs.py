@@ -15,7 +15,7 @@ import torch
 from torch import fx, nn
 
 from qcompiler.pass_manager import Region
-from qcompiler.passes._graph import is_linear, linear_parts
+from qcompiler.graph.nodes import is_linear, linear_parts
 from qcompiler.spec import get_spec
 
 __all__ = ["InputTap", "tap_inputs", "linear_groups_in_order"]

@@ -42,10 +42,13 @@ from typing import Callable, Optional
 import torch
 from torch import fx
 
+from qcompiler.contracts import CALIBRATED, DECOMPOSED, LOWERED, Contract
 from qcompiler.errors import UnsupportedError
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
-from qcompiler.passes._graph import add_buffer, get_attr_value
-from qcompiler.passes.quantize_weights import FLOAT_WEIGHTS
+from qcompiler.graph.nodes import add_buffer, get_attr_value
+from qcompiler.ops.args import (DequantizeBlockwiseInt8Args, Int8LinearArgs, Int8LinearDynamicOutlierArgs,
+                                NF4LinearArgs, QuantizeRowwiseArgs, QuantizeRowwiseDynamicArgs,
+                                WeightOnlyLinearArgs, args_of)
 from qcompiler.spec import SPEC_KEY, get_spec, update_spec
 
 __all__ = ["LowerTriton", "LoweringRule", "RULES"]
@@ -69,6 +72,9 @@ def _dtype(node) -> torch.dtype | None:
 class LowerTriton(GraphPass):
     fallback: bool = False
 
+    def contract(self) -> Contract:
+        return Contract(requires={DECOMPOSED}, ensures={LOWERED}, invalidates={CALIBRATED})
+
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         from qcompiler.backends.triton import is_available  # late: imports triton
 
@@ -83,7 +89,7 @@ class LowerTriton(GraphPass):
             with ctx.at(node):
                 spec = get_spec(node)
                 layer = spec.layer if spec is not None else node.name
-                wq = get_attr_value(gm, node.args[rule.weight_arg].target)
+                wq = get_attr_value(gm, getattr(args_of(node), rule.weight_arg).target)
                 ok, why = is_available(wq.device)
                 act = rule.act_dtype(node) or _float_weight_dtype(ctx, spec)
                 if ok and act not in _SUPPORTED:
@@ -115,55 +121,59 @@ class LowerTriton(GraphPass):
     @staticmethod
     def _static(gm, node, ops, state):
         masks = state["masks"]
-        xq, xs, wq, ws, xo, wo, bias, out_dtype = node.args
+        a = Int8LinearArgs.of(node)
+        xq, xs, wq, xo = a.xq, a.x_scale, a.wq, a.x_outliers
         q = xq.args[0] if isinstance(xq, fx.Node) and xq.target is operator.getitem else None
         fused = (isinstance(q, fx.Node) and q.op == "call_function"
-                 and q.target is _REF.quantize_rowwise.default and _item(xq, q, 0) and _item(xs, q, 1) and (xo is None or _item(xo, q, 2))
-                 and _dtype(q.args[0]) in (None, out_dtype) and isinstance(q.args[1], fx.Node)
-                 and q.args[1].op == "get_attr")
+                 and q.target is _REF.quantize_rowwise.default and _item(xq, q, 0) and _item(xs, q, 1) and (xo is None or _item(xo, q, 2)))
         if fused:
-            idx = get_attr_value(gm, q.args[1].target)
+            qa = QuantizeRowwiseArgs.of(q)
+            fused = (_dtype(qa.x) in (None, a.out_dtype) and isinstance(qa.outlier_idx, fx.Node)
+                     and qa.outlier_idx.op == "get_attr")
+        if fused:
+            idx = get_attr_value(gm, qa.outlier_idx.target)
             if xo is None and idx.numel():
                 fused = False  # outlier columns zeroed but no fp product: keep the op-for-op form
         if not fused:
             return gm.graph.call_function(ops.int8_linear.default, node.args), "int8_linear"
         mask = None
         if idx.numel():
-            name = masks.get(q.args[1].target)
+            name = masks.get(qa.outlier_idx.target)
             if name is None:
                 k = get_attr_value(gm, wq.target).shape[1]
                 m = torch.zeros(k, dtype=torch.int8, device=idx.device)
                 m[idx] = 1
-                name = masks[q.args[1].target] = add_buffer(gm, "_qc_triton_outlier_mask", m)
+                name = masks[qa.outlier_idx.target] = add_buffer(gm, "_qc_triton_outlier_mask", m)
             mask = gm.graph.get_attr(name)
         new = gm.graph.call_function(ops.int8_outlier_linear.default,
-                                     (q.args[0], wq, ws, q.args[1], mask, wo, bias))
+                                     (qa.x, wq, a.w_scale, qa.outlier_idx, mask, a.w_outliers, a.bias))
         return new, "int8_outlier_linear (weight-only int8 for M<=16)"
 
     @staticmethod
     def _dynamic(gm, node, ops, state):
-        xq, xs, x, mask, wq, ws, bias = node.args
-        q = xq.args[0] if isinstance(xq, fx.Node) and xq.target is operator.getitem else None
+        a = Int8LinearDynamicOutlierArgs.of(node)
+        q = a.xq.args[0] if isinstance(a.xq, fx.Node) and a.xq.target is operator.getitem else None
         if (isinstance(q, fx.Node) and q.op == "call_function"
-                and q.target is _REF.quantize_rowwise_dynamic.default and q.args[0] is x
-                and _item(xq, q, 0) and _item(xs, q, 1) and _item(mask, q, 2)):
+                and q.target is _REF.quantize_rowwise_dynamic.default and QuantizeRowwiseDynamicArgs.of(q).x is a.x
+                and _item(a.xq, q, 0) and _item(a.x_scale, q, 1) and _item(a.outlier_mask, q, 2)):
             new = gm.graph.call_function(ops.int8_dynamic_outlier_linear.default,
-                                         (x, wq, ws, float(q.args[1]), bias))
+                                         (a.x, a.wq, a.w_scale, float(QuantizeRowwiseDynamicArgs.of(q).threshold), a.bias))
             return new, "int8_dynamic_outlier_linear (weight-only int8 for M<=16)"
         return (gm.graph.call_function(ops.int8_linear_dynamic_outlier.default, node.args),
                 "int8_linear_dynamic_outlier")
 
     @staticmethod
     def _lower_quantize(gm, ops) -> bool:
-        """Row-wise quantize nodes still read by a lowered int8_linear run on Triton too."""
-        pairs = {_REF.quantize_rowwise.default: ops.quantize_rowwise.default,
-                 _REF.quantize_rowwise_dynamic.default: ops.quantize_rowwise_dynamic.default}
+        """Row-wise quantize nodes read only by lowered ops run on Triton too; one that feeds a
+        layer that fell back (no GPU here, say) stays in torch with it."""
+        quant = (_REF.quantize_rowwise.default, _REF.quantize_rowwise_dynamic.default)
         changed = False
         for node in gm.graph.nodes:
-            if node.op == "call_function" and node.target in pairs and node.users:
-                if _dtype(node.args[0]) in (None, *_SUPPORTED):
-                    node.target = pairs[node.target]
-                    changed = True
+            if not (node.op == "call_function" and node.target in quant and node.users):
+                continue
+            if all(_on_triton(c) for c in _consumers(node)) and _dtype(args_of(node).x) in (None, *_SUPPORTED):
+                node.target = getattr(ops, node.target.overloadpacket.__name__).default
+                changed = True
         return changed
 
     @staticmethod
@@ -178,9 +188,18 @@ class LowerTriton(GraphPass):
                 gm.graph.erase_node(node)
 
 
+def _consumers(node: fx.Node) -> list[fx.Node]:
+    """What reads ``node``'s value, looking through the getitems that unpack a tuple output."""
+    return [c for u in node.users for c in (u.users if u.target is operator.getitem else (u,))]
+
+
+def _on_triton(node: fx.Node) -> bool:
+    return node.op == "call_function" and getattr(node.target, "namespace", None) == "qcompiler_triton"
+
+
 def _float_weight_dtype(ctx: PassContext, spec) -> Optional[torch.dtype]:
     """The layer's float weight dtype, where the graph carries no ``val`` for x (fx tracing)."""
-    w = ctx.options.get(FLOAT_WEIGHTS, {}).get(spec.layer) if spec is not None else None
+    w = ctx.state.float_weights.get(spec.layer) if spec is not None else None
     return getattr(w, "dtype", None)
 
 
@@ -188,25 +207,25 @@ _WO_DISPATCH = ": split-K GEMV for M<=16, mixed-input GEMM for M<=256, dequantiz
 
 
 def _lower_uint(gm, node, ops, state):
-    x, qweight, scales, zeros, bias, bits, group = node.args
-    new = gm.graph.call_function(ops.weight_only_uint_linear.default, tuple(node.args))
-    return new, f"weight_only_uint_linear (w{bits} g{group}{_WO_DISPATCH})"
+    a = WeightOnlyLinearArgs.of(node)  # the Triton op takes the same arguments
+    new = gm.graph.call_function(ops.weight_only_uint_linear.default, tuple(a))
+    return new, f"weight_only_uint_linear (w{a.bits} g{a.group_size}{_WO_DISPATCH})"
 
 
 def _lower_nf4(gm, node, ops, state):
-    x, qweight, absmax, bias, block = node.args
+    a = NF4LinearArgs.of(node)
     dq = _REF.dequantize_blockwise_int8.default
-    if isinstance(absmax, fx.Node) and absmax.op == "call_function" and absmax.target is dq:
-        codes, scale, offset, dq_block = absmax.args
-        args, how = (x, qweight, codes, scale, offset, bias, block, dq_block), " +dq fused"
+    if isinstance(a.absmax, fx.Node) and a.absmax.op == "call_function" and a.absmax.target is dq:
+        d = DequantizeBlockwiseInt8Args.of(a.absmax)
+        args, how = (a.x, a.qweight, d.q, d.absmax, d.offset, a.bias, a.block_size, d.block_size), " +dq fused"
     else:
-        args, how = (x, qweight, absmax, None, None, bias, block, 1), ""
+        args, how = (a.x, a.qweight, a.absmax, None, None, a.bias, a.block_size, 1), ""
     new = gm.graph.call_function(ops.weight_only_nf4_linear.default, args)
-    return new, f"weight_only_nf4_linear (b{block}{how}{_WO_DISPATCH})"
+    return new, f"weight_only_nf4_linear (b{a.block_size}{how}{_WO_DISPATCH})"
 
 
 def _uint_bits(node) -> Optional[str]:
-    bits = node.args[5]
+    bits = WeightOnlyLinearArgs.of(node).bits
     return None if bits in (4, 8) else f"{bits}-bit codes; the kernels take 4- or 8-bit codes"
 
 
@@ -214,7 +233,7 @@ def _uint_bits(node) -> Optional[str]:
 class LoweringRule:
     """One reference op and how ``lower-triton`` replaces it.
 
-    ``weight_arg``: position of the stored weight (its device decides availability);
+    ``weight_arg``: name of the stored weight's argument (its device decides availability);
     ``act_dtype(node)``: the activations' dtype (None if the graph does not say);
     ``unsupported(node)``: why these operands cannot run on the kernels, or None;
     ``lower(gm, node, ops, state) -> (new node, description)``; ``state`` is per pass run.
@@ -222,18 +241,19 @@ class LoweringRule:
 
     name: str
     target: object
-    weight_arg: int
+    weight_arg: str
     act_dtype: Callable[[fx.Node], Optional[torch.dtype]]
     lower: Callable
     unsupported: Optional[Callable[[fx.Node], Optional[str]]] = None
 
 
 RULES: tuple[LoweringRule, ...] = (
-    LoweringRule("int8-linear", _REF.int8_linear.default, 2, lambda n: n.args[7], LowerTriton._static),
-    LoweringRule("int8-linear-dynamic-outlier", _REF.int8_linear_dynamic_outlier.default, 4,
-                 lambda n: _dtype(n.args[2]), LowerTriton._dynamic),
-    LoweringRule("weight-only-uint", _REF.weight_only_linear.default, 1,
-                 lambda n: _dtype(n.args[0]) or _dtype(n), _lower_uint, _uint_bits),
-    LoweringRule("weight-only-nf4", _REF.nf4_linear.default, 1,
-                 lambda n: _dtype(n.args[0]) or _dtype(n), _lower_nf4),
+    LoweringRule("int8-linear", _REF.int8_linear.default, "wq", lambda n: Int8LinearArgs.of(n).out_dtype,
+                 LowerTriton._static),
+    LoweringRule("int8-linear-dynamic-outlier", _REF.int8_linear_dynamic_outlier.default, "wq",
+                 lambda n: _dtype(Int8LinearDynamicOutlierArgs.of(n).x), LowerTriton._dynamic),
+    LoweringRule("weight-only-uint", _REF.weight_only_linear.default, "qweight",
+                 lambda n: _dtype(WeightOnlyLinearArgs.of(n).x) or _dtype(n), _lower_uint, _uint_bits),
+    LoweringRule("weight-only-nf4", _REF.nf4_linear.default, "qweight",
+                 lambda n: _dtype(NF4LinearArgs.of(n).x) or _dtype(n), _lower_nf4),
 )

@@ -23,16 +23,14 @@ from torch import fx
 
 from qcompiler.errors import UnsupportedError
 from qcompiler.ops import quantize_weight
+from qcompiler.contracts import FORMAT_CHOSEN, LINEARS_ANNOTATED, WEIGHTS_QUANTIZED, Contract
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
-from qcompiler.passes._graph import add_buffer, is_linear, linear_parts, resolve_weight
+from qcompiler.graph.nodes import add_buffer, is_linear, linear_parts, resolve_weight
 from qcompiler.quant import double_quantize, effective_group_size, pack_int4, quantize_nf4, quantize_uint
 from qcompiler.spec import (ActGranularity, LinearQuantSpec, OutlierMode, WeightFormat, WeightGranularity, WeightRefs,
                             get_spec, update_spec)
 
-__all__ = ["QuantizeWeights", "FLOAT_WEIGHTS", "QUANTIZERS", "materialize_uint", "buffer_base"]
-
-# ctx.options key: layer -> the float weight, kept only until compile ends (for the report)
-FLOAT_WEIGHTS = "float_weights"
+__all__ = ["QuantizeWeights", "QUANTIZERS", "materialize_uint", "buffer_base"]
 
 # (gm, spec, float weight [N, K], buffer name prefix, bias buffer name) -> the stored buffers
 Quantizer = Callable[[fx.GraphModule, LinearQuantSpec, torch.Tensor, str, "str | None"], WeightRefs]
@@ -56,10 +54,14 @@ def _quantize_int8(gm, spec, w, base, bias) -> WeightRefs:
     w_int = w.detach()
     outlier_weight = None
     static = spec.outliers is OutlierMode.STATIC and bool(spec.outlier_idx)
+    per_channel = spec.weight is WeightGranularity.CHANNEL
     if static:
         outlier_weight = add_buffer(gm, base + "_wout", w_int.index_select(1, idx).contiguous())
-        w_int = w_int.index_fill(1, idx, 0)
-    qw, scale = quantize_weight(w_int, per_channel=spec.weight is WeightGranularity.CHANNEL)
+    if static and per_channel and w_int.shape[0]:  # rows are independent: zero the outlier columns a row chunk at a time, no full copy
+        parts = [quantize_weight(w_int[i:i + 4096].index_fill(1, idx, 0)) for i in range(0, w_int.shape[0], 4096)]
+        qw, scale = torch.cat([q for q, _ in parts]), torch.cat([sc for _, sc in parts])
+    else:
+        qw, scale = quantize_weight(w_int.index_fill(1, idx, 0) if static else w_int, per_channel=per_channel)
     return WeightRefs(qweight=add_buffer(gm, base + "_qweight", qw), scale=add_buffer(gm, base + "_wscale", scale),
                       outlier_weight=outlier_weight,
                       outlier_idx=add_buffer(gm, base + "_oidx", idx) if static else None, bias=bias)
@@ -132,7 +134,7 @@ def materialize_uint(gm: fx.GraphModule, node: fx.Node, codes: torch.Tensor, sca
     if ctx is not None:
         resolved = resolve_weight(gm, w_node)
         if resolved is not None:
-            ctx.options.setdefault(FLOAT_WEIGHTS, {})[spec.layer] = resolved[0]
+            ctx.state.float_weights[spec.layer] = resolved[0]
     refs = _uint_refs(gm, spec, buffer_base(spec), codes, scales, zeros, _bias_ref(b_node))
     return update_spec(node, weights=refs)
 
@@ -140,6 +142,9 @@ def materialize_uint(gm: fx.GraphModule, node: fx.Node, codes: torch.Tensor, sca
 @register_pass("quantize-weights")
 @dataclass(frozen=True)
 class QuantizeWeights(GraphPass):
+    def contract(self) -> Contract:
+        return Contract(requires={LINEARS_ANNOTATED, FORMAT_CHOSEN}, ensures={WEIGHTS_QUANTIZED})
+
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         modified = False
         for node in gm.graph.nodes:
@@ -149,7 +154,7 @@ class QuantizeWeights(GraphPass):
             with ctx.at(node):
                 _, w_node, b_node = linear_parts(node)
                 w, _ = resolve_weight(gm, w_node)
-                ctx.options.setdefault(FLOAT_WEIGHTS, {})[spec.layer] = w
+                ctx.state.float_weights[spec.layer] = w
                 refs = QUANTIZERS[spec.format](gm, spec, w, buffer_base(spec), _bias_ref(b_node))
                 update_spec(node, weights=refs)
                 modified = True

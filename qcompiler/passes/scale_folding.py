@@ -29,7 +29,7 @@ import torch
 from torch import fx
 
 from qcompiler.pass_manager import Analysis, PassContext, Region
-from qcompiler.passes._graph import add_buffer, get_attr_value, is_linear, linear_parts, resolve_weight
+from qcompiler.graph.nodes import add_buffer, get_attr_value, is_linear, linear_parts, resolve_weight
 from qcompiler.spec import get_spec
 
 __all__ = ["FoldKind", "ScaleFold", "ScaleFoldAnalysis", "find_scale_fold", "divide_input", "scale_weight_columns",

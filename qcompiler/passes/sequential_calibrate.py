@@ -12,7 +12,7 @@ the run is deterministic and CPU threads are not oversubscribed.
 So each region is loaded exactly once, the model runs end to end once per calibration item, and
 at any moment the device holds one region plus its calibration inputs: the rest of the model, and
 the eager code between regions, stays where it is (e.g. on the CPU). What happened is recorded in
-``ctx.options[SEQUENTIAL_TRACE]`` as ``(event, region path)`` pairs: ``load``, ``process``,
+``ctx.state.sequential_trace`` as ``(event, region path)`` pairs: ``load``, ``process``,
 ``offload``.
 
 Limitations: a region's graph may hold constants baked for the device it was captured on
@@ -34,10 +34,7 @@ from tqdm.auto import tqdm
 from qcompiler.errors import CalibrationError, QCompilerError
 from qcompiler.pass_manager import PassContext, Program, Region
 
-__all__ = ["run_sequential", "SEQUENTIAL_TRACE", "Call", "move_call", "region_device"]
-
-# ctx.options key: list of (event, region path) in the order they happened
-SEQUENTIAL_TRACE = "sequential_trace"
+__all__ = ["run_sequential", "Call", "move_call", "region_device"]
 
 Call = tuple[tuple, dict]
 
@@ -96,7 +93,7 @@ def run_sequential(program: Program, ctx: PassContext, process: Callable[[Region
     if ctx.calibration_data is None:
         raise CalibrationError(f"{what} needs calibration data", hint="pass calibration_data=[...] to compile")
     target = torch.device(device) if device is not None else None
-    trace = ctx.options.setdefault(SEQUENTIAL_TRACE, [])
+    trace = ctx.state.sequential_trace
     by_module = {id(r.module): r for r in program.regions}
     order = {r.path: i for i, r in enumerate(program.regions)}
     cond = threading.Condition()  # held by whichever thread runs: one at a time

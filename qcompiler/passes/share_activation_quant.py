@@ -9,8 +9,10 @@ import torch
 from torch import fx
 
 from qcompiler.ops import QUANTIZE_OPS
+from qcompiler.contracts import DECOMPOSED, Contract
+from qcompiler.ops.args import args_of
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
-from qcompiler.passes._graph import get_attr_value
+from qcompiler.graph.nodes import get_attr_value
 from qcompiler.spec import get_spec, update_spec
 
 __all__ = ["ShareActivationQuant"]
@@ -30,6 +32,9 @@ def _key(gm: fx.GraphModule, node: fx.Node) -> tuple:
 @register_pass("share-activation-quant")
 @dataclass(frozen=True)
 class ShareActivationQuant(GraphPass):
+    def contract(self) -> Contract:
+        return Contract(requires={DECOMPOSED})
+
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         seen: dict[tuple, fx.Node] = {}
         modified = False
@@ -51,7 +56,8 @@ class ShareActivationQuant(GraphPass):
     @staticmethod
     def _retarget_specs(dropped: fx.Node, kept: fx.Node) -> None:
         """Matmuls fed by ``dropped`` now read ``kept``'s outlier-index buffer: say so in their spec."""
-        idx = kept.args[1] if len(kept.args) > 1 and isinstance(kept.args[1], fx.Node) else None
+        idx = getattr(args_of(kept), "outlier_idx", None)  # only quantize_rowwise has an index buffer
+        idx = idx if isinstance(idx, fx.Node) else None
         for item in dropped.users:
             for mm in item.users:
                 spec = get_spec(mm)

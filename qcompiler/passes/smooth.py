@@ -38,9 +38,10 @@ import torch
 from torch import fx
 
 from qcompiler.errors import ConfigError
+from qcompiler.contracts import ACT_INT8, CALIBRATED, LINEARS_ANNOTATED, WEIGHTS_QUANTIZED, Contract
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
-from qcompiler.passes._graph import linear_parts, resolve_weight
-from qcompiler.passes.calibrate import SAMPLES, ActivationStats, FeatureStats
+from qcompiler.graph.nodes import linear_parts, resolve_weight
+from qcompiler.passes.calibrate import ActivationStats, FeatureStats
 from qcompiler.passes.quantize_weights import buffer_base
 from qcompiler.passes.scale_folding import (FoldKind, ScaleFoldAnalysis, divide_input, linear_groups,
                                             scale_weight_columns)
@@ -64,6 +65,10 @@ class Smooth(GraphPass):
     alpha: float = 0.5
     fold: bool = True   # false: always an explicit mul (for debugging and comparisons)
 
+    def contract(self) -> Contract:
+        # rescales the float weights: after quantize-weights that would change nothing that runs
+        return Contract(requires={LINEARS_ANNOTATED, ACT_INT8, CALIBRATED}, forbids={WEIGHTS_QUANTIZED})
+
     def __post_init__(self):
         a = self.alpha
         if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or not 0.0 <= a <= 1.0:
@@ -73,7 +78,7 @@ class Smooth(GraphPass):
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         stats = dict(ctx.analysis(ActivationStats))
         folds = ctx.analysis(ScaleFoldAnalysis, fold=self.fold)
-        samples = ctx.options.setdefault(SAMPLES, {})
+        samples = ctx.state.samples
         modified = False
         for x, linears in linear_groups(gm).items():
             first = linears[0]

@@ -22,7 +22,7 @@ from torch import fx
 
 from qcompiler.serialize.errors import LoadError, SaveError
 from qcompiler.serialize.values import class_name, decode_arg, encode_arg, from_json, resolve_class, to_json
-from qcompiler.viz.snapshot import qualified_target
+from qcompiler.graph.snapshot import qualified_target
 
 __all__ = ["encode_graph", "decode_graph", "META_PREFIX"]
 

@@ -152,7 +152,7 @@ def load_with_model(path: str | os.PathLike, model: nn.Module, *, check_versions
     from qcompiler.errors import QCompilerError
     from qcompiler.pass_manager import Program, Region
     from qcompiler.report import Report
-    from qcompiler.viz.snapshot import GraphSnapshot
+    from qcompiler.graph.snapshot import GraphSnapshot
 
     root = Path(path)
     doc = read_description(root)

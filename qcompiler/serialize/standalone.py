@@ -106,7 +106,7 @@ def load_standalone(root: Path, doc: dict[str, Any], tensors: dict[str, torch.Te
     from qcompiler.report import Report
     from qcompiler.serialize.record import CompileRecord, WeightsDigest
     from qcompiler.serialize.values import from_json
-    from qcompiler.viz.snapshot import GraphSnapshot
+    from qcompiler.graph.snapshot import GraphSnapshot
 
     comp = doc["compile"]
     backend = get_backend(comp["backend"])  # registers the backend's ops, which the graphs may call

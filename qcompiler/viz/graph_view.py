@@ -6,7 +6,7 @@
     open("g.dot", "w").write(graph_view.to_dot(g))
 
 Nodes are coloured by kind (activation quantization, int8 matmul, weight-only matmul, float
-linear, ...; see :data:`qcompiler.viz.snapshot.KINDS`) and labelled with op, output shape and, for
+linear, ...; see :data:`qcompiler.graph.snapshot.KINDS`) and labelled with op, output shape and, for
 quantized matmuls, the layer, its outlier dims and lowering. Parameters and ``getitem`` nodes are
 folded into the nodes that use them (they are listed in the tooltip). The SVG is laid out in pure
 Python (:mod:`qcompiler.viz.layout`): no graphviz needed; the DOT text is there for those who
@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import networkx as nx
 
 from qcompiler.viz.layout import layered_layout
-from qcompiler.viz.snapshot import KINDS, GraphSnapshot, NodeInfo, snapshot_graph
+from qcompiler.graph.snapshot import KINDS, GraphSnapshot, NodeInfo, snapshot_graph
 
 __all__ = ["before", "after", "to_networkx", "to_dot", "to_svg", "to_html", "write_html"]
 

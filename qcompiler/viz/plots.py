@@ -21,19 +21,27 @@ from typing import Mapping, Sequence
 import torch
 
 from qcompiler.errors import ConfigError, UnsupportedError
+from qcompiler.install_hint import install_hint
 
-__all__ = ["plot_outlier_features", "plot_scheme_errors", "plot_quantization_grid", "quantize_with_scale",
+__all__ = ["require_matplotlib", "plot_outlier_features", "plot_scheme_errors", "plot_quantization_grid", "quantize_with_scale",
            "short_layer_names"]
 
 _SCHEME_COLOURS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
 
 
-def _figure(width: float, height: float):
+def require_matplotlib() -> None:
+    """Raises :class:`UnsupportedError` now if plots cannot be drawn here, so a command that ends
+    with plots (``qcompiler compile --plots``) fails before its work, not after."""
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        import matplotlib  # noqa: F401
     except ImportError as e:
-        raise UnsupportedError("plots need matplotlib", hint="pip install 'qcompiler[tools]'") from e
+        raise UnsupportedError("plots need matplotlib", hint=install_hint("tools", "matplotlib")) from e
+
+
+def _figure(width: float, height: float):
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     return fig

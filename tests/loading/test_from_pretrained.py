@@ -1,5 +1,7 @@
 """qcompiler.from_pretrained: block-by-block quantization of a sharded checkpoint equals compile()."""
 
+import copy
+
 import pytest
 import torch
 
@@ -73,8 +75,7 @@ def test_generate_and_memory_report(llama_dir, calib, prompt):
 def test_half_precision_on_disk_and_bf16(tmp_path, llama_dir, prompt):
     model, _ = llama_dir
     path = tmp_path / "fp16"
-    model.half().save_pretrained(path)
-    model.float()
+    copy.deepcopy(model).half().save_pretrained(path)  # the session's model stays float32
     qm = qcompiler.from_pretrained(path, scheme="w8-weight-only", dtype=torch.bfloat16, progress=False)
     w = qm.model.model.embed_tokens.weight
     assert w.dtype == torch.bfloat16

@@ -12,7 +12,7 @@ import qcompiler
 from qcompiler.calibration import CalibrationSet, as_call
 from qcompiler.capture import CaptureMethod, capture_regions
 from qcompiler.pass_manager import PassContext, PassManager, Program, Region
-from qcompiler.passes._graph import is_linear
+from qcompiler.graph.nodes import is_linear
 from qcompiler.spec import get_spec
 
 D = 64

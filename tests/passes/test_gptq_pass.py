@@ -10,7 +10,7 @@ from torch import nn
 import qcompiler
 from qcompiler.errors import ConfigError
 from qcompiler.ops.weight_only import unpacked_codes
-from qcompiler.passes._graph import is_linear
+from qcompiler.graph.nodes import is_linear
 from qcompiler.quant import dequantize_uint
 from qcompiler.quant.gptq import HessianAccumulator, gptq_quantize
 from qcompiler.spec import get_spec

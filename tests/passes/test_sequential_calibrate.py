@@ -19,9 +19,9 @@ from qcompiler.calibration import CalibrationSet
 from qcompiler.capture import CaptureMethod, capture_regions
 from qcompiler.errors import CalibrationError
 from qcompiler.pass_manager import PassContext, PassManager, Program, Region
-from qcompiler.passes._graph import is_linear, linear_parts, resolve_weight
-from qcompiler.passes._rebind import set_linear_weight
-from qcompiler.passes.sequential_calibrate import SEQUENTIAL_TRACE, _retarget, run_sequential
+from qcompiler.graph.nodes import is_linear, linear_parts, resolve_weight
+from qcompiler.graph.rebind import set_linear_weight
+from qcompiler.passes.sequential_calibrate import _retarget, run_sequential
 
 
 class Gain:
@@ -109,7 +109,7 @@ def test_regions_run_one_at_a_time_in_execution_order_on_the_processed_prefix():
 
     unreached = run_sequential(program, ctx, process, device="cpu")
     assert unreached == ["alt_head"]  # no calibration item takes the other branch
-    trace = ctx.options[SEQUENTIAL_TRACE]
+    trace = ctx.state.sequential_trace
     assert trace == [(e, p) for p in ORDER for e in ("load", "process", "offload")]
     loaded = 0
     for event, _ in trace:  # never two regions on the device at once
@@ -149,7 +149,7 @@ def test_an_error_while_processing_unwinds_the_workers():
     with pytest.raises(RuntimeError, match="boom"):
         run_sequential(program, ctx, process)
     assert threading.active_count() == before
-    assert ctx.options[SEQUENTIAL_TRACE][-1] == ("offload", "blocks.1.a")  # moved back even so
+    assert ctx.state.sequential_trace[-1] == ("offload", "blocks.1.a")  # moved back even so
 
 
 def test_needs_calibration_data():

@@ -146,5 +146,5 @@ def test_smoothquant_beats_vectorwise_on_activation_outliers():
 def test_alpha_is_validated():
     with pytest.raises(qcompiler.ConfigError, match="alpha"):
         qcompiler.compile(PostLN(), "w8a8-smoothquant", _data()[0], alpha=1.5)
-    with pytest.raises(qcompiler.ConfigError, match="needs calibration_data"):
+    with pytest.raises(qcompiler.ConfigError, match="needs calibration data"):
         qcompiler.compile(PostLN(), "w8a8-smoothquant", example_inputs=torch.randn(2, 64))

@@ -37,7 +37,7 @@ def _ops(gm):
 def _setup(model, data, method=CaptureMethod.EXPORT):
     plan = capture_regions(model, (data[0],), {}, method)
     program = Program([Region(p, r) for p, r in plan.regions], plan.regions[0][1])
-    ctx = PassContext(calibration_data=CalibrationSet.from_user(data), verify=True, options={"progress": False})
+    ctx = PassContext(calibration_data=CalibrationSet.from_user(data), verify=True)
     return program, ctx
 
 

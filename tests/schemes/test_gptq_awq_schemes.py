@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import qcompiler
-from qcompiler.passes._graph import is_linear
+from qcompiler.graph.nodes import is_linear
 
 WO = torch.ops.qcompiler.weight_only_linear.default
 # relative logit error on random-weight tiny models: int8 ~1%, 4-bit ~15% (as for RTN)

@@ -13,8 +13,8 @@ def outlier_batch(rows: int = 16, features: int = 64, cols=(3, 17, 40), scale: f
     x[:, list(cols)] *= scale
     return x
 
-plots = pytest.importorskip("qcompiler.viz.plots", reason="needs matplotlib (pip install 'qcompiler[tools]')")
-pytest.importorskip("matplotlib", reason="needs matplotlib (pip install 'qcompiler[tools]')")
+plots = pytest.importorskip("qcompiler.viz.plots", reason="needs matplotlib (pip install matplotlib)")
+pytest.importorskip("matplotlib", reason="needs matplotlib (pip install matplotlib)")
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from qcompiler.backends import Backend, register_backend
 from qcompiler.errors import UnsupportedError
+from qcompiler.install_hint import install_hint
 
 __all__ = ["ONNXRUNTIME", "finalize", "default_target"]
 
@@ -31,7 +32,7 @@ def _check() -> None:
             missing.append(mod)
     if missing:
         raise UnsupportedError(f"backend 'onnxruntime' needs {', '.join(missing)}",
-                               hint="pip install 'qcompiler[onnx]' (or onnxruntime-gpu for the CUDA EP)")
+                               hint=install_hint("onnx", *missing) + "; onnxruntime-gpu for the CUDA EP")
 
 
 def default_target() -> str:

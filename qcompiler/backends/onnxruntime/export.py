@@ -25,7 +25,7 @@ import torch
 from torch import fx
 
 from qcompiler.backends.onnxruntime import label_lowering  # noqa: F401 - registers the pass
-from qcompiler.backends.onnxruntime.matmul_nbits import LAYER_INPUTS, record_matmul_inputs
+from qcompiler.backends.onnxruntime.matmul_nbits import record_matmul_inputs
 from qcompiler.backends.onnxruntime.signature import CallSpec
 from qcompiler.backends.onnxruntime.targets import ExportTarget, get_target
 from qcompiler.backends.onnxruntime.translations import OPSET
@@ -83,19 +83,19 @@ def _check_translations(program: Program, table: dict, target: ExportTarget) -> 
 def _lowered(qm, pipeline: str, example: tuple[tuple, dict] | None = None):
     """Runs ``pipeline`` on copies of the regions' graphs and swaps them in for the duration;
     the copies share every tensor with the originals, so this costs no weight memory. With an
-    ``example`` call, lowering passes see what each int8 matmul reads on it (``LAYER_INPUTS``)."""
+    ``example`` call, lowering passes see what each int8 matmul reads on it (``ctx.state.layer_inputs``)."""
     program = qm.program
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree specs, deep-copied
         copies = [Region(r.path, _GmHolder(fx.GraphModule(r.gm, copy.deepcopy(r.gm.graph))))
                   for r in program.regions]
-    options: dict[str, Any] = {"progress": False}
+    ctx = PassContext()
     if example is not None:
         args, kwargs = example
         with _swapped(program, [c.gm for c in copies]):
-            options[LAYER_INPUTS] = record_matmul_inputs([c.gm for c in copies],
-                                                         lambda: program.root(*args, **kwargs))
-    PassManager(pipeline).run(Program(copies, program.root), PassContext(options=options))
+            ctx.state.layer_inputs = record_matmul_inputs([c.gm for c in copies],
+                                                          lambda: program.root(*args, **kwargs))
+    PassManager(pipeline).run(Program(copies, program.root), ctx)
     with _swapped(program, [c.gm for c in copies]):
         yield Program(copies, program.root)
 

@@ -18,7 +18,8 @@ from torch import fx
 
 from qcompiler.backends.onnxruntime.matmul_nbits import FOLDED_KEY
 from qcompiler.backends.onnxruntime.translations import MATMUL_NBITS_BLOCKS
-from qcompiler.passes._graph import get_attr_value
+from qcompiler.graph.nodes import get_attr_value
+from qcompiler.ops.args import Int8LinearArgs, QuantizeRowwiseArgs, WeightOnlyLinearArgs
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
 from qcompiler.spec import SPEC_KEY, get_spec
 
@@ -39,9 +40,10 @@ def _outlier_cols(gm: fx.GraphModule, node: fx.Node) -> int:
 
 def _int8_linear(gm: fx.GraphModule, node: fx.Node, p: "LabelOnnxLowering") -> str:
     mm = "onnx:MatMulInteger" + ("(u8 x u8)" if p.u8_activations else "")
-    if node.args[4] is None:
+    x_outliers = Int8LinearArgs.of(node).x_outliers  # getitem(quantize_rowwise(x, outlier_idx), 2)
+    if x_outliers is None:
         return mm
-    n = get_attr_value(gm, node.args[4].args[0].args[1].target).numel()
+    n = get_attr_value(gm, QuantizeRowwiseArgs.of(x_outliers.args[0]).outlier_idx.target).numel()
     return f"{mm} + fp outliers: Gather/MatMul ({n} cols)"
 
 
@@ -51,7 +53,8 @@ def _dynamic(gm: fx.GraphModule, node: fx.Node, p: "LabelOnnxLowering") -> str:
 
 
 def _weight_only(gm: fx.GraphModule, node: fx.Node, p: "LabelOnnxLowering") -> str:
-    bits, group = node.args[5], node.args[6]
+    a = WeightOnlyLinearArgs.of(node)
+    bits, group = a.bits, a.group_size
     label = (f"ort:MatMulNBits({bits}-bit, block {group})" if p.matmul_nbits and bits in (4, 8) and group in MATMUL_NBITS_BLOCKS
              else "onnx:dequantize+MatMul")
     n, folded = _outlier_cols(gm, node), node.meta.get(FOLDED_KEY, 0)

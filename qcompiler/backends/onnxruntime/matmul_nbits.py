@@ -38,14 +38,14 @@ from torch import Tensor, fx
 
 from qcompiler.ops import MATMUL_OPS
 from qcompiler.pass_manager import GraphPass, PassContext, PassResult, register_pass
-from qcompiler.passes._graph import add_buffer, get_attr_value
+from qcompiler.graph.nodes import add_buffer, get_attr_value
+from qcompiler.ops.args import Int8LinearArgs, Int8LinearDynamicOutlierArgs, QuantizeRowwiseArgs, args_of
 from qcompiler.spec import SPEC_KEY, get_spec
 
 __all__ = ["LowerOrtMatMulNBits", "OutlierFolding", "choose_block_size", "int8_to_uint8_blocks", "folding_error",
-           "LAYER_INPUTS", "FOLDED_KEY", "record_matmul_inputs"]
+           "FOLDED_KEY", "record_matmul_inputs"]
 
 _ops = torch.ops.qcompiler
-LAYER_INPUTS = "layer_inputs"  # ctx.options: layer -> [rows, K] float input seen on the example
 FOLDED_KEY = "qcompiler.onnx.folded_outliers"  # node.meta of a lowered linear: outlier dims folded in
 
 
@@ -153,17 +153,18 @@ def record_matmul_inputs(gms: list[fx.GraphModule], run, max_rows: int = 1024) -
 def _source_x(node: fx.Node) -> fx.Node:
     """The float input of an int8 matmul: the tensor its activation-quantize op reads."""
     if node.target is _ops.int8_linear_dynamic_outlier.default:
-        return node.args[2]
-    item = node.args[0]
+        return Int8LinearDynamicOutlierArgs.of(node).x
+    item = Int8LinearArgs.of(node).xq
     assert item.target is operator.getitem, f"{node.name}: int8 operand is not a quantize output"
-    return item.args[0].args[0]
+    return args_of(item.args[0]).x
 
 
 def _static_outliers(gm: fx.GraphModule, node: fx.Node) -> tuple[Tensor | None, Tensor | None]:
-    if node.target is not _ops.int8_linear.default or node.args[4] is None:
+    a = Int8LinearArgs.of(node) if node.target is _ops.int8_linear.default else None
+    if a is None or a.x_outliers is None:
         return None, None
-    quantize = node.args[4].args[0]
-    return get_attr_value(gm, quantize.args[1].target), get_attr_value(gm, node.args[5].target)
+    quantize = QuantizeRowwiseArgs.of(a.x_outliers.args[0])  # x_outliers = getitem(quantize_rowwise(...), 2)
+    return get_attr_value(gm, quantize.outlier_idx.target), get_attr_value(gm, a.w_outliers.target)
 
 
 @register_pass("lower-ort-matmul-nbits")
@@ -190,7 +191,7 @@ class LowerOrtMatMulNBits(GraphPass):
         """Fold this layer's static outliers? And why, for the report."""
         if self.outliers is not OutlierFolding.AUTO:
             return self.outliers is OutlierFolding.FOLD, f"outliers={self.outliers.value}"
-        x = ctx.options.get(LAYER_INPUTS, {}).get(spec.layer if spec else None)
+        x = ctx.state.layer_inputs.get(spec.layer if spec else None)
         if x is None or x.shape[-1] != wq.shape[1]:
             return False, "no example activations to measure folding on"
         codes, steps, _ = int8_to_uint8_blocks(wq, ws, block, idx, w_out)
@@ -200,8 +201,8 @@ class LowerOrtMatMulNBits(GraphPass):
 
     def _lower(self, gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> None:
         dynamic = node.target is _ops.int8_linear_dynamic_outlier.default
-        wq_node, ws_node = (node.args[4], node.args[5]) if dynamic else (node.args[2], node.args[3])
-        bias = node.args[6]
+        a = args_of(node)  # both ops name their weight operands wq, w_scale, bias
+        wq_node, ws_node, bias = a.wq, a.w_scale, a.bias
         wq, ws = get_attr_value(gm, wq_node.target), get_attr_value(gm, ws_node.target)
         idx, w_out = _static_outliers(gm, node)
         k = wq.shape[1]
@@ -211,7 +212,7 @@ class LowerOrtMatMulNBits(GraphPass):
         codes, steps, rescaled = int8_to_uint8_blocks(wq, ws, block, *((idx, w_out) if fold else ()))
         base = wq_node.target.removesuffix("_qweight")
         x = _source_x(node)
-        out_dtype = node.args[7] if not dynamic else None
+        out_dtype = a.out_dtype if not dynamic else None
         with gm.graph.inserting_before(node):
             y = wol = gm.graph.call_function(_ops.weight_only_linear.default,
                                        (x, gm.graph.get_attr(add_buffer(gm, base + "_nbits_codes", codes)),
@@ -219,9 +220,9 @@ class LowerOrtMatMulNBits(GraphPass):
                                         None, bias, 8, min(block, k) if k else block))
             x_dtype = x.meta["val"].dtype if "val" in x.meta else out_dtype
             if idx is not None and not fold:  # the exact fp outlier product, as in the scheme
-                quantize = node.args[4].args[0]
-                xo = gm.graph.call_function(torch.ops.aten.index_select.default, (x, -1, quantize.args[1]))
-                wt = gm.graph.call_function(torch.ops.aten.t.default, (node.args[5],))
+                quantize = QuantizeRowwiseArgs.of(a.x_outliers.args[0])
+                xo = gm.graph.call_function(torch.ops.aten.index_select.default, (x, -1, quantize.outlier_idx))
+                wt = gm.graph.call_function(torch.ops.aten.t.default, (a.w_outliers,))
                 y = gm.graph.call_function(torch.ops.aten.add.Tensor,
                                            (y, gm.graph.call_function(torch.ops.aten.matmul.default, (xo, wt))))
             if out_dtype is not None and x_dtype is not None and out_dtype != x_dtype:

@@ -53,6 +53,7 @@ class OrtModule(nn.Module):
         self.providers = self.session.get_providers()
         self._eager = [eager]  # a list: not a registered submodule (its weights are not ours)
         self._onnx_inputs = [i.name for i in self.session.get_inputs()]
+        self._onnx_shapes = [list(i.shape) for i in self.session.get_inputs()]  # ints fixed, str/None dynamic
         self._onnx_outputs = [o.name for o in self.session.get_outputs()]
         if self._onnx_inputs != exported.input_names:
             raise UnsupportedError(f"the ONNX file's inputs {self._onnx_inputs} are not the exported "
@@ -64,6 +65,7 @@ class OrtModule(nn.Module):
 
     def forward(self, *args, **kwargs) -> Any:
         tensors = self.exported.call.flatten(args, kwargs)
+        self._check_shapes(tensors)
         if self.on_cuda and all(t.is_cuda and t.dtype in _NP for t in tensors):
             outs = self._run_bound(tensors)
         else:
@@ -71,6 +73,16 @@ class OrtModule(nn.Module):
             feeds = {n: t.detach().cpu().contiguous().numpy() for n, t in zip(self._onnx_inputs, tensors)}
             outs = [torch.from_numpy(o).to(device) for o in self.session.run(self._onnx_outputs, feeds)]
         return self.exported.call.unflatten_output(outs)
+
+    def _check_shapes(self, tensors: list[torch.Tensor]) -> None:
+        """A clear error, not ONNX Runtime's, for an input whose rank or fixed sizes the file cannot take."""
+        for name, want, t in zip(self._onnx_inputs, self._onnx_shapes, tensors):
+            if len(want) != t.dim() or any(isinstance(w, int) and w != d for w, d in zip(want, t.shape)):
+                shown = "[" + ", ".join(str(w) if isinstance(w, int) else "*" for w in want) + "]"
+                raise UnsupportedError(f"input '{name}' has shape {list(t.shape)}; the ONNX file {self.exported.path} "
+                                       f"takes {shown} (* = any size)",
+                                       hint="the export fixes the rank (and the sizes it did not see vary): "
+                                            "export or compile again with an example of this shape")
 
     def _run_bound(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         binding = self.session.io_binding()

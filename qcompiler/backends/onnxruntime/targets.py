@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from qcompiler.backends.onnxruntime.translations import ort_cpu_table, ort_table, standard_table
-from qcompiler.errors import ConfigError
+from qcompiler.registry import Registry
 
-__all__ = ["ExportTarget", "register_target", "get_target", "list_targets"]
+__all__ = ["ExportTarget", "TARGETS", "register_target", "get_target", "list_targets"]
 
 
 @dataclass(frozen=True)
@@ -38,24 +38,19 @@ class ExportTarget:
     description: str = ""
 
 
-_TARGETS: dict[str, ExportTarget] = {}
+TARGETS: Registry[ExportTarget] = Registry("ONNX export target")
 
 
 def register_target(target: ExportTarget) -> ExportTarget:
-    _TARGETS[target.name] = target
-    return target
+    return TARGETS.register(target.name, target)
 
 
 def get_target(name: str) -> ExportTarget:
-    try:
-        return _TARGETS[name]
-    except KeyError:
-        raise ConfigError(f"unknown ONNX export target {name!r}",
-                          hint=f"available: {', '.join(list_targets())}") from None
+    return TARGETS.get(name)
 
 
 def list_targets() -> list[str]:
-    return sorted(_TARGETS)
+    return TARGETS.names()
 
 
 register_target(ExportTarget(

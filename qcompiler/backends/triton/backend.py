@@ -1,10 +1,10 @@
 """``backend="triton"``: the scheme's pipeline, then ``lower-triton``.
 
 ``qcompiler.compile(model, "int8-outlier", data, backend="triton")`` fails up front with
-:class:`UnsupportedError` when the kernels cannot run here (see :func:`is_available`). To keep
-the reference ops for layers the kernels cannot take instead, compile with ``backend="eager"``
-and ``pipeline=<the scheme's pipeline>,lower-triton{fallback=true}``: each such layer's report
-row then says why it was not lowered.
+:class:`UnsupportedError` when the kernels cannot run here (see :func:`is_available`). With
+``allow_fallback=True`` the layers the kernels cannot take (all of them where the device is the
+reason: no CUDA GPU, no triton) keep the reference ops, and so do the quantize ops feeding them;
+each such layer's report row says why, and the report notes the unusable backend.
 """
 
 from __future__ import annotations

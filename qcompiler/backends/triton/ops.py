@@ -21,6 +21,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from qcompiler.ops.int8_linear import int8_linear_dynamic_outlier_fake, int8_linear_fake
+from qcompiler.ops.quantize import quantize_rowwise_dynamic_fake, quantize_rowwise_fake
+from qcompiler.ops.weight_only import weight_only_linear_fake
+
 # `from module import name` (never `from package import module`): the package re-exports
 # launchers named like their modules, which shadow the module attributes.
 from qcompiler.backends.triton.int8_linear import int8_linear as _int8_linear
@@ -54,6 +58,12 @@ _NS = "qcompiler_triton"
 _LIB = torch.library.Library(_NS, "DEF")  # noqa: TOR901 - kept alive for the process
 
 
+def _same_as(ref, name: str | None = None) -> str:
+    """The schema of the reference op ``ref`` (``torch.ops.qcompiler.<op>.default``), renamed ``name``."""
+    schema = str(ref._schema).split("::", 1)[1]
+    return schema if name is None else name + schema[schema.index("("):]
+
+
 def _define(schema: str, impl, fake) -> None:
     name = schema.split("(", 1)[0]
     _LIB.define(schema)
@@ -71,21 +81,9 @@ def quantize_rowwise(x: Tensor, outlier_idx: Tensor) -> tuple[Tensor, Tensor, Te
     return _quantize_rowwise(x, outlier_idx)
 
 
-def _quantize_rowwise_fake(x, outlier_idx):
-    return (x.new_empty(x.shape, dtype=torch.int8),
-            x.new_empty((*x.shape[:-1], 1), dtype=torch.float32),
-            x.new_empty((*x.shape[:-1], outlier_idx.shape[0])))
-
-
 def quantize_rowwise_dynamic(x: Tensor, threshold: float) -> tuple[Tensor, Tensor, Tensor]:
     """Triton ``qcompiler::quantize_rowwise_dynamic``."""
     return _quantize_rowwise_dynamic(x, threshold)
-
-
-def _quantize_rowwise_dynamic_fake(x, threshold):
-    return (x.new_empty(x.shape, dtype=torch.int8),
-            x.new_empty((*x.shape[:-1], 1), dtype=torch.float32),
-            x.new_empty((x.shape[-1],), dtype=torch.bool))
 
 
 def int8_linear(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tensor,
@@ -135,17 +133,16 @@ def weight_only_nf4_linear(x: Tensor, qweight: Tensor, absmax: Tensor, absmax_sc
                                    absmax_block)
 
 
-_define("quantize_rowwise(Tensor x, Tensor outlier_idx) -> (Tensor, Tensor, Tensor)",
-        quantize_rowwise, _quantize_rowwise_fake)
-_define("quantize_rowwise_dynamic(Tensor x, float threshold) -> (Tensor, Tensor, Tensor)",
-        quantize_rowwise_dynamic, _quantize_rowwise_dynamic_fake)
-_define("int8_linear(Tensor xq, Tensor x_scale, Tensor wq, Tensor w_scale, Tensor? x_outliers, "
-        "Tensor? w_outliers, Tensor? bias, ScalarType out_dtype) -> Tensor", int8_linear,
-        lambda xq, x_scale, wq, w_scale, x_outliers, w_outliers, bias, out_dtype:
-        _linear_out(xq, wq, out_dtype))
-_define("int8_linear_dynamic_outlier(Tensor xq, Tensor x_scale, Tensor x, Tensor outlier_mask, "
-        "Tensor wq, Tensor w_scale, Tensor? bias) -> Tensor", int8_linear_dynamic_outlier,
-        lambda xq, x_scale, x, outlier_mask, wq, w_scale, bias: _linear_out(x, wq, x.dtype))
+# The kernels that implement a reference op take its schema and its fake implementation.
+_REF = torch.ops.qcompiler
+_define(_same_as(_REF.quantize_rowwise.default), quantize_rowwise, quantize_rowwise_fake)
+_define(_same_as(_REF.quantize_rowwise_dynamic.default), quantize_rowwise_dynamic, quantize_rowwise_dynamic_fake)
+_define(_same_as(_REF.int8_linear.default), int8_linear, int8_linear_fake)
+_define(_same_as(_REF.int8_linear_dynamic_outlier.default), int8_linear_dynamic_outlier,
+        int8_linear_dynamic_outlier_fake)
+_define(_same_as(_REF.weight_only_linear.default, "weight_only_uint_linear"), weight_only_uint_linear,
+        weight_only_linear_fake)
+# The fused kernels have no reference op of their own.
 _define("weight_only_int8_linear(Tensor x, Tensor wq, Tensor w_scale, Tensor? outlier_idx, "
         "Tensor? w_outliers, Tensor? bias) -> Tensor", weight_only_int8_linear,
         lambda x, wq, w_scale, outlier_idx, w_outliers, bias: _linear_out(x, wq, x.dtype))
@@ -156,9 +153,6 @@ _define("int8_outlier_linear(Tensor x, Tensor wq, Tensor w_scale, Tensor outlier
 _define("int8_dynamic_outlier_linear(Tensor x, Tensor wq, Tensor w_scale, float threshold, "
         "Tensor? bias) -> Tensor", int8_dynamic_outlier_linear,
         lambda x, wq, w_scale, threshold, bias: _linear_out(x, wq, x.dtype))
-_define("weight_only_uint_linear(Tensor x, Tensor qweight, Tensor scales, Tensor? zeros, Tensor? bias, "
-        "int bits, int group_size) -> Tensor", weight_only_uint_linear,
-        lambda x, qweight, scales, zeros, bias, bits, group_size: _linear_out(x, qweight, x.dtype))
 _define("weight_only_nf4_linear(Tensor x, Tensor qweight, Tensor absmax, Tensor? absmax_scale, "
         "Tensor? absmax_offset, Tensor? bias, int block_size, int absmax_block) -> Tensor",
         weight_only_nf4_linear,

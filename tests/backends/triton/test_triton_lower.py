@@ -65,8 +65,7 @@ def test_float32_model_unsupported_and_fallback():
     with pytest.raises(Exception, match="float16/bfloat16"):
         qcompiler.compile(model, "int8-outlier", cal, backend="triton", progress=False)
     from qcompiler.passes.lower_triton import LowerTriton  # noqa: F401 - registers the pass
-    from qcompiler.schemes import Int8OutlierConfig, get_scheme
-    text = get_scheme("int8-outlier").pipeline(Int8OutlierConfig(), True) + ",lower-triton{fallback=true}"
+    text = qcompiler.pipeline_for("int8-outlier") + ",lower-triton{fallback=true}"
     qm = qcompiler.compile(model, "int8-outlier", cal, pipeline=text, progress=False)
     assert REF.int8_linear.default in _targets(qm)
     notes = [n for r in qm.report().quantized for n in r.notes]

@@ -1,4 +1,5 @@
-"""A :class:`~qcompiler.report.Report` as a rich table, Markdown or JSON, and back from JSON.
+"""A :class:`~qcompiler.report.Report` as plain text, a rich table, Markdown or JSON, and back
+from JSON: one set of columns, rows, totals and summary lines for every form.
 
 One row per linear layer: shape, what it became, outlier dims, weight bytes before/after, SQNR
 and relative error on calibration rows, the lowering that runs it, notes (fallbacks and why);
@@ -12,9 +13,9 @@ import math
 import re
 from typing import Any
 
-from qcompiler.report import LayerReport, Report
+from qcompiler.report.data import LayerReport, Report
 
-__all__ = ["to_rich", "to_markdown", "to_json", "from_dict", "from_json", "outliers_text", "totals"]
+__all__ = ["to_text", "to_rich", "to_markdown", "to_json", "from_dict", "from_json", "outliers_text", "totals"]
 
 _MAX_DIMS = 6  # outlier dims listed before "..."
 
@@ -165,6 +166,27 @@ def to_rich(report: Report, title: str | None = None) -> Any:
     """A ``rich`` renderable: the per-layer table (totals in its footer) and the summary lines;
     on a narrow terminal the right-most columns give way and notes move under the table."""
     return _RichReport(report, title)
+
+
+def to_text(report: Report) -> str:
+    """Plain text (``str(report)``): the table with each layer's notes under its row, then the totals
+    and the summary lines."""
+    cols = [c for c in _COLUMNS if c != "notes"]
+    rows = [_row(r)[:len(cols)] for r in report.layers]
+    total = _total_row(report)[:len(cols)]
+    widths = [max(len(c), *(len(row[i]) for row in rows + [total])) for i, c in enumerate(cols)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if n in _RIGHT else c.ljust(w) for c, w, n in zip(cells, widths, cols)).rstrip()
+
+    head = line(cols)
+    out = [f"qcompiler report - scheme {report.scheme}, backend {report.backend}", f"pipeline: {report.pipeline}",
+           head, "-" * len(head)]
+    for r, cells in zip(report.layers, rows):
+        out.append(line(cells))
+        out.extend(f"    note: {n}" for n in r.notes)
+    out += ["-" * len(head), line(total), *_summary_lines(report)]
+    return "\n".join(out)
 
 
 def _md_cell(s: str) -> str:

@@ -12,7 +12,7 @@
 Each expands to::
 
     canonicalize-linear,annotate-linears{act=none},annotate-weight-format{format=uint,...},
-    gptq{...} | awq{...},quantize-weights,decompose-matmul,dce
+    gptq{...} | awq{...},quantize-weights,decompose-matmul,share-activation-quant,dce
 
 Both need calibration data and run region by region in execution order (``device=`` moves one
 region at a time to that device; the rest of the model stays where it is).
@@ -22,14 +22,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import qcompiler.passes.awq  # noqa: F401 - registers the awq pass
-import qcompiler.passes.gptq  # noqa: F401 - registers the gptq pass
 from qcompiler.errors import ConfigError
-from qcompiler.passes.annotate_weight_format import check_weight_format
-from qcompiler.schemes import Scheme, register_scheme
+from qcompiler.pass_manager import Pass
+from qcompiler.passes.annotate_weight_format import AnnotateWeightFormat, check_weight_format
+from qcompiler.passes.awq import AWQ
+from qcompiler.passes.gptq import GPTQ
+from qcompiler.schemes.scheme import Scheme
+from qcompiler.schemes.stages import head, tail
 from qcompiler.spec import WeightFormat
 
-__all__ = ["GPTQConfig", "GPTQW8Config", "AWQConfig"]
+__all__ = ["GPTQConfig", "GPTQW8Config", "AWQConfig", "SCHEMES"]
 
 
 def _check_device(device, where: str) -> None:
@@ -77,43 +79,29 @@ class AWQConfig:
             raise ConfigError(f"scheme 'awq-w4': n_grid must be an int >= 1, got {self.n_grid!r}")
 
 
-def _needs_calibration(name: str, calibrated: bool) -> None:
-    if not calibrated:
-        raise ConfigError(f"scheme '{name}' needs calibration data",
-                          hint="pass calibration_data=[...] (a few batches of real inputs) to compile")
+def _head(bits: int, group_size: int, symmetric: bool) -> list[Pass]:
+    return [*head("none"), AnnotateWeightFormat(format=WeightFormat.UINT, bits=bits, group_size=group_size,
+                                                symmetric=symmetric, double_quant=False)]
 
 
-def _head(bits: int, group_size: int, symmetric: bool) -> str:
-    return ("canonicalize-linear,annotate-linears{act=none},annotate-weight-format{format=uint,"
-            f"bits={bits},group_size={group_size},symmetric={str(symmetric).lower()},double_quant=false}}")
+def _gptq(cfg: GPTQConfig, calibrated: bool) -> list[Pass]:
+    return [*_head(cfg.bits, cfg.group_size, cfg.symmetric),
+            GPTQ(percdamp=cfg.percdamp, block_size=cfg.block_size, act_order=cfg.act_order, device=cfg.device),
+            *tail()]
 
 
-_TAIL = "quantize-weights,decompose-matmul,dce"
+def _awq(cfg: AWQConfig, calibrated: bool) -> list[Pass]:
+    return [*_head(4, cfg.group_size, cfg.symmetric),
+            AWQ(n_grid=cfg.n_grid, clip=cfg.clip, fold=cfg.fold, max_rows=cfg.max_rows, device=cfg.device), *tail()]
 
 
-def _device(device: str | None) -> str:
-    return "none" if device is None else device
-
-
-def _gptq(cfg: GPTQConfig, calibrated: bool) -> str:
-    _needs_calibration(f"gptq-w{cfg.bits}", calibrated)
-    opts = (f"percdamp={cfg.percdamp},block_size={cfg.block_size},act_order={str(cfg.act_order).lower()},"
-            f"device={_device(cfg.device)}")
-    return f"{_head(cfg.bits, cfg.group_size, cfg.symmetric)},gptq{{{opts}}},{_TAIL}"
-
-
-def _awq(cfg: AWQConfig, calibrated: bool) -> str:
-    _needs_calibration("awq-w4", calibrated)
-    opts = (f"n_grid={cfg.n_grid},clip={str(cfg.clip).lower()},fold={str(cfg.fold).lower()},"
-            f"max_rows={cfg.max_rows},device={_device(cfg.device)}")
-    return f"{_head(4, cfg.group_size, cfg.symmetric)},awq{{{opts}}},{_TAIL}"
-
-
-register_scheme(Scheme("gptq-w4", GPTQConfig, _gptq,
-                       "GPTQ int4 weights (group-wise, error compensation via the inverse Hessian), float "
-                       "activations", needs_calibration=True))
-register_scheme(Scheme("gptq-w8", GPTQW8Config, _gptq,
-                       "GPTQ int8 weights (per output channel), float activations", needs_calibration=True))
-register_scheme(Scheme("awq-w4", AWQConfig, _awq,
-                       "AWQ int4 weights: activation-aware channel scales folded into the previous op, "
-                       "clipping, group-wise round-to-nearest; float activations", needs_calibration=True))
+SCHEMES = [
+    Scheme("gptq-w4", GPTQConfig, _gptq,
+           "GPTQ int4 weights (group-wise, error compensation via the inverse Hessian), float activations",
+           needs_calibration=True),
+    Scheme("gptq-w8", GPTQW8Config, _gptq,
+           "GPTQ int8 weights (per output channel), float activations", needs_calibration=True),
+    Scheme("awq-w4", AWQConfig, _awq,
+           "AWQ int4 weights: activation-aware channel scales folded into the previous op, clipping, "
+           "group-wise round-to-nearest; float activations", needs_calibration=True),
+]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from qcompiler.passes._graph import add_buffer, linear_parts
+from qcompiler.graph.nodes import add_buffer, linear_parts
 
 __all__ = ["set_linear_weight"]
 

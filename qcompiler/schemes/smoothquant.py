@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qcompiler.errors import ConfigError
+from qcompiler.pass_manager import Pass
 from qcompiler.passes.smooth import Smooth
-from qcompiler.schemes import Scheme, register_scheme
+from qcompiler.schemes.scheme import Scheme
+from qcompiler.schemes.stages import calibration, head, tail
 
-__all__ = ["SmoothQuantConfig"]
+__all__ = ["SmoothQuantConfig", "SCHEMES"]
 
 
 @dataclass(frozen=True)
@@ -28,15 +30,13 @@ class SmoothQuantConfig:
             raise ConfigError(f"scheme 'w8a8-smoothquant': fold must be True or False, got {self.fold!r}")
 
 
-def _smoothquant(cfg: SmoothQuantConfig, calibrated: bool) -> str:
-    if not calibrated:
-        raise ConfigError("scheme 'w8a8-smoothquant' needs calibration_data",
-                          hint="its smoothing factors come from the calibrated max |x| of every input channel")
-    return (f"canonicalize-linear,annotate-linears{{act=row,weight=channel}},calibrate,"
-            f"smooth{{alpha={cfg.alpha},fold={str(cfg.fold).lower()}}},"
-            f"quantize-weights,decompose-matmul,share-activation-quant,dce")
+def _smoothquant(cfg: SmoothQuantConfig, calibrated: bool) -> list[Pass]:
+    return [*head("row", "channel"), *calibration(calibrated), Smooth(alpha=float(cfg.alpha), fold=cfg.fold), *tail()]
 
 
-register_scheme(Scheme("w8a8-smoothquant", SmoothQuantConfig, _smoothquant,
-                       "SmoothQuant: activation outliers migrated into the weights, then vector-wise int8",
-                       needs_calibration=True))
+SCHEMES = [
+    Scheme("w8a8-smoothquant", SmoothQuantConfig, _smoothquant,
+           "SmoothQuant: activation outliers migrated into the weights, then vector-wise int8",
+           needs_calibration=True,
+           calibration_hint="its smoothing factors come from the calibrated max |x| of every input channel"),
+]

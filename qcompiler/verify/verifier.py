@@ -15,7 +15,10 @@ import torch
 from torch import fx
 
 from qcompiler.errors import VerificationError
-from qcompiler.passes._graph import get_attr_value
+import qcompiler.ops  # noqa: F401 - the checks below name torch.ops.qcompiler.*
+from qcompiler.ops.args import args_of
+from qcompiler.graph.nodes import get_attr_value
+from qcompiler.graph.observer import ActivationObserver
 from qcompiler.spec import get_spec
 
 __all__ = ["verify_graph", "register_invariant"]
@@ -51,8 +54,6 @@ def _from_quantize(node, after, consumer, index):
 
 
 def verify_graph(gm: fx.GraphModule, after: str = "?") -> None:
-    from qcompiler.passes.calibrate import ActivationObserver
-
     try:
         gm.graph.lint()
     except Exception as e:  # noqa: BLE001 - lint raises plain RuntimeErrors
@@ -66,15 +67,14 @@ def verify_graph(gm: fx.GraphModule, after: str = "?") -> None:
             spec = get_spec(node)
             if spec is None:
                 _fail(node, after, "quantized matmul without a spec in node.meta")
-            xq, xs = node.args[0], node.args[1]
-            _from_quantize(xq, after, node, 0)
-            _from_quantize(xs, after, node, 1)
-            wq_node, ws_node = (node.args[2], node.args[3]) if node.target is int8_linear else (node.args[4], node.args[5])
-            wq = _const(gm, wq_node, after, "int8 weight", torch.int8)
-            ws = _const(gm, ws_node, after, "weight scale", torch.float32)
+            a = args_of(node)  # both ops name their int8 operands xq, x_scale, wq, w_scale
+            _from_quantize(a.xq, after, node, 0)
+            _from_quantize(a.x_scale, after, node, 1)
+            wq = _const(gm, a.wq, after, "int8 weight", torch.int8)
+            ws = _const(gm, a.w_scale, after, "weight scale", torch.float32)
             if ws.numel() not in (1, wq.shape[0]):
                 _fail(node, after, f"weight scale has {ws.numel()} values for {wq.shape[0]} output channels")
-            if node.target is int8_linear and (node.args[4] is None) != (node.args[5] is None):
+            if node.target is int8_linear and (a.x_outliers is None) != (a.w_outliers is None):
                 _fail(node, after, "outlier activations and outlier weights must come together")
         spec = get_spec(node)
         if spec is not None and spec.weights is not None:

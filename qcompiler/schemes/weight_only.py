@@ -11,7 +11,7 @@
 Each expands to::
 
     canonicalize-linear,annotate-linears{act=none},annotate-weight-format{format=...,bits=...},
-    [calibrate,]quantize-weights,decompose-matmul,dce
+    [calibrate,]quantize-weights,decompose-matmul,share-activation-quant,dce
 
 (``calibrate`` only when calibration data is given, for the report's per-layer error.)
 """
@@ -21,11 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qcompiler.errors import ConfigError
-from qcompiler.passes.annotate_weight_format import check_weight_format
-from qcompiler.schemes import Scheme, register_scheme
+from qcompiler.pass_manager import Pass
+from qcompiler.passes.annotate_weight_format import AnnotateWeightFormat, check_weight_format
+from qcompiler.schemes.scheme import Scheme
+from qcompiler.schemes.stages import calibration, head, tail
 from qcompiler.spec import WeightFormat
 
-__all__ = ["W8WeightOnlyConfig", "W4WeightOnlyConfig", "NF4Config"]
+__all__ = ["W8WeightOnlyConfig", "W4WeightOnlyConfig", "NF4Config", "SCHEMES"]
 
 
 @dataclass(frozen=True)
@@ -58,23 +60,20 @@ class NF4Config:
 
 
 def _pipeline(fmt: WeightFormat, bits: int, group_size: int, symmetric: bool, double_quant: bool,
-              calibrated: bool) -> str:
-    calib = "calibrate," if calibrated else ""  # only for the report's per-layer error
-    fmt_opts = (f"format={fmt.value},bits={bits},group_size={group_size},"
-                f"symmetric={str(symmetric).lower()},double_quant={str(double_quant).lower()}")
-    return (f"canonicalize-linear,annotate-linears{{act=none}},annotate-weight-format{{{fmt_opts}}},"
-            f"{calib}quantize-weights,decompose-matmul,dce")
+              calibrated: bool) -> list[Pass]:
+    return [*head("none"), AnnotateWeightFormat(format=fmt, bits=bits, group_size=group_size, symmetric=symmetric,
+                                                double_quant=double_quant),
+            *calibration(calibrated), *tail()]
 
 
-register_scheme(Scheme(
-    "w8-weight-only", W8WeightOnlyConfig,
-    lambda c, cal: _pipeline(WeightFormat.UINT, 8, c.group_size, c.symmetric, False, cal),
-    "int8 weights (round-to-nearest, per output channel), float activations"))
-register_scheme(Scheme(
-    "w4-weight-only", W4WeightOnlyConfig,
-    lambda c, cal: _pipeline(WeightFormat.UINT, 4, c.group_size, c.symmetric, False, cal),
-    "int4 weights (round-to-nearest, group-wise scales, packed two per byte), float activations"))
-register_scheme(Scheme(
-    "nf4", NF4Config,
-    lambda c, cal: _pipeline(WeightFormat.NF4, 4, c.block_size, True, c.double_quant, cal),
-    "bitsandbytes/QLoRA 4-bit NormalFloat, block-wise absmax (+ double quantization), float activations"))
+SCHEMES = [
+    Scheme("w8-weight-only", W8WeightOnlyConfig,
+           lambda c, cal: _pipeline(WeightFormat.UINT, 8, c.group_size, c.symmetric, False, cal),
+           "int8 weights (round-to-nearest, per output channel), float activations"),
+    Scheme("w4-weight-only", W4WeightOnlyConfig,
+           lambda c, cal: _pipeline(WeightFormat.UINT, 4, c.group_size, c.symmetric, False, cal),
+           "int4 weights (round-to-nearest, group-wise scales, packed two per byte), float activations"),
+    Scheme("nf4", NF4Config,
+           lambda c, cal: _pipeline(WeightFormat.NF4, 4, c.block_size, True, c.double_quant, cal),
+           "bitsandbytes/QLoRA 4-bit NormalFloat, block-wise absmax (+ double quantization), float activations"),
+]

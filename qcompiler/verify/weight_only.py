@@ -13,9 +13,11 @@ import torch
 from torch import fx
 
 from qcompiler.errors import VerificationError
-from qcompiler.passes._graph import get_attr_value
+from qcompiler.graph.nodes import get_attr_value
 from qcompiler.spec import get_spec
-from qcompiler.verify import register_invariant
+import qcompiler.ops  # noqa: F401 - defines the ops named below
+from qcompiler.ops.args import DequantizeBlockwiseInt8Args, args_of
+from qcompiler.verify.verifier import register_invariant
 
 __all__ = ["check_weight_only_ops"]
 
@@ -43,17 +45,17 @@ def check_weight_only_ops(gm: fx.GraphModule, after: str) -> None:
         if spec is None:
             _fail(node, after, "weight-only matmul without a spec in node.meta")
         n, k = spec.out_features, spec.in_features
-        bits = node.args[5] if node.target is _WO else 4
-        qweight = _buffer(gm, node.args[1], node, after, "the weight codes")
+        a = args_of(node)
+        bits, g, scales = (a.bits, a.group_size, a.scales) if node.target is _WO else (4, a.block_size, a.absmax)
+        qweight = _buffer(gm, a.qweight, node, after, "the weight codes")
         width = -(-k // 2) if bits == 4 else k
         if qweight.dtype != torch.uint8 or tuple(qweight.shape) != (n, width):
             _fail(node, after, f"{bits}-bit codes must be uint8 [{n}, {width}], got {qweight.dtype} "
                                f"{tuple(qweight.shape)}")
-        g = node.args[6] if node.target is _WO else node.args[4]
         groups = -(-k // g)
-        scales = node.args[2]
         if node.target is _NF4 and isinstance(scales, fx.Node) and scales.target is _DQ:
-            shape = tuple(_buffer(gm, scales.args[0], scales, after, "the 8-bit absmax codes").shape)
+            codes = DequantizeBlockwiseInt8Args.of(scales).q
+            shape = tuple(_buffer(gm, codes, scales, after, "the 8-bit absmax codes").shape)
         else:
             t = _buffer(gm, scales, node, after, "the scales")
             if t.dtype != torch.float32:
@@ -61,8 +63,8 @@ def check_weight_only_ops(gm: fx.GraphModule, after: str) -> None:
             shape = tuple(t.shape)
         if shape != (n, groups):
             _fail(node, after, f"scales must be [{n}, {groups}] for group size {g}, got {shape}")
-        if node.target is _WO and node.args[3] is not None:
-            z = _buffer(gm, node.args[3], node, after, "the zero points")
+        if node.target is _WO and a.zeros is not None:
+            z = _buffer(gm, a.zeros, node, after, "the zero points")
             if z.dtype != torch.uint8 or tuple(z.shape) != (n, groups):
                 _fail(node, after, f"zero points must be uint8 [{n}, {groups}], got {z.dtype} {tuple(z.shape)}")
         if spec.weights is not None:
