@@ -24,6 +24,16 @@ from qcompiler.loading import from_pretrained  # noqa: E402
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # transformers' quantizer API costs ~3 s to import: QCompilerConfig (and its registration with
+    # transformers) loads on first use. No directory ever says quant_method="qcompiler"
+    # (save_pretrained writes compressed-tensors), so nothing needs the registration earlier.
+    if name == "QCompilerConfig":
+        from qcompiler.integrations.hf_quantizer import QCompilerConfig
+        return QCompilerConfig
+    raise AttributeError(f"module 'qcompiler' has no attribute {name!r}")
+
 __all__ = [
     "compile", "QuantizedModel", "export_onnx", "from_pretrained",
     "list_schemes", "register_scheme", "Scheme", "pipeline_for",
@@ -33,7 +43,7 @@ __all__ = [
     "SPEC_KEY", "LinearQuantSpec", "get_spec", "verify_graph",
     "QCompilerError", "CaptureError", "CalibrationError", "ConfigError", "UnsupportedError",
     "PassError", "VerificationError",
-    "save", "load",
+    "save", "load", "QCompilerConfig",
     "prepare_qat", "convert", "QATModel",
     "ops",
 ]

@@ -1,7 +1,8 @@
 """``qcompiler.load``: one entry point, one loader per checkpoint format.
 
 The format is read from ``config.json``'s ``quantization_config.quant_method`` (a directory
-without one, but with ``qcompiler.json``, is qcompiler's own). A loader is a function
+without one, but with ``qcompiler.json``, is qcompiler's own); methods with no loader here go to
+:func:`qcompiler.formats.load_checkpoint` (GPTQ, AWQ, compressed-tensors). A loader is a function
 ``(path, model, *, device, check_versions, verify, **options) -> nn.Module``; adding a format
 is registering one::
 
@@ -74,11 +75,19 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, device: str
     (see :mod:`qcompiler.loading.mapped_load`).
     """
     method = quant_method_of(path)
-    loader = _LOADERS.get(method)
-    if loader is None:
-        raise LoadError(f"{path}: quant_method {method!r} has no loader here",
-                        hint=f"this qcompiler loads: {', '.join(list_loaders())}")
+    loader = _LOADERS.get(method, _load_other_format)
     return loader(path, model, device=device, check_versions=check_versions, verify=verify, **options)
+
+
+def _load_other_format(path, model=None, *, device=None, check_versions=True, verify=True, **options):
+    """GPTQ / AWQ / compressed-tensors checkpoints: :func:`qcompiler.formats.load_checkpoint`, which
+    has its own readers by quant_method (``register_format_reader``) and names those it lacks."""
+    from qcompiler.formats import load_checkpoint
+
+    if model is not None:
+        raise LoadError(f"{path} is a {quant_method_of(path)} checkpoint: it loads without a float model",
+                        hint=f"qcompiler.load({str(path)!r})")
+    return load_checkpoint(path, device=device if device is not None else "cpu", **options)
 
 
 @register_loader("qcompiler")

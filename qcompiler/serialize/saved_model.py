@@ -52,7 +52,8 @@ def _options_json(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def save(qm: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None,
-         tokenizer: Any = None, max_shard_size: int | str = "4GB") -> Path:
+         tokenizer: Any = None, max_shard_size: int | str = "4GB", format: str = "qcompiler",
+         **format_options: Any) -> Path:
     """Writes ``qm`` (from :func:`qcompiler.compile` or :func:`qcompiler.from_pretrained`) to the
     directory ``path``; returns it.
 
@@ -64,7 +65,17 @@ def save(qm: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | N
     files: ``load(path)`` then rebuilds it from the directory alone. Tensors go in safetensors
     shards of at most ``max_shard_size``. Files appear atomically (see
     :mod:`qcompiler.serialize.directory_writer`). ``metadata`` (JSON-able) is stored as is.
+    ``format="compressed-tensors"`` writes a Hugging Face model as a compressed-tensors checkpoint
+    (for transformers and vLLM); ``format_options`` go to
+    :func:`qcompiler.formats.compressed_tensors_writer.save_compressed_tensors`.
     """
+    if format == "compressed-tensors":
+        from qcompiler.formats.compressed_tensors_writer import save_compressed_tensors
+        return save_compressed_tensors(qm, path, **format_options)
+    if format != "qcompiler":
+        raise SaveError(f"unknown format {format!r}", hint="use 'qcompiler' (default) or 'compressed-tensors'")
+    if format_options:
+        raise SaveError(f"qcompiler's own format takes no options, got {', '.join(format_options)}")
     from qcompiler.api import QuantizedModel
     from qcompiler.capture import RegionModule
 
@@ -145,7 +156,8 @@ def load_with_model(path: str | os.PathLike, model: nn.Module, *, check_versions
                     verify: bool = True) -> nn.Module:
     """Rebuilds the compiled model saved in ``path`` on top of ``model``, the float model it was
     compiled from (checked by a sha256 of its weights). No calibration runs; outputs are bit for
-    bit those of the saved model. ``model`` is not modified."""
+    bit those of the saved model. ``model`` is not modified. (:func:`qcompiler.load` dispatches
+    here when given a model.)"""
     from qcompiler.api import QuantizedModel
     from qcompiler.backends import get_backend
     from qcompiler.capture import CaptureMethod, capture_regions

@@ -1,0 +1,106 @@
+"""``AutoModelForCausalLM.from_pretrained(path, quantization_config=QCompilerConfig(...))``.
+
+Registered with transformers' public quantizer API (``register_quantization_config`` /
+``register_quantizer``) when this module is imported, i.e. on the first ``qcompiler.QCompilerConfig``
+(``import qcompiler`` alone does not pay for importing transformers). The float
+weights load as usual; after loading, the model is compiled with ``qcompiler.compile`` (example
+input: a few token ids, no calibration) and its submodules are replaced, in place, by the
+compiled ones, so ``generate()`` and everything else of the ``PreTrainedModel`` keep working::
+
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=QCompilerConfig("w4-weight-only"))
+    model.generate(ids, max_new_tokens=20)
+    model.save_pretrained("out")        # compressed-tensors: plain from_pretrained("out") loads it
+
+Schemes that need calibration data (``w8a8-smoothquant``, ``gptq-*``, ``awq-w4``, int8-outlier's
+static mode) cannot get it through ``from_pretrained``; pass ``calibration_data=`` to
+``QCompilerConfig`` (a list of dicts of ``input_ids``), or compile with ``qcompiler.compile``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+__all__ = ["QCompilerConfig", "QCompilerHfQuantizer"]
+
+METHOD = "qcompiler"
+
+
+@register_quantization_config(METHOD)
+class QCompilerConfig(QuantizationConfigMixin):
+    """Which qcompiler scheme to apply while loading, and its options, as keywords or ``options=``:
+    ``QCompilerConfig("int8-outlier", threshold=6.0)``; an unknown option fails here."""
+
+    def __init__(self, scheme: str = "int8-outlier", backend: str = "eager", options: dict[str, Any] | None = None,
+                 calibration_data: list | None = None, **scheme_options: Any):
+        from qcompiler.schemes import get_scheme
+        scheme_options.pop("quant_method", None)  # present when transformers rebuilds it from a dict
+        self.quant_method = METHOD
+        self.scheme = scheme
+        self.backend = backend
+        self.options = {**dict(options or {}), **scheme_options}  # QCompilerConfig("nf4", block_size=64)
+        self.calibration_data = calibration_data
+        self.saved_as: dict | None = None
+        sch = get_scheme(scheme)
+        sch.make_config(self.options)  # bad options fail here, before any weight is read
+        if sch.needs_calibration and calibration_data is None:
+            from qcompiler.errors import ConfigError
+            raise ConfigError(f"scheme {scheme!r} needs calibration data, which from_pretrained does not take",
+                              hint="QCompilerConfig(scheme, calibration_data=[{'input_ids': ...}, ...]), or "
+                                   "qcompiler.compile(model, scheme, calibration_data=...)")
+
+    def to_dict(self) -> dict[str, Any]:
+        if getattr(self, "saved_as", None):  # set by save_pretrained: the format the weights were written in
+            return dict(self.saved_as)
+        return {"quant_method": METHOD, "scheme": self.scheme, "backend": self.backend, "options": self.options}
+
+
+@register_quantizer(METHOD)
+class QCompilerHfQuantizer(HfQuantizer):
+    """Loads the float weights, then compiles the model with the config's scheme, in place."""
+
+    requires_calibration = False
+
+    def __init__(self, quantization_config: QCompilerConfig, **kwargs):
+        super().__init__(quantization_config, **kwargs)
+        if self.pre_quantized:
+            from qcompiler.errors import UnsupportedError
+            raise UnsupportedError("a directory whose config.json says quant_method='qcompiler' holds no "
+                                   "quantized weights transformers can load",
+                                   hint="save with qcompiler.save(model, dir, format='compressed-tensors') and load "
+                                        "that with AutoModelForCausalLM.from_pretrained(dir)")
+
+    def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
+        return False  # the float weights load as they are; quantization runs after loading
+
+    def _process_model_after_weight_loading(self, model, **kwargs):
+        import qcompiler
+        cfg: QCompilerConfig = self.quantization_config
+        vocab = int(getattr(model.config, "vocab_size", 16))
+        device = next(model.parameters()).device
+        example = {"input_ids": (torch.arange(8, device=device) % max(vocab, 1)).reshape(1, 8)}
+        qm = qcompiler.compile(model, cfg.scheme, cfg.calibration_data, example_inputs=example, backend=cfg.backend,
+                               progress=False, **cfg.options)
+        for name, child in list(qm.model.named_children()):
+            setattr(model, name, child)  # the compiled regions, in the loaded PreTrainedModel itself
+        model.__dict__["_qcompiler_model"] = qm  # not a submodule: report(), qcompiler.save
+        return model
+
+    def is_serializable(self, **kwargs) -> bool:
+        return True  # as compressed-tensors, for the schemes that format expresses
+
+    def get_state_dict_and_metadata(self, model):
+        """``save_pretrained`` writes compressed-tensors (through the compressed-tensors library):
+        the config's ``quantization_config`` becomes the compressed-tensors one, so plain
+        ``from_pretrained(saved_dir)`` loads it. Schemes it cannot express fail here, naming the layer."""
+        from qcompiler.formats.compressed_tensors_writer import compressed_config, compressed_model
+        fresh, compressor = compressed_model(model)
+        self.quantization_config.saved_as = compressed_config(compressor)
+        return fresh.state_dict(), {}
+
+    @property
+    def is_trainable(self) -> bool:
+        return False

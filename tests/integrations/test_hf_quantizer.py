@@ -1,0 +1,68 @@
+"""``from_pretrained(..., quantization_config=QCompilerConfig(...))`` quantizes while loading."""
+
+import pytest
+import torch
+from torch import nn
+
+import qcompiler
+from qcompiler import QCompilerConfig
+
+
+@pytest.fixture(scope="module")
+def saved_llama(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, bos_token_id=0, eos_token_id=1,
+                                     tie_word_embeddings=False)).eval()
+    d = tmp_path_factory.mktemp("llama")
+    m.save_pretrained(d)
+    return d, m
+
+
+def test_from_pretrained_quantizes_while_loading(saved_llama, tmp_path):
+    from transformers import AutoModelForCausalLM
+    d, float_model = saved_llama
+    model = AutoModelForCausalLM.from_pretrained(d, quantization_config=QCompilerConfig("w4-weight-only",
+                                                                                        options={"group_size": 32}),
+                                                 device_map="cpu")
+    assert not any(isinstance(m, nn.Linear) for n, m in model.named_modules() if n.startswith("model.layers.0.mlp"))
+    ids = torch.randint(3, 256, (1, 6), generator=torch.Generator().manual_seed(1))
+    ref = qcompiler.compile(float_model, "w4-weight-only", example_inputs={"input_ids": ids}, progress=False,
+                            group_size=32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, ref(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+    gen = model.generate(ids, max_new_tokens=6, do_sample=False)
+    assert torch.equal(gen, ref.generate(ids, max_new_tokens=6, do_sample=False))
+    # save_pretrained writes compressed-tensors: plain from_pretrained loads it back
+    model.save_pretrained(tmp_path / "saved")
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+    assert back.config.quantization_config.quant_method == "compressed-tensors"
+    assert torch.equal(back.generate(ids, max_new_tokens=6, do_sample=False), gen)
+    out = qcompiler.save(model, tmp_path / "ct", format="compressed-tensors")  # the same, through qcompiler
+    with torch.no_grad():
+        torch.testing.assert_close(qcompiler.load(out)(input_ids=ids).logits, model(input_ids=ids).logits,
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_int8_outlier_loads_but_does_not_save(saved_llama, tmp_path):
+    from transformers import AutoModelForCausalLM
+    from qcompiler.formats import ExportFormatError
+    d, _ = saved_llama
+    model = AutoModelForCausalLM.from_pretrained(d, quantization_config=QCompilerConfig("int8-outlier"),
+                                                 device_map="cpu")
+    ids = torch.randint(3, 256, (1, 6), generator=torch.Generator().manual_seed(1))
+    assert model.generate(ids, max_new_tokens=4, do_sample=False).shape == (1, 10)
+    with pytest.raises(ExportFormatError, match="no compressed-tensors or vLLM equivalent"):
+        model.save_pretrained(tmp_path / "x")
+
+
+def test_calibrated_scheme_needs_data():
+    with pytest.raises(qcompiler.ConfigError, match="needs calibration data"):
+        QCompilerConfig("w8a8-smoothquant")
+
+
+def test_options_as_keywords_are_checked():
+    assert QCompilerConfig("w4-weight-only", group_size=64).options == {"group_size": 64}
+    with pytest.raises(qcompiler.ConfigError, match="no option 'groupsize'"):
+        QCompilerConfig("w4-weight-only", groupsize=64)
