@@ -162,7 +162,9 @@ def _capture_key(module: nn.Module, tensors: dict[str, Any], consts: dict[str, A
     attrs = tuple((name, k, v) for name, sub in module.named_modules() for k, v in sorted(vars(sub).items())
                   if isinstance(v, _SIMPLE) or (isinstance(v, tuple) and all(isinstance(x, _SIMPLE) for x in v)))
     state = tuple((n, tuple(t.shape), t.dtype) for n, t in module.state_dict(keep_vars=True).items())
-    inputs = tuple((k, tuple((tuple(t.shape), t.dtype) for t in tree_flatten(v)[0])) for k, v in tensors.items())
+    # the device too: a graph may bake in the device it was traced on (blocks of a device map differ)
+    inputs = tuple((k, tuple((tuple(t.shape), t.dtype, t.device) for t in tree_flatten(v)[0]))
+                   for k, v in tensors.items())
     return (type(module), attrs, state, inputs, tuple(sorted((k, repr(v)) for k, v in consts.items())))
 
 

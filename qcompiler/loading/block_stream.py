@@ -131,11 +131,14 @@ def _run(module: nn.Module, calls: list[Call]) -> list[torch.Tensor]:
 
 
 def run_blocks(blocks: nn.ModuleList, prefix: str, calls: list[Call], plan: UnitPlan, *,
-               bring_in: Callable[[int], None], calibrate_on: str = "quantized",
-               progress: bool = True) -> tuple[list[UnitResult], list[torch.Tensor] | None]:
+               bring_in: Callable[[int], None], calibrate_on: str = "quantized", progress: bool = True,
+               place: Callable[[int, list[Call]], list[Call]] | None = None,
+               finished: Callable[[int], None] | None = None) -> tuple[list[UnitResult], list[torch.Tensor] | None]:
     """Compiles ``blocks[i]`` for i = 0..n-1; ``bring_in(i)`` gives block i its float weights first.
     ``calls``: what block 0 receives. Each block is replaced in ``blocks`` by its compiled self.
-    Returns the units and, when calibrating on the float stream, the last float block's outputs."""
+    Returns the units and, when calibrating on the float stream, the last float block's outputs.
+    ``place(i, calls)``: the calls moved to block i's device; ``finished(i)``: block i is done
+    (a device map offloads and hooks it then)."""
     manager = plan.manager()
     sequential = any(p.name in SEQUENTIAL_PASSES for p in manager.passes)
     use_float = calibrate_on == "float" and not sequential
@@ -145,6 +148,7 @@ def run_blocks(blocks: nn.ModuleList, prefix: str, calls: list[Call], plan: Unit
     for i in bar:
         bar.set_postfix_str(f"{prefix}.{i}")
         bring_in(i)
+        calls = place(i, calls) if place is not None else calls
         block = blocks[i]
         float_out = _run(block, calls) if use_float else None
         res = compile_unit(block, f"{prefix}.{i}", calls, plan, manager, cache)
@@ -153,6 +157,8 @@ def run_blocks(blocks: nn.ModuleList, prefix: str, calls: list[Call], plan: Unit
         quant_out = _run(blocks[i], calls)
         calls = [with_hidden(c, h) for c, h in zip(calls, float_out or quant_out)]
         results.append(res)
+        if finished is not None:
+            finished(i)
     bar.close()
     return results, ([_hidden_of(c) for c in calls] if use_float else None)
 

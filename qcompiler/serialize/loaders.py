@@ -74,7 +74,9 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, device: str
     its tensors are read straight onto ``device`` (default: CPU): no float weights are ever made.
     With ``model`` (the float model it was compiled from) its regions are re-captured and swapped.
     Either way the outputs are bit for bit those of the saved model. ``verify=False`` skips the
-    sha256 of the tensor files (their sizes are still checked).
+    sha256 of the tensor files (their sizes are still checked). ``device_map="auto"`` or
+    ``{module_path: device}`` (with ``max_memory``) spreads the model over devices with accelerate
+    (see :mod:`qcompiler.loading.mapped_load`).
     """
     method = quant_method_of(path)
     loader = _LOADERS.get(method, _load_other_format)
@@ -99,8 +101,15 @@ def _load_qcompiler(path, model=None, *, device=None, check_versions=True, verif
     from qcompiler.serialize.saved_model import load_with_model
     from qcompiler.serialize.standalone import load_standalone
 
+    device_map, max_memory = options.pop("device_map", None), options.pop("max_memory", None)
     if options:
         raise LoadError(f"unknown load option(s) {', '.join(sorted(options))}")
+    if device_map is not None:  # spread over devices: qcompiler.loading.mapped_load
+        from qcompiler.loading.mapped_load import dispatch_loaded
+        if device is not None:
+            raise LoadError("load got both device= and device_map=", hint="pass one of them")
+        qm = _load_qcompiler(path, model, check_versions=check_versions, verify=verify)
+        return dispatch_loaded(qm, Path(path), read_description(Path(path)), device_map, max_memory=max_memory)
     if model is not None:
         qm = load_with_model(path, model, check_versions=check_versions, verify=verify)
         return qm.to(device) if device is not None else qm

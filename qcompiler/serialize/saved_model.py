@@ -81,6 +81,10 @@ def save(qm: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | N
 
     if not isinstance(qm, QuantizedModel) or qm.record is None:
         raise SaveError(f"save takes the model returned by qcompiler.compile, got {type(qm).__name__}")
+    from qcompiler.loading.placement import has_offloaded, onloaded
+    if has_offloaded(qm.model):  # a device map's offloaded blocks: brought in to the CPU while written
+        with onloaded(qm.model):
+            return save(qm, path, metadata=metadata, tokenizer=tokenizer, max_shard_size=max_shard_size)
     rec: CompileRecord = qm.record
     out = Path(path)
     table = TensorTable()
