@@ -49,6 +49,9 @@ def build_skeleton(path: str | os.PathLike, dtype: torch.dtype, config=None) -> 
             model = cls._from_config(config, dtype=dtype)
         else:
             model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    # built on meta, the head is not yet the embedding's tensor (transformers ties at load time):
+    # tie now, so TensorSlots sees one tensor under both names and the checkpoint needs it once
+    model.tie_weights()
     return model.eval()
 
 

@@ -4,13 +4,13 @@ import pytest
 import torch
 
 
-def tiny_llama(layers: int = 2, seed: int = 0):
+def tiny_llama(layers: int = 2, seed: int = 0, tie_word_embeddings: bool = False):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      bos_token_id=0, eos_token_id=1)
+                      bos_token_id=0, eos_token_id=1, tie_word_embeddings=tie_word_embeddings)
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # a few residual dims with large norm weights: outlier features, as in real LLMs
         for layer in model.model.layers:
@@ -24,6 +24,15 @@ def llama_dir(tmp_path_factory):
     model = tiny_llama()
     path = tmp_path_factory.mktemp("ckpt") / "tiny-llama"
     model.save_pretrained(path, max_shard_size="100KB")
+    return model, path
+
+
+@pytest.fixture(scope="session")
+def tied_llama_dir(tmp_path_factory):
+    """(float model, checkpoint dir) with tie_word_embeddings=True: the file holds the embedding only."""
+    model = tiny_llama(tie_word_embeddings=True)
+    path = tmp_path_factory.mktemp("tied") / "tiny-llama-tied"
+    model.save_pretrained(path)
     return model, path
 
 
