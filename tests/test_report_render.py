@@ -73,3 +73,27 @@ def test_text_is_the_same_table_as_markdown(report):
     for line in ("2 of 3 linear layers quantized", "whole model (parameters + buffers)", "split: model.layers.0",
                  "note: a note", "worst 41.5 dB"):
         assert line in text and line in md, line
+
+
+def test_memory_section_in_text_markdown_and_json(report):
+    from dataclasses import replace
+
+    from qcompiler.memory_usage import MemoryUsage
+
+    assert "memory" not in str(report)  # no figures recorded: no section
+    mem = MemoryUsage(3 * 2**30, 2**20 + 2**19, peak_device_bytes=5 * 2**29, peak_host_bytes=700 * 2**20,
+                      host_bytes_at_start=500 * 2**20, device="cuda:0")
+    r = replace(report, memory=mem)
+    want = ["memory: model 3.00 GiB -> 1.50 MiB (each storage counted once)",
+            "memory peak while quantizing: cuda:0 2.50 GiB allocated above the start; "
+            "host RSS 700.00 MiB, 500.00 MiB at the start"]
+    text, md = str(r), to_markdown(r)
+    for line in want:
+        assert line in text.splitlines()
+        assert f"- {line}" in md.splitlines()
+    d = json.loads(r.to_json())
+    assert d["memory"]["peak_device_bytes"] == 5 * 2**29 and d["memory"]["bytes_before"] == 3 * 2**30
+    assert from_json(r.to_json()) == r
+    # on the CPU there is no device peak: the host line alone
+    cpu = replace(report, memory=MemoryUsage(2048, 1024, peak_host_bytes=2**20, device="cpu"))
+    assert "memory peak while quantizing: host RSS 1.00 MiB" in str(cpu).splitlines()

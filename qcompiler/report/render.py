@@ -15,7 +15,8 @@ from typing import Any
 
 from qcompiler.report.data import LayerReport, Report
 
-__all__ = ["to_text", "to_rich", "to_markdown", "to_json", "from_dict", "from_json", "outliers_text", "totals"]
+__all__ = ["to_text", "to_rich", "to_markdown", "to_json", "from_dict", "from_json", "outliers_text", "totals",
+           "memory_lines"]
 
 _MAX_DIMS = 6  # outlier dims listed before "..."
 
@@ -53,6 +54,28 @@ def totals(report: Report) -> dict[str, Any]:
             "fallbacks": sum(1 for r in report.layers if r.op == "float" or r.notes)}
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if abs(n) >= 2**30 else f"{n / 2**20:.2f} MiB"
+
+
+def memory_lines(report: Report) -> list[str]:
+    """``report.memory`` in words: the model's bytes (each storage once: tied weights count once)
+    and the peak device / host memory the call that made the model recorded."""
+    m = report.memory
+    if m is None:
+        return []
+    lines = [f"memory: model {_size(m.bytes_before)} -> {_size(m.bytes_after)} (each storage counted once)"]
+    peaks = []
+    if m.peak_device_bytes is not None:
+        peaks.append(f"{m.device} {_size(m.peak_device_bytes)} allocated above the start")
+    if m.peak_host_bytes is not None:
+        start = f", {_size(m.host_bytes_at_start)} at the start" if m.host_bytes_at_start is not None else ""
+        peaks.append(f"host RSS {_size(m.peak_host_bytes)}{start}")
+    if peaks:
+        lines.append("memory peak while quantizing: " + "; ".join(peaks))
+    return lines
+
+
 def _summary_lines(report: Report) -> list[str]:
     t = totals(report)
     lines = [f"{t['quantized']} of {t['layers']} linear layers quantized; their weights "
@@ -65,6 +88,7 @@ def _summary_lines(report: Report) -> list[str]:
     if report.output_rel_error is not None:
         lines.append(f"model output vs float on calibration data: rel. error {report.output_rel_error:.4g}, "
                      f"cosine {report.output_cosine:.6f}")
+    lines.extend(memory_lines(report))
     lines.extend(f"split: {path}: {why[:160]}" for path, why in report.split)
     lines.extend(f"note: {n}" for n in report.notes)
     return lines
