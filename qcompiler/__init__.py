@@ -22,13 +22,15 @@ from qcompiler.spec import SPEC_KEY, LinearQuantSpec, get_spec
 from qcompiler.verify import verify_graph
 from qcompiler.loading import from_pretrained  # noqa: E402
 
+from qcompiler.integrations.registration import register_with_transformers  # noqa: E402
+
 __version__ = "0.1.0"
+register_with_transformers()  # a qcompiler.save directory read by transformers meets qcompiler's quantizer
 
 
 def __getattr__(name: str):
-    # transformers' quantizer API costs ~3 s to import: QCompilerConfig (and its registration with
-    # transformers) loads on first use. No directory ever says quant_method="qcompiler"
-    # (save_pretrained writes compressed-tensors), so nothing needs the registration earlier.
+    # transformers' quantizer API costs ~3 s to import: QCompilerConfig loads on first use (the
+    # registration itself waits for transformers to load its quantizers: qcompiler.integrations.registration)
     if name == "QCompilerConfig":
         from qcompiler.integrations.hf_quantizer import QCompilerConfig
         return QCompilerConfig

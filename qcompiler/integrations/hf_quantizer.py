@@ -1,8 +1,9 @@
 """``AutoModelForCausalLM.from_pretrained(path, quantization_config=QCompilerConfig(...))``.
 
 Registered with transformers' public quantizer API (``register_quantization_config`` /
-``register_quantizer``) when this module is imported, i.e. on the first ``qcompiler.QCompilerConfig``
-(``import qcompiler`` alone does not pay for importing transformers). The float
+``register_quantizer``) when this module is imported: on the first ``qcompiler.QCompilerConfig``, or
+when transformers loads its quantizers (:mod:`qcompiler.integrations.registration`), so
+``import qcompiler`` alone does not pay for importing transformers. The float
 weights load as usual; after loading, the model is compiled with ``qcompiler.compile`` (example
 input: a few token ids, no calibration) and its submodules are replaced, in place, by the
 compiled ones, so ``generate()`` and everything else of the ``PreTrainedModel`` keep working::
@@ -52,6 +53,20 @@ class QCompilerConfig(QuantizationConfigMixin):
                               hint="QCompilerConfig(scheme, calibration_data=[{'input_ids': ...}, ...]), or "
                                    "qcompiler.compile(model, scheme, calibration_data=...)")
 
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], return_unused_kwargs: bool = False, **kwargs):
+        """The block of a config.json (a model already quantized): taken as it is, without the
+        checks for compiling (calibration data), so the quantizer can say how to load it."""
+        d = {**config_dict, **kwargs}
+        config = cls.__new__(cls)
+        config.quant_method = METHOD
+        config.scheme = d.pop("scheme", "int8-outlier")
+        config.backend = d.pop("backend", "eager")
+        d.pop("quant_method", None)
+        config.options = {**dict(d.pop("options", None) or {}), **d}
+        config.calibration_data, config.saved_as = None, None
+        return (config, {}) if return_unused_kwargs else config
+
     def to_dict(self) -> dict[str, Any]:
         if getattr(self, "saved_as", None):  # set by save_pretrained: the format the weights were written in
             return dict(self.saved_as)
@@ -68,10 +83,11 @@ class QCompilerHfQuantizer(HfQuantizer):
         super().__init__(quantization_config, **kwargs)
         if self.pre_quantized:
             from qcompiler.errors import UnsupportedError
-            raise UnsupportedError("a directory whose config.json says quant_method='qcompiler' holds no "
-                                   "quantized weights transformers can load",
-                                   hint="save with qcompiler.save(model, dir, format='compressed-tensors') and load "
-                                        "that with AutoModelForCausalLM.from_pretrained(dir)")
+            raise UnsupportedError("this directory was written by qcompiler.save (config.json: quant_method="
+                                   "'qcompiler'); transformers' from_pretrained cannot build its rewritten graphs",
+                                   hint="load it with qcompiler.load(dir, device=...) (generate() works on the "
+                                        "result), or save with qcompiler.save(qm, dir, format='compressed-tensors') "
+                                        "for plain transformers / vLLM loading")
 
     def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
         return False  # the float weights load as they are; quantization runs after loading
