@@ -23,7 +23,8 @@ from torch import Tensor
 
 from qcompiler.quant.nf4 import NF4_CODEBOOK
 
-__all__ = ["FMT_UINT", "FMT_NF4", "WeightOperand", "uint_operand", "nf4_operand", "per_tile", "codebook",
+__all__ = ["FMT_UINT", "FMT_NF4", "WeightOperand", "uint_operand", "nf4_operand", "int8_signed_operand",
+           "per_tile", "codebook",
            "code_value", "group_scale"]
 
 FMT_UINT, FMT_NF4 = 0, 1
@@ -61,11 +62,13 @@ class WeightOperand:
     pack: int                        # codes per byte: 2 (4-bit) or 1 (8-bit)
     zero: int                        # UINT's implicit zero point 2^(bits-1); 0 for NF4
     dq_block: int                    # absmax codes per dq scale; 1 when not double-quantized
+    signed: bool = False             # codes stored as int8 (two's complement): q + 128 = code ^ 0x80
+    scale_div: float = 1.0           # the step is scales / scale_div (int8-outlier: w_scale / 127)
 
     def key(self) -> tuple:
         """Everything besides x's rows and dtype that selects a compiled kernel / a tuned config."""
         return (self.n, self.k, self.group, self.fmt, self.pack, self.zero, self.zeros is not None,
-                self.dq_scale is not None, self.dq_block)
+                self.dq_scale is not None, self.dq_block, self.signed, self.scale_div)
 
     def args(self, dummy: Tensor, half: Optional[torch.dtype] = None) -> tuple:
         """Pointer arguments, in kernel order: w, s, z, codebook (float32), [codebook in ``half``,]
@@ -128,6 +131,22 @@ def uint_operand(qweight: Tensor, scales: Tensor, zeros: Optional[Tensor], bits:
         zeros = _check_groups(what, "zeros", zeros, torch.uint8, n, g, device)
     return WeightOperand(_c(qweight), scales, zeros, None, None, None, None, n, k, g, group_size, FMT_UINT,
                          pack, 2 ** (bits - 1), 1)
+
+
+def int8_signed_operand(wq: Tensor, w_scale: Tensor, device) -> WeightOperand:
+    """int8-outlier's weight, ``W = wq * w_scale / 127`` (int8 ``[N, K]``, one float32 scale per
+    row), as an 8-bit UINT operand: the uint8 view of ``wq`` with zero point 128 and the kernels
+    flipping the sign bit (``code ^ 0x80 = q + 128``). No copy is made."""
+    what = "int8_outlier_linear"
+    if wq.dtype != torch.int8 or wq.dim() != 2 or wq.device != device:
+        _fail(what, f"wq must be a 2-D int8 tensor on {device}, got {wq.dtype} {tuple(wq.shape)} on {wq.device}")
+    n, k = wq.shape
+    if w_scale.dtype != torch.float32 or w_scale.numel() != n or w_scale.device != device:
+        _fail(what, f"w_scale must be float32 with one value per row ({n}) on {device}, got "
+                    f"{w_scale.dtype} {tuple(w_scale.shape)} on {w_scale.device}")
+    scales = _c(w_scale.reshape(n, 1))
+    return WeightOperand(_c(wq).view(torch.uint8), scales, None, None, None, None, None, n, k, 1 if k else 0,
+                         max(k, 1), FMT_UINT, 1, 128, 1, signed=True, scale_div=127.0)
 
 
 def nf4_operand(qweight: Tensor, absmax: Tensor, absmax_scale: Optional[Tensor],

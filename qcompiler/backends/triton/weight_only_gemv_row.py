@@ -1,0 +1,337 @@
+"""One-row (M = 1, decode) weight-only GEMV: ``y = x @ W.T (+ x[idx] @ W_out.T) + bias`` with W in
+8 or 4 bits (UINT, or int8 stored signed as int8-outlier keeps it) or NF4, x one 16-bit row.
+
+Why a second kernel next to :func:`weight_only_gemv`'s CUDA-core form: that one holds W's tile as
+``[BLOCK_K / PACK, BLOCK_N]`` and keeps a float32 accumulator of the same size, so every weight
+pays a product *and* a per-element scale FMA, and x's tile is re-split per nibble plane. Here:
+
+* W's tile is ``[BLOCK_N, BLOCK_KB]`` bytes, K contiguous (16-byte loads), several rows per thread,
+  so x's values (loaded once per tile, float32) are shared by those rows;
+* **one scale per group and row**: a tile holds whole groups; the products of a group are summed
+  first (FMA chains in a thread, then a short shuffle tree) and the ``[BLOCK_N]`` sums are scaled
+  once - no per-element scale multiply. One group per row (per-channel int8) keeps an elementwise
+  accumulator instead and scales in the epilogue;
+* **magic-number dequantization**: ``q | 0x4B000000`` is the float ``2**23 + q`` exactly, so
+  ``q - z`` is one OR and one FADD (no int-to-float convert); with ``ASM`` (CUDA only) one ``prmt``
+  per byte builds that float from the packed bytes (``tl.inline_asm_elementwise``; the CPU
+  interpreter cannot run PTX, so the pure-Triton form is what the CI tests cover);
+* **signed int8** (``FLIP``): int8-outlier's codes are ``q + 128`` after one XOR with 0x80, so it
+  runs through the same kernel with zero point 128 and ``S_DIV = 127`` (its scale is
+  ``w_scale / 127``); its few fp16 outlier columns are added in the epilogue of the program that
+  finishes each output tile (``HAS_OUTLIERS``), so the decomposition costs no extra launch;
+* split-K as in :mod:`.weight_only_gemv`: partial sums in a per-call float32 workspace, the
+  last-arriving program reduces them in split order (deterministic) and resets its counter.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from qcompiler.backends.triton._config import TunedLauncher, interpreting, make_config, pick_configs
+from qcompiler.backends.triton._weight_operand import FMT_NF4, WeightOperand
+
+__all__ = ["weight_only_gemv_row", "row_supported", "row_tile_ok", "asm_available"]
+
+
+def asm_available() -> bool:
+    """Inline PTX runs on CUDA only, never in the interpreter."""
+    return not interpreting() and torch.cuda.is_available() and torch.version.hip is None
+
+
+def _row_configs() -> list[triton.Config]:
+    # BLOCK_KB = bytes of a row per tile (64 = one g128 int4 group, 32 = one b64 NF4 block; the
+    # pruner keeps only tiles that hold whole groups). 16 B per thread along K, the rest of the
+    # threads along N: BLOCK_N / (32 * warps * 16 / BLOCK_KB) rows per thread share x's values.
+    c = make_config
+    gpu = []
+    for kb, n, w, s in [(64, 128, 4, 8), (64, 64, 4, 8), (64, 128, 4, 4), (64, 256, 8, 4), (64, 64, 2, 16),
+                        (128, 64, 4, 8), (128, 128, 4, 4), (128, 32, 2, 16), (256, 32, 4, 8), (256, 64, 4, 4),
+                        (32, 128, 4, 8), (32, 256, 4, 4), (32, 64, 2, 16), (128, 64, 4, 16)]:
+        for asm in ((True, False) if asm_available() else (False,)):
+            gpu.append(c(BLOCK_N=n, BLOCK_KB=kb, SPLIT_K=s, ASM=asm, num_warps=w, num_stages=1))
+    return pick_configs(gpu, c(BLOCK_N=16, BLOCK_KB=64, SPLIT_K=2, ASM=False, num_warps=4))
+
+
+def row_tile_ok(group: int, groups: int, pack: int, block_kb: int) -> bool:
+    """A tile of ``block_kb`` bytes holds whole groups (or there is one group per row)."""
+    return groups <= 1 or (block_kb * pack) % group == 0 and (block_kb * pack) // group <= 8
+
+
+_SCRATCH_BYTES = 64 << 20
+
+
+def _prune(configs, named_args, **kwargs):
+    a = {**named_args, **kwargs}
+    ok = [c for c in configs if row_tile_ok(a["GROUP"], a["G"], a["PACK"], c.kwargs["BLOCK_KB"])]
+    cap = max(1, _SCRATCH_BYTES // (4 * max(a["N"], 1)))
+    fit = [c for c in ok if c.kwargs["SPLIT_K"] <= min(cap, max(1, -(-a["KB"] // c.kwargs["BLOCK_KB"])))]
+    return fit or [c for c in ok if c.kwargs["SPLIT_K"] == 1] or ok or list(configs)
+
+
+@triton.jit
+def _magic_bytes(b, ASM: tl.constexpr, FLIP: tl.constexpr):
+    """uint8 codes -> float32 ``2**23 + b`` (``2**23 + (b ^ 0x80)`` with ``FLIP``: signed int8 + 128)."""
+    if ASM:
+        # One PRMT per byte: byte i of the packed register under the exponent byte 0x4B.
+        if FLIP:
+            return tl.inline_asm_elementwise(
+                asm="{ .reg .b32 m, v; mov.b32 m, 0x4B000000; xor.b32 v, $4, 0x80808080;"
+                    " prmt.b32 $0, v, m, 0x7650; prmt.b32 $1, v, m, 0x7651;"
+                    " prmt.b32 $2, v, m, 0x7652; prmt.b32 $3, v, m, 0x7653; }",
+                constraints="=r,=r,=r,=r,r", args=[b], dtype=tl.float32, is_pure=True, pack=4)
+        return tl.inline_asm_elementwise(
+            asm="{ .reg .b32 m; mov.b32 m, 0x4B000000;"
+                " prmt.b32 $0, $4, m, 0x7650; prmt.b32 $1, $4, m, 0x7651;"
+                " prmt.b32 $2, $4, m, 0x7652; prmt.b32 $3, $4, m, 0x7653; }",
+            constraints="=r,=r,=r,=r,r", args=[b], dtype=tl.float32, is_pure=True, pack=4)
+    bi = b.to(tl.int32)
+    if FLIP:
+        bi = bi ^ 0x80  # xor + or: one LOP3
+    return (bi | 0x4B000000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _magic_nibbles(b, ASM: tl.constexpr):
+    """Packed int4 bytes -> (float32 ``2**23 + low nibble``, ``2**23 + high nibble``)."""
+    if ASM:
+        # Both nibble planes of 4 bytes at once (and / shift+and on the whole register), then a
+        # PRMT per value.
+        return tl.inline_asm_elementwise(
+            asm="{ .reg .b32 m, l, h; mov.b32 m, 0x4B000000;"
+                " and.b32 l, $8, 0x0F0F0F0F; shr.b32 h, $8, 4; and.b32 h, h, 0x0F0F0F0F;"
+                " prmt.b32 $0, l, m, 0x7650; prmt.b32 $1, l, m, 0x7651;"
+                " prmt.b32 $2, l, m, 0x7652; prmt.b32 $3, l, m, 0x7653;"
+                " prmt.b32 $4, h, m, 0x7650; prmt.b32 $5, h, m, 0x7651;"
+                " prmt.b32 $6, h, m, 0x7652; prmt.b32 $7, h, m, 0x7653; }",
+            constraints="=r,=r,=r,=r,=r,=r,=r,=r,r", args=[b], dtype=(tl.float32, tl.float32),
+            is_pure=True, pack=4)
+    bi = b.to(tl.int32)
+    return (((bi & 0xF) | 0x4B000000).to(tl.float32, bitcast=True),
+            ((bi >> 4) | 0x4B000000).to(tl.float32, bitcast=True))
+
+
+@triton.jit
+def _per_byte(zf, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, GB: tl.constexpr, NG: tl.constexpr,
+              EXPAND: tl.constexpr):
+    """``z + 2**23`` per group ``[BLOCK_N, NG]`` spread over the tile's bytes (or left to broadcast)."""
+    if EXPAND:
+        return tl.reshape(tl.broadcast_to(zf[:, :, None], (BLOCK_N, NG, GB)), (BLOCK_N, BLOCK_KB))
+    return zf
+
+
+@triton.jit
+def _group_sums(p, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, GB: tl.constexpr):
+    """``[BLOCK_N, BLOCK_KB]`` -> per-group sums ``[BLOCK_N, BLOCK_KB / GB]`` (GB bytes a group)."""
+    if GB == BLOCK_KB:
+        return tl.sum(p, axis=1)[:, None]
+    return tl.sum(tl.reshape(p, (BLOCK_N, BLOCK_KB // GB, GB)), axis=2)
+
+
+@triton.jit
+def _weight_only_gemv_row_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, cb_ptr, dqs_ptr, dqo_ptr, idx_ptr, wo_ptr, b_ptr, y_ptr, part_ptr, lock_ptr,
+    N, K, KB, G, GROUP, n_out, stride_xk, stride_won, stride_wok,
+    FMT: tl.constexpr, PACK: tl.constexpr, ZERO: tl.constexpr, HAS_ZEROS: tl.constexpr,
+    DQ: tl.constexpr, DQ_BLOCK: tl.constexpr, FLIP: tl.constexpr, S_DIV: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_OUTLIERS: tl.constexpr, BLOCK_O: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, SPLIT_K: tl.constexpr, ASM: tl.constexpr,
+    ONE_GROUP: tl.constexpr, EVEN_KB: tl.constexpr, GB: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    rn = offs_n % N  # wrapped rows keep the W loads unmasked; the store drops them
+    offs_j = tl.arange(0, BLOCK_KB)
+    w_rows = w_ptr + rn.to(tl.int64)[:, None] * KB
+    # GB = bytes of a group (the whole tile when ONE_GROUP), NG = groups per tile.
+    NG: tl.constexpr = BLOCK_KB // GB
+    offs_g = tl.arange(0, NG)
+    dq_off = 0.0
+    if DQ:
+        dq_off = tl.load(dqo_ptr)
+
+    n_tiles = tl.cdiv(KB, BLOCK_KB)
+    per_split = tl.cdiv(n_tiles, SPLIT_K)
+    t_lo = pid_k * per_split
+    t_hi = tl.minimum(t_lo + per_split, n_tiles)
+    if ONE_GROUP:
+        acc2 = tl.zeros((BLOCK_N, BLOCK_KB), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_N, NG), dtype=tl.float32)
+    if FMT == 0:
+        if HAS_ZEROS:
+            zf1 = tl.zeros((BLOCK_N, NG), dtype=tl.float32)  # per-group, loaded below
+        else:
+            zf1 = tl.full((BLOCK_N, 1), ZERO + 8388608.0, tl.float32)
+        if ONE_GROUP and HAS_ZEROS:
+            zf1 = tl.load(z_ptr + rn * G).to(tl.float32)[:, None] + 8388608.0
+    for t in range(t_lo, t_hi):
+        jb = t * BLOCK_KB + offs_j
+        if EVEN_KB:
+            b = tl.load(w_rows + jb[None, :])
+        else:
+            b = tl.load(w_rows + jb[None, :], mask=(jb < KB)[None, :], other=0)
+        # Group indices of this tile's groups (one per row for ONE_GROUP).
+        if not ONE_GROUP:
+            gi = (t * BLOCK_KB) // GB + offs_g
+            g_ok = gi < G
+            gidx = rn[:, None] * G + gi[None, :]
+            if FMT == 0 and HAS_ZEROS:
+                zf1 = tl.load(z_ptr + gidx, mask=g_ok[None, :], other=0).to(tl.float32) + 8388608.0
+        if PACK == 2:
+            # x at even / odd k: the low / high nibble of byte j.
+            x_lo = tl.load(x_ptr + (2 * jb) * stride_xk, mask=2 * jb < K, other=0.0).to(tl.float32)
+            x_hi = tl.load(x_ptr + (2 * jb + 1) * stride_xk, mask=2 * jb + 1 < K, other=0.0).to(tl.float32)
+            if FMT == 0:
+                f_lo, f_hi = _magic_nibbles(b, ASM)
+                zfe = _per_byte(zf1, BLOCK_N, BLOCK_KB, GB, NG, HAS_ZEROS and NG > 1)
+                p = x_lo[None, :] * (f_lo - zfe) + x_hi[None, :] * (f_hi - zfe)
+            else:
+                bi = b.to(tl.int32)
+                p = x_lo[None, :] * tl.load(cb_ptr + (bi & 0xF)) + x_hi[None, :] * tl.load(cb_ptr + (bi >> 4))
+        else:
+            xv = tl.load(x_ptr + jb * stride_xk, mask=jb < K, other=0.0).to(tl.float32)
+            f = _magic_bytes(b, ASM, FLIP)
+            p = xv[None, :] * (f - _per_byte(zf1, BLOCK_N, BLOCK_KB, GB, NG, HAS_ZEROS and NG > 1))
+        if ONE_GROUP:
+            acc2 += p
+        else:
+            # One scale per (row, group): applied to the group's sum.
+            if DQ:
+                code = tl.load(s_ptr + gidx, mask=g_ok[None, :], other=0).to(tl.float32)
+                s = code * tl.load(dqs_ptr + gidx // DQ_BLOCK, mask=g_ok[None, :], other=0.0) / 127.0 + dq_off
+            else:
+                s = tl.load(s_ptr + gidx, mask=g_ok[None, :], other=0.0)
+            acc += _group_sums(p, BLOCK_N, BLOCK_KB, GB) * s
+
+    if ONE_GROUP:
+        out = tl.sum(acc2, axis=1)
+    else:
+        out = tl.sum(acc, axis=1)
+    if SPLIT_K == 1:
+        _finish(out, x_ptr, s_ptr, dqs_ptr, dq_off, idx_ptr, wo_ptr, b_ptr, y_ptr, rn, offs_n, n_ok, G, n_out,
+                stride_xk, stride_won, stride_wok, ONE_GROUP, DQ, DQ_BLOCK, S_DIV, HAS_BIAS, HAS_OUTLIERS,
+                BLOCK_O)
+    else:
+        tl.store(part_ptr + pid_k * N + offs_n, out, mask=n_ok)
+        tl.debug_barrier()  # every thread's partial is written before the counter moves
+        lock = lock_ptr + pid_n
+        arrived = tl.atomic_add(lock, 1, sem="acq_rel")
+        if arrived == SPLIT_K - 1:
+            total = tl.zeros((BLOCK_N,), dtype=tl.float32)
+            for s_i in tl.static_range(SPLIT_K):  # fixed order: the same bits on every run
+                total += tl.load(part_ptr + s_i * N + offs_n, mask=n_ok, other=0.0, cache_modifier=".cg")
+            _finish(total, x_ptr, s_ptr, dqs_ptr, dq_off, idx_ptr, wo_ptr, b_ptr, y_ptr, rn, offs_n, n_ok, G,
+                    n_out, stride_xk, stride_won, stride_wok, ONE_GROUP, DQ, DQ_BLOCK, S_DIV, HAS_BIAS,
+                    HAS_OUTLIERS, BLOCK_O)
+            tl.atomic_xchg(lock, 0)
+
+
+@triton.jit
+def _finish(out, x_ptr, s_ptr, dqs_ptr, dq_off, idx_ptr, wo_ptr, b_ptr, y_ptr, rn, offs_n, n_ok, G, n_out,
+            stride_xk, stride_won, stride_wok, ONE_GROUP: tl.constexpr, DQ: tl.constexpr,
+            DQ_BLOCK: tl.constexpr, S_DIV: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_OUTLIERS: tl.constexpr,
+            BLOCK_O: tl.constexpr):
+    """Per-channel scale (one group per row), outlier columns, bias, store in y's dtype."""
+    if ONE_GROUP:
+        gidx = rn * G
+        if DQ:
+            code = tl.load(s_ptr + gidx).to(tl.float32)
+            s = code * tl.load(dqs_ptr + gidx // DQ_BLOCK) / 127.0 + dq_off
+        else:
+            s = tl.load(s_ptr + gidx)
+        if S_DIV != 1:
+            s = s / S_DIV
+        out = out * s
+    if HAS_OUTLIERS:
+        for o0 in range(0, n_out, BLOCK_O):
+            offs_o = o0 + tl.arange(0, BLOCK_O)
+            o_ok = offs_o < n_out
+            col = tl.load(idx_ptr + offs_o, mask=o_ok, other=0).to(tl.int64)
+            xo = tl.load(x_ptr + col * stride_xk, mask=o_ok, other=0.0).to(tl.float32)
+            wo = tl.load(wo_ptr + rn.to(tl.int64)[:, None] * stride_won + offs_o[None, :] * stride_wok,
+                         mask=o_ok[None, :], other=0.0).to(tl.float32)
+            out += tl.sum(wo * xo[None, :], axis=1)
+    if HAS_BIAS:
+        out += tl.load(b_ptr + rn).to(tl.float32)
+    tl.store(y_ptr + offs_n, out.to(y_ptr.dtype.element_ty), mask=n_ok)
+
+
+_HEURISTICS = {
+    "ONE_GROUP": lambda a: a["G"] <= 1,
+    "EVEN_KB": lambda a: a["KB"] % a["BLOCK_KB"] == 0,
+    "GB": lambda a: a["BLOCK_KB"] if a["G"] <= 1 else a["GROUP"] // a["PACK"],
+}
+_KEY = ["N", "K", "GROUP", "FMT", "PACK", "HAS_ZEROS", "DQ", "FLIP", "HAS_OUTLIERS"]
+_LAUNCH = TunedLauncher(triton.autotune(configs=_row_configs(), key=_KEY,
+                                        prune_configs_by={"early_config_prune": _prune})(
+    triton.heuristics(values=_HEURISTICS)(_weight_only_gemv_row_kernel)))
+
+
+def _workspace(device: torch.device, parts: int, locks: int) -> tuple[Tensor, Tensor]:
+    """Per-call split-K partials (uninitialised) and zeroed tile counters; never cached (a
+    workspace that outlived the call would sit untracked in a CUDA graph's memory pool)."""
+    return (torch.empty(max(parts, 1), dtype=torch.float32, device=device),
+            torch.zeros(max(locks, 1), dtype=torch.int32, device=device))
+
+
+def weight_only_gemv_row(x: Tensor, w: WeightOperand, bias: Optional[Tensor],
+                         outlier_idx: Optional[Tensor] = None, w_outliers: Optional[Tensor] = None, *,
+                         config: Optional[dict] = None) -> Tensor:
+    """``x [..., K]`` (float16/bfloat16, exactly one row) times the weight-only ``w``, plus
+    ``x[..., outlier_idx] @ w_outliers.T`` when given (int8-outlier's fp16 columns, ``[N, n]``).
+    ``config`` (``BLOCK_N``, ``BLOCK_KB``, ``SPLIT_K``, ``ASM``, ``num_warps``) skips the autotuner."""
+    if x.dtype not in (torch.float16, torch.bfloat16):
+        raise TypeError(f"weight_only_gemv_row: x must be float16/bfloat16, got {x.dtype}")
+    k, n = x.shape[-1], w.n
+    if k != w.k:
+        raise ValueError(f"weight_only_gemv_row: x has K={k}, the weight K={w.k}")
+    rows = x.numel() // k if k else x.shape[:-1].numel()
+    if rows != 1:
+        raise ValueError(f"weight_only_gemv_row takes one row, got {rows}")
+    lead = x.shape[:-1]
+    x1 = x.reshape(k)
+    y = torch.empty(n, dtype=x.dtype, device=x.device)
+    if n == 0 or k == 0:
+        y.zero_()
+        return (y + bias.to(y.dtype) if bias is not None and n else y).reshape(*lead, n)
+    n_out = outlier_idx.numel() if (outlier_idx is not None and w_outliers is not None) else 0
+    if n_out and (w_outliers.shape[0] != n or w_outliers.shape[1] != n_out):
+        raise ValueError(f"weight_only_gemv_row: w_outliers must be [{n}, {n_out}], got {tuple(w_outliers.shape)}")
+    kb = w.qweight.shape[1]
+    splits = config["SPLIT_K"] if config is not None else max(c.kwargs["SPLIT_K"] for c in _LAUNCH.autotuner.configs)
+    part, lock = _workspace(x.device, splits * n, triton.cdiv(n, 16)) if splits > 1 else (y, y)
+    cb = w.codebook if w.codebook is not None else y
+    args = (x1, w.qweight, w.scales, w.zeros if w.zeros is not None else y, cb,
+            w.dq_scale if w.dq_scale is not None else y, w.dq_offset if w.dq_offset is not None else y,
+            outlier_idx if n_out else y, w_outliers if n_out else y, bias if bias is not None else y, y, part, lock,
+            n, k, kb, w.groups, w.group, n_out, x1.stride(0),
+            w_outliers.stride(0) if n_out else 0, w_outliers.stride(1) if n_out else 0)
+    meta = dict(FMT=w.fmt, PACK=w.pack, ZERO=w.zero, HAS_ZEROS=w.zeros is not None, DQ=w.dq_scale is not None,
+                DQ_BLOCK=w.dq_block, FLIP=w.signed, S_DIV=w.scale_div, HAS_BIAS=bias is not None,
+                HAS_OUTLIERS=n_out > 0, BLOCK_O=16)
+    grid = lambda c: (triton.cdiv(n, c["BLOCK_N"]), c["SPLIT_K"])  # noqa: E731
+    if config is not None:
+        cfg = dict(config)
+        launch = dict(num_warps=cfg.pop("num_warps", 4), num_stages=cfg.pop("num_stages", 1))
+        cfg.setdefault("ASM", False)
+        if not row_tile_ok(w.group, w.groups, w.pack, cfg["BLOCK_KB"]):
+            raise ValueError(f"weight_only_gemv_row: BLOCK_KB={cfg['BLOCK_KB']} does not hold whole groups "
+                             f"of {w.group}")
+        named = {"G": w.groups, "KB": kb, "GROUP": w.group, "PACK": w.pack, **cfg}
+        cfg.update({name: fn(named) for name, fn in _HEURISTICS.items()})
+        _weight_only_gemv_row_kernel[grid(cfg)](*args, **meta, **cfg, **launch)
+    else:
+        _LAUNCH((x.dtype, bias is not None, n_out > 0, *w.key()), grid, *args, **meta)
+    return y.reshape(*lead, n)
+
+
+def row_supported(w: WeightOperand) -> bool:
+    """Whether some config of this kernel holds ``w``'s groups whole (else use weight_only_gemv)."""
+    return any(row_tile_ok(w.group, w.groups, w.pack, c.kwargs["BLOCK_KB"]) for c in _LAUNCH.autotuner.configs)
