@@ -139,7 +139,7 @@ def _weight_only_gemv_row_kernel(
     FMT: tl.constexpr, PACK: tl.constexpr, ZERO: tl.constexpr, HAS_ZEROS: tl.constexpr,
     DQ: tl.constexpr, DQ_BLOCK: tl.constexpr, FLIP: tl.constexpr, S_DIV: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_OUTLIERS: tl.constexpr, BLOCK_O: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, SPLIT_K: tl.constexpr, ASM: tl.constexpr,
+    SPLIT_K, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, SPLIT: tl.constexpr, ASM: tl.constexpr,
     ONE_GROUP: tl.constexpr, EVEN_KB: tl.constexpr, GB: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -214,7 +214,7 @@ def _weight_only_gemv_row_kernel(
         out = tl.sum(acc2, axis=1)
     else:
         out = tl.sum(acc, axis=1)
-    if SPLIT_K == 1:
+    if not SPLIT:
         _finish(out, x_ptr, s_ptr, dqs_ptr, dq_off, idx_ptr, wo_ptr, b_ptr, y_ptr, rn, offs_n, n_ok, G, n_out,
                 stride_xk, stride_won, stride_wok, ONE_GROUP, DQ, DQ_BLOCK, S_DIV, HAS_BIAS, HAS_OUTLIERS,
                 BLOCK_O)
@@ -225,7 +225,7 @@ def _weight_only_gemv_row_kernel(
         arrived = tl.atomic_add(lock, 1, sem="acq_rel")
         if arrived == SPLIT_K - 1:
             total = tl.zeros((BLOCK_N,), dtype=tl.float32)
-            for s_i in tl.static_range(SPLIT_K):  # fixed order: the same bits on every run
+            for s_i in range(SPLIT_K):  # fixed order: the same bits on every run
                 total += tl.load(part_ptr + s_i * N + offs_n, mask=n_ok, other=0.0, cache_modifier=".cg")
             _finish(total, x_ptr, s_ptr, dqs_ptr, dq_off, idx_ptr, wo_ptr, b_ptr, y_ptr, rn, offs_n, n_ok, G,
                     n_out, stride_xk, stride_won, stride_wok, ONE_GROUP, DQ, DQ_BLOCK, S_DIV, HAS_BIAS,
@@ -266,6 +266,7 @@ def _finish(out, x_ptr, s_ptr, dqs_ptr, dq_off, idx_ptr, wo_ptr, b_ptr, y_ptr, r
 _HEURISTICS = {
     "ONE_GROUP": lambda a: a["G"] <= 1,
     "EVEN_KB": lambda a: a["KB"] % a["BLOCK_KB"] == 0,
+    "SPLIT": lambda a: a["SPLIT_K"] > 1,
     "GB": lambda a: a["BLOCK_KB"] if a["G"] <= 1 else a["GROUP"] // a["PACK"],
 }
 _KEY = ["N", "K", "GROUP", "FMT", "PACK", "HAS_ZEROS", "DQ", "FLIP", "HAS_OUTLIERS"]

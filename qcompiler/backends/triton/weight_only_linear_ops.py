@@ -1,6 +1,8 @@
 """Whole weight-only linears (UINT 8/4-bit and NF4), dispatched by the number of rows M:
 
-* ``M <= 16`` (decode): :func:`weight_only_gemv` - one split-K launch that unpacks W in registers;
+* ``M = 1`` (decode): :func:`weight_only_gemv_row` where its tiles hold the groups whole (the
+  usual group sizes), else :func:`weight_only_gemv` - one split-K launch that unpacks W in registers;
+* ``M <= 16``: :func:`weight_only_gemv` (tensor-core form);
 * ``16 < M <= WEIGHT_ONLY_GEMM_MAX_M``: :func:`weight_only_matmul` - the same kernel tiled over M
   (mixed-input GEMM): reads the packed W once, where dequantize + cuBLAS would write and re-read a
   16-bit copy of it;
@@ -25,6 +27,7 @@ from torch import Tensor
 from qcompiler.backends.triton._weight_operand import WeightOperand, nf4_operand, uint_operand
 from qcompiler.backends.triton.dequantize_weight import dequantize_weight
 from qcompiler.backends.triton.weight_only_gemv import GEMV_MAX_M, weight_only_gemv, weight_only_matmul
+from qcompiler.backends.triton.weight_only_gemv_row import row_supported, weight_only_gemv_row
 
 __all__ = ["weight_only_uint_linear", "weight_only_nf4_linear", "WEIGHT_ONLY_SMALL_M",
            "WEIGHT_ONLY_GEMM_MAX_M"]
@@ -44,6 +47,8 @@ def _check_x(x: Tensor, what: str) -> None:
 
 def _linear(x: Tensor, w: WeightOperand, bias: Optional[Tensor]) -> Tensor:
     rows = x.numel() // x.shape[-1] if x.shape[-1] else x.shape[:-1].numel()
+    if rows == 1 and row_supported(w):
+        return weight_only_gemv_row(x, w, bias)
     if rows <= WEIGHT_ONLY_SMALL_M:
         return weight_only_gemv(x, w, bias)
     if rows <= WEIGHT_ONLY_GEMM_MAX_M:
