@@ -35,6 +35,7 @@ from torch import Tensor
 
 from qcompiler.backends.triton._config import TunedLauncher, interpreting, make_config, pick_configs
 from qcompiler.backends.triton._weight_operand import WeightOperand, code_value, group_scale, per_tile
+from qcompiler.backends.triton._magic_dequant import magic_bytes_f16, magic_nibbles_f16
 from qcompiler.backends.triton.int8_linear import _outlier_dot
 
 __all__ = ["weight_only_gemv", "weight_only_matmul", "GEMV_MAX_M"]
@@ -43,12 +44,17 @@ __all__ = ["weight_only_gemv", "weight_only_matmul", "GEMV_MAX_M"]
 GEMV_MAX_M = 16
 
 
+def _cfg(ASM: int = 0, **kw) -> triton.Config:
+    # ASM (tensor-core form, UINT codes, fp16 x): 0 codes via float32, 1 fp16 magic, 2 fp16 magic via prmt.
+    return make_config(ASM=ASM, **kw)
+
+
 def _fma_configs() -> list[triton.Config]:
     # M = 1. Enough bytes in flight per SM: 32-64 B of W per thread per tile (plus the next tile,
     # prefetched), and N / BLOCK_N * SPLIT_K >= 2 programs per SM for N >= 4096. BLOCK_K 64 / 128
     # divide the usual group sizes (NF4 64, int4 128). No spills on sm_90 with triton 3.6 (ptxas:
     # 56-176 registers); wider tiles (BLOCK_K 256+, 128x128 with 4 warps) spilled.
-    c = make_config
+    c = _cfg
     gpu = [c(BLOCK_N=64, BLOCK_K=128, SPLIT_K=8, num_warps=4, num_stages=1),
            c(BLOCK_N=32, BLOCK_K=128, SPLIT_K=8, num_warps=4, num_stages=1),
            c(BLOCK_N=128, BLOCK_K=128, SPLIT_K=8, num_warps=8, num_stages=1),
@@ -65,7 +71,7 @@ def _fma_configs() -> list[triton.Config]:
 def _dot_configs() -> list[triton.Config]:
     # 2 <= M <= 16: tl.dot needs BLOCK_N >= 16; wider tiles re-read x less often. Triton
     # software-pipelines the W loads (num_stages) since they feed the dot.
-    c = make_config
+    c = _cfg
     gpu = [c(BLOCK_N=64, BLOCK_K=128, SPLIT_K=8, num_warps=4, num_stages=3),
            c(BLOCK_N=32, BLOCK_K=128, SPLIT_K=8, num_warps=4, num_stages=3),
            c(BLOCK_N=128, BLOCK_K=128, SPLIT_K=8, num_warps=4, num_stages=3),
@@ -76,13 +82,13 @@ def _dot_configs() -> list[triton.Config]:
            c(BLOCK_N=32, BLOCK_K=64, SPLIT_K=8, num_warps=4, num_stages=4),
            c(BLOCK_N=128, BLOCK_K=128, SPLIT_K=4, num_warps=8, num_stages=3),
            c(BLOCK_N=64, BLOCK_K=128, SPLIT_K=16, num_warps=4, num_stages=3)]
-    return pick_configs(gpu, c(BLOCK_N=16, BLOCK_K=64, SPLIT_K=2, num_warps=4))
+    return pick_configs(gpu, c(BLOCK_N=16, BLOCK_K=64, SPLIT_K=2, ASM=1, num_warps=4))
 
 
 def _gemm_configs() -> list[triton.Config]:
     # 16 < M <= GEMM_MAX_M: the same kernel tiled over M as well (a mixed-input GEMM: W unpacked in
     # registers, fed to the tensor cores); still W-bound for small M, so split-K stays available.
-    c = make_config
+    c = _cfg
     # 8 warps for the wider tiles: unpacking a [BLOCK_K, BLOCK_N] tile in registers next to the
     # accumulator spilled with 4 (ptxas, sm_90, triton 3.6).
     gpu = [c(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, SPLIT_K=1, num_warps=4, num_stages=3),
@@ -123,7 +129,21 @@ _HEURISTICS = {
 
 @triton.jit
 def _store_out(out, b_ptr, y_ptr, rn, offs_m, offs_n, m_ok, n_ok, stride_ym, stride_yn,
-               HAS_BIAS: tl.constexpr):
+               HAS_BIAS: tl.constexpr, x_ptr, idx_ptr, wo_ptr, n_out, stride_xm, stride_xk, stride_won, stride_wok,
+               HAS_OUTLIERS: tl.constexpr, BLOCK_O: tl.constexpr, DOT: tl.constexpr, DOT_F32: tl.constexpr):
+    if HAS_OUTLIERS:  # int8-outlier's fp16 columns: x[:, idx] @ w_out.T, once per output tile
+        for o0 in range(0, n_out, BLOCK_O):
+            offs_o = o0 + tl.arange(0, BLOCK_O)
+            o_ok = offs_o < n_out
+            col = tl.load(idx_ptr + offs_o, mask=o_ok, other=0).to(tl.int64)
+            xo = tl.load(x_ptr + offs_m[:, None] * stride_xm + col[None, :] * stride_xk,
+                         mask=m_ok[:, None] & o_ok[None, :], other=0.0)
+            wo = tl.load(wo_ptr + rn.to(tl.int64)[None, :] * stride_won + offs_o[:, None] * stride_wok,
+                         mask=o_ok[:, None], other=0.0)
+            if DOT:
+                out = _outlier_dot(xo, wo.to(xo.dtype), out, DOT_F32)
+            else:
+                out += tl.sum(tl.trans(xo.to(tl.float32)) * wo.to(tl.float32), axis=0)[None, :]
     if HAS_BIAS:
         out += tl.load(b_ptr + rn).to(tl.float32)[None, :]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n.to(tl.int64)[None, :] * stride_yn
@@ -135,8 +155,8 @@ def _load_tile(w_rows, x_ptr, s_ptr, z_ptr, dqs_ptr, t, offs_j, offs_k, offs_m, 
                K, KB, GROUP, stride_xm, stride_xk,
                PACK: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, DOT: tl.constexpr,
                PER_TILE: tl.constexpr, HAS_ZEROS: tl.constexpr, DQ: tl.constexpr, DQ_BLOCK: tl.constexpr,
-               ZERO: tl.constexpr):
-    """K tile ``t``: W's bytes ``[BLOCK_K / PACK, BLOCK_N]`` (int32), x's ``[BLOCK_M, BLOCK_K]`` (16-bit;
+               ZERO: tl.constexpr, S_DIV: tl.constexpr):
+    """K tile ``t``: W's bytes ``[BLOCK_K / PACK, BLOCK_N]`` (uint8), x's ``[BLOCK_M, BLOCK_K]`` (16-bit;
     for one row ``[BLOCK_K]`` float32) and, with ``PER_TILE``, the tile's scale and ``z + 2**23``
     per output row (``[BLOCK_N]``; zeros otherwise)."""
     jb = t * (BLOCK_K // PACK) + offs_j
@@ -155,21 +175,28 @@ def _load_tile(w_rows, x_ptr, s_ptr, z_ptr, dqs_ptr, t, offs_j, offs_k, offs_m, 
         s, zf = group_scale(s_ptr, z_ptr, dqs_ptr, g_rows + (t * BLOCK_K) // GROUP, n_ok, dq_off,
                             HAS_ZEROS, DQ, DQ_BLOCK, ZERO)
         zf = zf + zero
+        if S_DIV != 1:
+            s = s / S_DIV
     else:
         s, zf = zero, zero
-    return b.to(tl.int32), x, s, zf
+    return b, x, s, zf
 
 
 @triton.jit
 def _weight_only_gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, cb_ptr, cbh_ptr, dqs_ptr, dqo_ptr, b_ptr, y_ptr, part_ptr, lock_ptr,
-    M, N, K, KB, G, GROUP, M_BUCKET,
-    stride_xm, stride_xk, stride_ym, stride_yn,
+    idx_ptr, wo_ptr, M, N, K, KB, G, GROUP, M_BUCKET, n_out,
+    stride_xm, stride_xk, stride_ym, stride_yn, stride_won, stride_wok,
     FMT: tl.constexpr, PACK: tl.constexpr, ZERO: tl.constexpr, HAS_ZEROS: tl.constexpr,
     DQ: tl.constexpr, DQ_BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
     DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, PER_TILE: tl.constexpr, EVEN_K: tl.constexpr,
+    FLIP: tl.constexpr, S_DIV: tl.constexpr, HAS_OUTLIERS: tl.constexpr, BLOCK_O: tl.constexpr,
+    ASM: tl.constexpr, IS_F16: tl.constexpr,
 ):
+    # fp16 magic numbers straight into the tensor-core operand (UINT codes, x in fp16, one scale a tile).
+    # ASM: 0 = codes via float32 (code_value), 1 = fp16 magic in Triton ops, 2 = the same via prmt.
+    MAGIC16: tl.constexpr = DOT and PER_TILE and FMT == 0 and IS_F16 and ASM > 0
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -201,19 +228,19 @@ def _weight_only_gemv_kernel(
         b_nx, x_nx, s_nx, zf_nx = _load_tile(
             w_rows, x_ptr, s_ptr, z_ptr, dqs_ptr, tl.minimum(t_lo, n_tiles - 1), offs_j, offs_k, offs_m,
             m_ok, g_rows, n_ok, dq_off, K, KB, GROUP, stride_xm, stride_xk,
-            PACK, BLOCK_K, EVEN_K, DOT, PER_TILE, HAS_ZEROS, DQ, DQ_BLOCK, ZERO)
+            PACK, BLOCK_K, EVEN_K, DOT, PER_TILE, HAS_ZEROS, DQ, DQ_BLOCK, ZERO, S_DIV)
     for t in range(t_lo, t_hi):
         if DOT:
             b, x, s, zf = _load_tile(
                 w_rows, x_ptr, s_ptr, z_ptr, dqs_ptr, t, offs_j, offs_k, offs_m, m_ok, g_rows, n_ok, dq_off,
                 K, KB, GROUP, stride_xm, stride_xk, PACK, BLOCK_K, EVEN_K, DOT, PER_TILE, HAS_ZEROS, DQ,
-                DQ_BLOCK, ZERO)
+                DQ_BLOCK, ZERO, S_DIV)
         else:
             b, x, s, zf = b_nx, x_nx, s_nx, zf_nx
             b_nx, x_nx, s_nx, zf_nx = _load_tile(
                 w_rows, x_ptr, s_ptr, z_ptr, dqs_ptr, tl.minimum(t + 1, t_hi - 1), offs_j, offs_k, offs_m,
                 m_ok, g_rows, n_ok, dq_off, K, KB, GROUP, stride_xm, stride_xk,
-                PACK, BLOCK_K, EVEN_K, DOT, PER_TILE, HAS_ZEROS, DQ, DQ_BLOCK, ZERO)
+                PACK, BLOCK_K, EVEN_K, DOT, PER_TILE, HAS_ZEROS, DQ, DQ_BLOCK, ZERO, S_DIV)
         # x's tile split into even / odd columns for the two nibble planes.
         if PACK == 2:
             if DOT:
@@ -222,29 +249,43 @@ def _weight_only_gemv_kernel(
                 x_lo, x_hi = tl.split(tl.reshape(x, (BLOCK_K // 2, 2)))
         else:
             x_lo = x
+        bi = b.to(tl.int32)
+        if FLIP:
+            bi = bi ^ 0x80  # signed int8 codes -> q + 128
         if PACK == 2:
-            c_lo = b & 0xF
+            c_lo = bi & 0xF
         else:
-            c_lo = b
+            c_lo = bi
 
         if PER_TILE:
             # One group for the whole tile: scale (and zero) per output row, applied afterwards.
             zf = zf[None, :]
-            if DOT:
+            if MAGIC16:
+                # (1024 + q) - (1024 + z) in fp16: exact integers, no conversion per weight.
+                zh = (zf - 8388608.0 + 1024.0).to(tl.float16)
+                if PACK == 2:
+                    h_lo, h_hi = magic_nibbles_f16(b, ASM == 2)
+                    part = _outlier_dot(x_lo, h_lo - zh, tl.zeros((BLOCK_M, BLOCK_N), tl.float32), DOT_F32)
+                    part = _outlier_dot(x_hi, h_hi - zh, part, DOT_F32)
+                else:
+                    part = _outlier_dot(x_lo, magic_bytes_f16(b, ASM == 2, FLIP) - zh,
+                                        tl.zeros((BLOCK_M, BLOCK_N), tl.float32), DOT_F32)
+                acc += part * s[None, :]
+            elif DOT:
                 # NF4 levels straight from the table in x's dtype (what .to(wdt) of the float32
                 # level gives): no conversion, and a 2-byte gather Triton does not stage via smem.
                 wdt = x_ptr.dtype.element_ty
                 v_lo = code_value(c_lo, zf, cbh_ptr, FMT)
                 part = _outlier_dot(x_lo, v_lo.to(wdt), tl.zeros((BLOCK_M, BLOCK_N), tl.float32), DOT_F32)
                 if PACK == 2:
-                    v_hi = code_value(b >> 4, zf, cbh_ptr, FMT)
+                    v_hi = code_value(bi >> 4, zf, cbh_ptr, FMT)
                     part = _outlier_dot(x_hi, v_hi.to(wdt), part, DOT_F32)
                 acc += part * s[None, :]
             else:
                 v_lo = code_value(c_lo, zf, cb_ptr, FMT)
                 p = x_lo[:, None] * v_lo
                 if PACK == 2:
-                    p += x_hi[:, None] * code_value(b >> 4, zf, cb_ptr, FMT)
+                    p += x_hi[:, None] * code_value(bi >> 4, zf, cb_ptr, FMT)
                 acc2 += p * s[None, :]
         else:
             # Groups change inside the tile: a scale per element (k = PACK * j and PACK * j + 1).
@@ -252,12 +293,14 @@ def _weight_only_gemv_kernel(
             ok = (k_lo < K)[:, None]
             s, zf = group_scale(s_ptr, z_ptr, dqs_ptr, g_rows[None, :] + (k_lo // GROUP)[:, None], ok,
                                 dq_off, HAS_ZEROS, DQ, DQ_BLOCK, ZERO)
+            if S_DIV != 1:
+                s = s / S_DIV
             w_lo = code_value(c_lo, zf, cb_ptr, FMT) * s
             if PACK == 2:
                 ok = (k_lo + 1 < K)[:, None]
                 s, zf = group_scale(s_ptr, z_ptr, dqs_ptr, g_rows[None, :] + ((k_lo + 1) // GROUP)[:, None],
                                     ok, dq_off, HAS_ZEROS, DQ, DQ_BLOCK, ZERO)
-                w_hi = code_value(b >> 4, zf, cb_ptr, FMT) * s
+                w_hi = code_value(bi >> 4, zf, cb_ptr, FMT) * s
             if DOT:
                 wdt = x_ptr.dtype.element_ty
                 acc = _outlier_dot(x_lo, w_lo.to(wdt), acc, DOT_F32)
@@ -274,7 +317,9 @@ def _weight_only_gemv_kernel(
     else:
         out = tl.sum(acc2, axis=0)[None, :]
     if SPLIT_K == 1:
-        _store_out(out, b_ptr, y_ptr, rn, offs_m, offs_n, m_ok, n_ok, stride_ym, stride_yn, HAS_BIAS)
+        _store_out(out, b_ptr, y_ptr, rn, offs_m, offs_n, m_ok, n_ok, stride_ym, stride_yn, HAS_BIAS,
+                   x_ptr, idx_ptr, wo_ptr, n_out, stride_xm, stride_xk, stride_won, stride_wok,
+                   HAS_OUTLIERS, BLOCK_O, DOT, DOT_F32)
     else:
         # Partial sums [SPLIT_K, M, N]; the last program of this N tile to arrive reduces them.
         mask = m_ok[:, None] & n_ok[None, :]
@@ -287,11 +332,13 @@ def _weight_only_gemv_kernel(
             total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             for s_i in tl.static_range(SPLIT_K):  # fixed order: the same bits on every run
                 total += tl.load(part_ptr + s_i * M * N + p_off, mask=mask, other=0.0, cache_modifier=".cg")
-            _store_out(total, b_ptr, y_ptr, rn, offs_m, offs_n, m_ok, n_ok, stride_ym, stride_yn, HAS_BIAS)
+            _store_out(total, b_ptr, y_ptr, rn, offs_m, offs_n, m_ok, n_ok, stride_ym, stride_yn, HAS_BIAS,
+                       x_ptr, idx_ptr, wo_ptr, n_out, stride_xm, stride_xk, stride_won, stride_wok,
+                       HAS_OUTLIERS, BLOCK_O, DOT, DOT_F32)
             tl.atomic_xchg(lock, 0)
 
 
-_KEY = ["M_BUCKET", "N", "K", "GROUP", "FMT", "PACK", "HAS_ZEROS", "DQ"]
+_KEY = ["M_BUCKET", "N", "K", "GROUP", "FMT", "PACK", "HAS_ZEROS", "DQ", "FLIP", "HAS_OUTLIERS"]
 _CONFIGS = {"fma": _fma_configs, "dot": _dot_configs, "gemm": _gemm_configs}
 _LAUNCH = {
     mode: TunedLauncher(triton.autotune(configs=make(), key=_KEY, prune_configs_by={"early_config_prune": _prune})(
@@ -312,19 +359,21 @@ def _m_bucket(m: int) -> int:
     return triton.next_power_of_2(max(m, 1))
 
 
-def weight_only_gemv(x: Tensor, w: WeightOperand, bias: Optional[Tensor], *, dot: Optional[bool] = None,
+def weight_only_gemv(x: Tensor, w: WeightOperand, bias: Optional[Tensor], outlier_idx: Optional[Tensor] = None,
+                     w_outliers: Optional[Tensor] = None, *, dot: Optional[bool] = None,
                      config: Optional[dict] = None) -> Tensor:
-    """``x [..., K]`` (float16/bfloat16, at most 16 rows) times the weight-only ``w``; output in
-    x's dtype. ``dot`` forces the tensor-core (True) or CUDA-core (False) form (default: CUDA
-    cores for one row); ``config`` (``BLOCK_N``, ``BLOCK_K``, ``SPLIT_K``, ``num_warps``,
-    ``num_stages``) skips the autotuner - for tests and benchmarks."""
+    """``x [..., K]`` (float16/bfloat16, at most 16 rows) times the weight-only ``w`` (plus
+    ``x[..., outlier_idx] @ w_outliers.T``: int8-outlier's fp16 columns); output in x's dtype.
+    ``dot`` forces the tensor-core (True) or CUDA-core (False) form (default: CUDA cores for one
+    row); ``config`` (``BLOCK_N``, ``BLOCK_K``, ``SPLIT_K``, ``ASM``, ``num_warps``, ``num_stages``)
+    skips the autotuner - for tests and benchmarks."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else x.shape[:-1].numel()
     if rows > GEMV_MAX_M:
         raise ValueError(f"weight_only_gemv handles at most {GEMV_MAX_M} rows, got {rows}")
     use_dot = rows > 1 if dot is None else dot
     if not use_dot and rows > 1:
         raise ValueError("weight_only_gemv: the CUDA-core form (dot=False) takes one row")
-    return _run("weight_only_gemv", x, w, bias, "dot" if use_dot else "fma", config)
+    return _run("weight_only_gemv", x, w, bias, "dot" if use_dot else "fma", config, outlier_idx, w_outliers)
 
 
 def weight_only_matmul(x: Tensor, w: WeightOperand, bias: Optional[Tensor], *,
@@ -336,7 +385,7 @@ def weight_only_matmul(x: Tensor, w: WeightOperand, bias: Optional[Tensor], *,
 
 
 def _run(what: str, x: Tensor, w: WeightOperand, bias: Optional[Tensor], mode: str,
-         config: Optional[dict]) -> Tensor:
+         config: Optional[dict], outlier_idx: Optional[Tensor] = None, w_outliers: Optional[Tensor] = None) -> Tensor:
     if x.dtype not in (torch.float16, torch.bfloat16):
         raise TypeError(f"{what}: x must be float16/bfloat16, got {x.dtype}")
     k, n = x.shape[-1], w.n
@@ -360,19 +409,28 @@ def _run(what: str, x: Tensor, w: WeightOperand, bias: Optional[Tensor], mode: s
         part, lock = _split_k_workspace(x.device, splits * m * n, triton.cdiv(m, 16) * triton.cdiv(n, 8))
     else:  # no split: the kernel never touches them
         part, lock = y, y
+    n_out = outlier_idx.numel() if (outlier_idx is not None and w_outliers is not None) else 0
+    if n_out and tuple(w_outliers.shape) != (n, n_out):
+        raise ValueError(f"{what}: w_outliers must be [{n}, {n_out}], got {tuple(w_outliers.shape)}")
     args = (x2, *w.args(y, x.dtype), bias if bias is not None else y, y, part, lock,
-            m, n, k, kb, w.groups, w.group, mb, x2.stride(0), x2.stride(1), y.stride(0), y.stride(1))
-    meta = dict(**w.meta(), HAS_BIAS=bias is not None, DOT=mode != "fma", DOT_F32=interpreting())
+            outlier_idx if n_out else y, w_outliers if n_out else y,
+            m, n, k, kb, w.groups, w.group, mb, n_out, x2.stride(0), x2.stride(1), y.stride(0), y.stride(1),
+            w_outliers.stride(0) if n_out else 0, w_outliers.stride(1) if n_out else 0)
+    meta = dict(**w.meta(), HAS_BIAS=bias is not None, DOT=mode != "fma", DOT_F32=interpreting(),
+                FLIP=w.signed, S_DIV=w.scale_div, HAS_OUTLIERS=n_out > 0, BLOCK_O=16,
+                IS_F16=x.dtype == torch.float16)
     if mode != "gemm":
         meta["BLOCK_M"] = GEMV_MAX_M if mode == "dot" else 1
     grid = lambda c: (triton.cdiv(n, c["BLOCK_N"]), c["SPLIT_K"], triton.cdiv(m, c["BLOCK_M"]))  # noqa: E731
     if config is not None:
         cfg = dict(config)
+        cfg.setdefault("ASM", 0)
         launch = dict(num_warps=cfg.pop("num_warps", 4), num_stages=cfg.pop("num_stages", 3))
         named = {"GROUP": w.group, "G": w.groups, "KB": kb, "PACK": w.pack, **cfg}
         cfg.update({name: fn(named) for name, fn in _HEURISTICS.items()})
         _weight_only_gemv_kernel[grid({**meta, **cfg})](*args, **meta, **cfg, **launch)
     else:
         # M_BUCKET only keys the autotuner (one tuning per power-of-two row count).
-        _LAUNCH[mode]((mb, x.dtype, bias is not None, *w.key()), lambda c: grid({**meta, **c}), *args, **meta)
+        _LAUNCH[mode]((mb, x.dtype, bias is not None, n_out > 0, *w.key()), lambda c: grid({**meta, **c}), *args,
+                      **meta)
     return y.reshape(*lead, n)

@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from qcompiler.backends.triton._magic_dequant import magic_bytes_f32, magic_nibbles_f32
 from qcompiler.backends.triton._config import TunedLauncher, interpreting, make_config, pick_configs
 from qcompiler.backends.triton._weight_operand import FMT_NF4, WeightOperand
 
@@ -71,48 +72,6 @@ def _prune(configs, named_args, **kwargs):
     cap = max(1, _SCRATCH_BYTES // (4 * max(a["N"], 1)))
     fit = [c for c in ok if c.kwargs["SPLIT_K"] <= min(cap, max(1, -(-a["KB"] // c.kwargs["BLOCK_KB"])))]
     return fit or [c for c in ok if c.kwargs["SPLIT_K"] == 1] or ok or list(configs)
-
-
-@triton.jit
-def _magic_bytes(b, ASM: tl.constexpr, FLIP: tl.constexpr):
-    """uint8 codes -> float32 ``2**23 + b`` (``2**23 + (b ^ 0x80)`` with ``FLIP``: signed int8 + 128)."""
-    if ASM:
-        # One PRMT per byte: byte i of the packed register under the exponent byte 0x4B.
-        if FLIP:
-            return tl.inline_asm_elementwise(
-                asm="{ .reg .b32 m, v; mov.b32 m, 0x4B000000; xor.b32 v, $4, 0x80808080;"
-                    " prmt.b32 $0, v, m, 0x7650; prmt.b32 $1, v, m, 0x7651;"
-                    " prmt.b32 $2, v, m, 0x7652; prmt.b32 $3, v, m, 0x7653; }",
-                constraints="=r,=r,=r,=r,r", args=[b], dtype=tl.float32, is_pure=True, pack=4)
-        return tl.inline_asm_elementwise(
-            asm="{ .reg .b32 m; mov.b32 m, 0x4B000000;"
-                " prmt.b32 $0, $4, m, 0x7650; prmt.b32 $1, $4, m, 0x7651;"
-                " prmt.b32 $2, $4, m, 0x7652; prmt.b32 $3, $4, m, 0x7653; }",
-            constraints="=r,=r,=r,=r,r", args=[b], dtype=tl.float32, is_pure=True, pack=4)
-    bi = b.to(tl.int32)
-    if FLIP:
-        bi = bi ^ 0x80  # xor + or: one LOP3
-    return (bi | 0x4B000000).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _magic_nibbles(b, ASM: tl.constexpr):
-    """Packed int4 bytes -> (float32 ``2**23 + low nibble``, ``2**23 + high nibble``)."""
-    if ASM:
-        # Both nibble planes of 4 bytes at once (and / shift+and on the whole register), then a
-        # PRMT per value.
-        return tl.inline_asm_elementwise(
-            asm="{ .reg .b32 m, l, h; mov.b32 m, 0x4B000000;"
-                " and.b32 l, $8, 0x0F0F0F0F; shr.b32 h, $8, 4; and.b32 h, h, 0x0F0F0F0F;"
-                " prmt.b32 $0, l, m, 0x7650; prmt.b32 $1, l, m, 0x7651;"
-                " prmt.b32 $2, l, m, 0x7652; prmt.b32 $3, l, m, 0x7653;"
-                " prmt.b32 $4, h, m, 0x7650; prmt.b32 $5, h, m, 0x7651;"
-                " prmt.b32 $6, h, m, 0x7652; prmt.b32 $7, h, m, 0x7653; }",
-            constraints="=r,=r,=r,=r,=r,=r,=r,=r,r", args=[b], dtype=(tl.float32, tl.float32),
-            is_pure=True, pack=4)
-    bi = b.to(tl.int32)
-    return (((bi & 0xF) | 0x4B000000).to(tl.float32, bitcast=True),
-            ((bi >> 4) | 0x4B000000).to(tl.float32, bitcast=True))
 
 
 @triton.jit
@@ -189,7 +148,7 @@ def _weight_only_gemv_row_kernel(
             x_lo = tl.load(x_ptr + (2 * jb) * stride_xk, mask=2 * jb < K, other=0.0).to(tl.float32)
             x_hi = tl.load(x_ptr + (2 * jb + 1) * stride_xk, mask=2 * jb + 1 < K, other=0.0).to(tl.float32)
             if FMT == 0:
-                f_lo, f_hi = _magic_nibbles(b, ASM)
+                f_lo, f_hi = magic_nibbles_f32(b, ASM)
                 zfe = _per_byte(zf1, BLOCK_N, BLOCK_KB, GB, NG, HAS_ZEROS and NG > 1)
                 p = x_lo[None, :] * (f_lo - zfe) + x_hi[None, :] * (f_hi - zfe)
             else:
@@ -197,7 +156,7 @@ def _weight_only_gemv_row_kernel(
                 p = x_lo[None, :] * tl.load(cb_ptr + (bi & 0xF)) + x_hi[None, :] * tl.load(cb_ptr + (bi >> 4))
         else:
             xv = tl.load(x_ptr + jb * stride_xk, mask=jb < K, other=0.0).to(tl.float32)
-            f = _magic_bytes(b, ASM, FLIP)
+            f = magic_bytes_f32(b, ASM, FLIP)
             p = xv[None, :] * (f - _per_byte(zf1, BLOCK_N, BLOCK_KB, GB, NG, HAS_ZEROS and NG > 1))
         if ONE_GROUP:
             acc2 += p
