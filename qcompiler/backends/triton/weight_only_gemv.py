@@ -182,7 +182,8 @@ def _load_tile(w_rows, x_ptr, s_ptr, z_ptr, dqs_ptr, t, offs_j, offs_k, offs_m, 
     return b, x, s, zf
 
 
-@triton.jit
+# Ints that vary by call but not the code (M is masked, G / GROUP index the scales): one kernel for all.
+@triton.jit(do_not_specialize=["M", "G", "GROUP", "M_BUCKET", "n_out"])
 def _weight_only_gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, cb_ptr, cbh_ptr, dqs_ptr, dqo_ptr, b_ptr, y_ptr, part_ptr, lock_ptr,
     idx_ptr, wo_ptr, M, N, K, KB, G, GROUP, M_BUCKET, n_out,

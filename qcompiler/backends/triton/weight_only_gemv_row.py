@@ -91,7 +91,8 @@ def _group_sums(p, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, GB: tl.constex
     return tl.sum(tl.reshape(p, (BLOCK_N, BLOCK_KB // GB, GB)), axis=2)
 
 
-@triton.jit
+# Ints that vary by shape but not the code: one compiled kernel for all of them.
+@triton.jit(do_not_specialize=["G", "GROUP", "n_out", "SPLIT_K"])
 def _weight_only_gemv_row_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, cb_ptr, dqs_ptr, dqo_ptr, idx_ptr, wo_ptr, b_ptr, y_ptr, part_ptr, lock_ptr,
     N, K, KB, G, GROUP, n_out, stride_xk, stride_won, stride_wok,
