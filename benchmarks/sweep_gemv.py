@@ -308,17 +308,18 @@ def main() -> None:
         ws = weights[fmt, shape]
         x = torch.randn(m, k, device=DEV, dtype=torch.float16)
         reps = max(3, min(50, int(2000 / (len(ws) * 5))))
-        best, errors = None, []
+        best, errors, timed = None, [], {}
         for label, fn in cfgs:
             try:
-                us = graph_time_us(fn, ws, x, reps)
+                us = timed[label] = graph_time_us(fn, ws, x, reps)
             except Exception as e:  # noqa: BLE001 - report and go on
                 errors.append(f"{label}: {type(e).__name__}: {str(e)[:160]}")
                 continue
             if best is None or us < best[0]:
                 best = (us, label)
         row = dict(m=m, shape=shape, n=n, k=k, fmt=fmt, variant=name, configs=len(cfgs), errors=errors[:3],
-                   n_errors=len(errors), bytes=ws[0]["bytes"], copies=len(ws))
+                   n_errors=len(errors), bytes=ws[0]["bytes"], copies=len(ws),
+                   timed={a: round(b, 3) for a, b in sorted(timed.items(), key=lambda t: t[1])[:12]})
         if best is not None:
             row.update(us=best[0], config=best[1], tb_s=ws[0]["bytes"] / (best[0] * 1e-6) / 1e12)
         rows.append(row)
