@@ -13,10 +13,18 @@ two's-complement int8 (``code ^ 0x80 = q + 128``).
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
-__all__ = ["magic_bytes_f32", "magic_nibbles_f32", "magic_bytes_f16", "magic_nibbles_f16"]
+from qcompiler.backends.triton._config import interpreting
+
+__all__ = ["asm_available", "magic_bytes_f32", "magic_nibbles_f32", "magic_bytes_f16", "magic_nibbles_f16"]
+
+
+def asm_available() -> bool:
+    """Inline PTX runs on NVIDIA GPUs only, never in the interpreter."""
+    return not interpreting() and torch.cuda.is_available() and torch.version.hip is None
 
 
 @triton.jit

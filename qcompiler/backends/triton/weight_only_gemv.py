@@ -35,7 +35,7 @@ from torch import Tensor
 
 from qcompiler.backends.triton._config import TunedLauncher, interpreting, make_config, pick_configs
 from qcompiler.backends.triton._weight_operand import WeightOperand, code_value, group_scale, per_tile
-from qcompiler.backends.triton._magic_dequant import magic_bytes_f16, magic_nibbles_f16
+from qcompiler.backends.triton._magic_dequant import asm_available, magic_bytes_f16, magic_nibbles_f16
 from qcompiler.backends.triton.int8_linear import _outlier_dot
 
 __all__ = ["weight_only_gemv", "weight_only_matmul", "GEMV_MAX_M"]
@@ -71,7 +71,10 @@ def _fma_configs() -> list[triton.Config]:
 def _dot_configs() -> list[triton.Config]:
     # 2 <= M <= 16: tl.dot needs BLOCK_N >= 16; wider tiles re-read x less often. Triton
     # software-pipelines the W loads (num_stages) since they feed the dot.
-    c = _cfg
+    # ASM=2 (fp16 magic numbers via prmt; UINT codes with fp16 x only - NF4 / bf16 ignore it): 5-30%
+    # faster than ASM=0 at M = 4 / 16 on the H200 (benchmarks/sweep_gemv.py, 2026-12-02).
+    a = 2 if asm_available() else 0
+    c = lambda **kw: _cfg(**{"ASM": a, **kw})  # noqa: E731
     gpu = [c(BLOCK_N=64, BLOCK_K=128, SPLIT_K=8, num_warps=4, num_stages=3),
            c(BLOCK_N=32, BLOCK_K=128, SPLIT_K=8, num_warps=4, num_stages=3),
            c(BLOCK_N=128, BLOCK_K=128, SPLIT_K=8, num_warps=4, num_stages=3),

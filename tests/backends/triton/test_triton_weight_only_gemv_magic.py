@@ -14,7 +14,7 @@ from weight_only_problems import FORMATS, dequant_ref, make_problem, make_x16, r
 
 from qcompiler.backends.triton._weight_operand import int8_signed_operand
 from qcompiler.backends.triton.weight_only_gemv import weight_only_gemv
-from qcompiler.backends.triton.weight_only_gemv_row import asm_available
+from qcompiler.backends.triton._magic_dequant import asm_available
 
 K, N = 301, 40
 ASM_LEVELS = [1, pytest.param(2, marks=pytest.mark.skipif(not asm_available(),
