@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 SHAPES = {"q/o": (4096, 4096), "k/v": (1024, 4096), "gate/up": (14336, 4096), "down": (4096, 14336),
           "1.1B q/o": (2048, 2048), "1.1B k/v": (256, 2048), "1.1B gate/up": (5632, 2048),
           "1.1B down": (2048, 5632)}  # N, K
+PRODUCTION = os.environ.get("SWEEP_GEMV_PRODUCTION", "0") == "1"  # set by --production (workers too)
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: --dry under TRITON_INTERPRET=1 only
 FORMATS = ["w8", "w4", "nf4", "int8-outlier"]
 ROW_TILES = [(128, 64, 4), (64, 64, 4), (256, 64, 8), (64, 64, 2), (128, 128, 4), (64, 128, 4), (32, 256, 4),
@@ -65,7 +66,7 @@ def make_weight(fmt: str, n: int, k: int, seed: int):
     if fmt == "nf4":
         q = torch.randint(0, 256, (n, k // 2), device=DEV, dtype=torch.uint8, generator=g)
         a = torch.rand(n, k // 64, device=DEV, generator=g) * 0.05
-        return dict(op=nf4_operand(q, a, None, None, 64, 1, k, q.device), bytes=_bytes([q, a]))
+        return dict(op=nf4_operand(q, a, None, None, 64, 1, k, q.device), q=q, a=a, bytes=_bytes([q, a]))
     wq = torch.randint(-127, 128, (n, k), device=DEV, dtype=torch.int8, generator=g)
     ws = torch.rand(n, device=DEV, generator=g) * 0.05 + 0.01
     idx = torch.tensor([3, 100, 1000, 2000], device=DEV) % k
@@ -87,8 +88,51 @@ def _splits(n: int, kb: int, block_n: int, block_kb: int) -> list[int]:
     return sorted(out)
 
 
+def production_variants(fmt: str, m: int, n: int, k: int):
+    """What a lowered model runs (the ops, autotuned as shipped) and, timed the same way as the
+    sweep, the best of the shipped config list; M = 64 also the mixed-input GEMM with ASM=2."""
+    import importlib
+    G = importlib.import_module("qcompiler.backends.triton.weight_only_gemv")
+    R = importlib.import_module("qcompiler.backends.triton.weight_only_gemv_row")
+    ops = torch.ops.qcompiler_triton
+    if fmt == "fp16":
+        return [("fp16", [("cublas", lambda x, w: F.linear(x, w["w"]))])]
+    i8o = fmt == "int8-outlier"
+    if i8o:
+        op = lambda x, w: ops.int8_outlier_linear(x, w["wq"], w["ws"], w["idx"], w["mask"], w["wo"], None)  # noqa: E731
+    elif fmt == "nf4":
+        op = lambda x, w: ops.weight_only_nf4_linear(x, w["q"], w["a"], None, None, None, 64, 1)  # noqa: E731
+    else:
+        op = lambda x, w: ops.weight_only_uint_linear(x, w["q"], w["s"], None, None, w["bits"], w["group"])  # noqa: E731
+    out = [("op", [("autotuned", op)])]
+
+    def oi(w):
+        return (w["idx"], w["wo"]) if i8o else (None, None)
+
+    def explicit(configs, call, **extra):
+        res = []
+        for c in configs:
+            cfg = dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, **extra)
+            res.append((",".join(f"{a}={b}" for a, b in cfg.items()), lambda x, w, cfg=cfg: call(x, w, cfg)))
+        return res
+
+    if m == 1:
+        out.append(("row-shipped", explicit(R._LAUNCH.autotuner.configs, lambda x, w, cfg: R.weight_only_gemv_row(
+            x, w["op"], None, *oi(w), config=cfg))))
+    elif m <= 16:
+        out.append(("dot-shipped", explicit(G._LAUNCH["dot"].autotuner.configs, lambda x, w, cfg: G.weight_only_gemv(
+            x, w["op"], None, *oi(w), dot=True, config=cfg))))
+    elif not i8o:
+        gemm = [c for c in G._LAUNCH["gemm"].autotuner.configs]
+        out.append(("matmul-asm2", explicit(gemm, lambda x, w, cfg: G.weight_only_matmul(x, w["op"], None, config=cfg),
+                                            ASM=2)))
+    return out
+
+
 def variants(fmt: str, m: int, n: int, k: int):
     """-> list of (variant name, [(config label, fn(x, weight) -> y)])."""
+    if PRODUCTION:
+        return production_variants(fmt, m, n, k)
     import importlib
     G = importlib.import_module("qcompiler.backends.triton.weight_only_gemv")  # the module, not the function
     from qcompiler.backends.triton.weight_only_gemv_row import row_tile_ok, weight_only_gemv_row
@@ -212,7 +256,7 @@ def precompile(plan, workers: int) -> int:
     on one core; the timing process then loads them from the cache)."""
     import multiprocessing as mp
     jobs = [(m, shape, fmt, name, i) for m, shape, fmt, name, cfgs in plan
-            if name not in ("fp16", "i8o-before") and not (name == "matmul" and fmt == "int8-outlier")
+            if name not in ("fp16", "i8o-before", "op") and not (name == "matmul" and fmt == "int8-outlier")
             for i in range(len(cfgs))]
     # The same kernel recurs for every shape and M: one job per distinct (fmt, variant, config, K-class).
     seen, uniq = set(), []
@@ -233,11 +277,12 @@ def _quick_autotune() -> None:
     from triton.runtime.autotuner import Autotuner
 
     import importlib
-    int8_linear, quantize_rowwise, weight_only_linear = (importlib.import_module(
-        f"qcompiler.backends.triton.{name}") for name in ("int8_linear", "quantize_rowwise", "weight_only_linear"))
+    mods = [importlib.import_module(f"qcompiler.backends.triton.{name}") for name in (
+        "int8_linear", "quantize_rowwise", "weight_only_linear", "weight_only_gemv", "weight_only_gemv_row")]
     fast = lambda fn, quantiles=None: triton.testing.do_bench(fn, warmup=3, rep=10, quantiles=quantiles)  # noqa: E731
-    for mod in (int8_linear, quantize_rowwise, weight_only_linear):
-        for v in vars(mod).values():
+    for mod in mods:
+        for v in list(vars(mod).values()) + list(getattr(mod, "_LAUNCH", {}).values() if isinstance(
+                getattr(mod, "_LAUNCH", None), dict) else []):
             at = getattr(v, "autotuner", v)
             if isinstance(at, Autotuner):
                 try:
@@ -270,8 +315,13 @@ def main() -> None:
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--budget-s", type=float, default=200.0)
     ap.add_argument("--workers", type=int, default=14)
+    ap.add_argument("--production", action="store_true", help="the shipped ops and config lists")
     ap.add_argument("--dry", action="store_true", help="CPU check: each variant once on tiny shapes")
     args = ap.parse_args()
+    if args.production:
+        global PRODUCTION
+        PRODUCTION = True
+        os.environ["SWEEP_GEMV_PRODUCTION"] = "1"  # spawned precompile workers read it
     import qcompiler.backends.triton  # noqa: F401 - registers torch.ops.qcompiler_triton
     if args.dry:
         return dry_run()

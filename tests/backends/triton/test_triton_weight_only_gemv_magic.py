@@ -49,7 +49,10 @@ def _int8_outlier_problem(n_out: int, dtype: torch.dtype, seed: int):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("m,asm", [(1, 0), (5, 0), (5, 1), (16, 1)])
+_PRMT = pytest.mark.skipif(not asm_available(), reason="inline PTX (prmt) needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("m,asm", [(1, 0), (5, 0), (5, 1), (16, 1), pytest.param(5, 2, marks=_PRMT)])
 @pytest.mark.parametrize("n_out", [0, 4, 20], ids=lambda n: f"out{n}")
 def test_signed_int8_with_outliers(n_out, m, asm, dtype):
     wq, ws, idx, wo, b, w = _int8_outlier_problem(n_out, dtype, seed=n_out + m)
