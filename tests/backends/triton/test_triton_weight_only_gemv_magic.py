@@ -17,6 +17,7 @@ from qcompiler.backends.triton.weight_only_gemv import weight_only_gemv
 from qcompiler.backends.triton._magic_dequant import asm_available
 
 K, N = 301, 40
+_PRMT = pytest.mark.skipif(not asm_available(), reason="inline PTX (prmt) needs a CUDA GPU")
 ASM_LEVELS = [1, pytest.param(2, marks=pytest.mark.skipif(not asm_available(),
                                                          reason="inline PTX (prmt) needs a CUDA GPU"))]
 
@@ -49,9 +50,6 @@ def _int8_outlier_problem(n_out: int, dtype: torch.dtype, seed: int):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-_PRMT = pytest.mark.skipif(not asm_available(), reason="inline PTX (prmt) needs a CUDA GPU")
-
-
 @pytest.mark.parametrize("m,asm", [(1, 0), (5, 0), (5, 1), (16, 1), pytest.param(5, 2, marks=_PRMT)])
 @pytest.mark.parametrize("n_out", [0, 4, 20], ids=lambda n: f"out{n}")
 def test_signed_int8_with_outliers(n_out, m, asm, dtype):
