@@ -135,6 +135,7 @@ def variants(fmt: str, m: int, n: int, k: int):
         return production_variants(fmt, m, n, k)
     import importlib
     G = importlib.import_module("qcompiler.backends.triton.weight_only_gemv")  # the module, not the function
+    C = importlib.import_module("qcompiler.backends.triton.weight_only_gemv_configs")
     from qcompiler.backends.triton.weight_only_gemv_row import row_tile_ok, weight_only_gemv_row
     weight_only_linear = importlib.import_module("qcompiler.backends.triton.weight_only_linear").weight_only_linear
     ops = torch.ops.qcompiler_triton
@@ -163,7 +164,7 @@ def variants(fmt: str, m: int, n: int, k: int):
                 x, w["wq"], w["ws"], w["idx"], w["mask"], w["wo"], None))]))
         else:
             cfgs = []
-            for c in G._gemm_configs():
+            for c in C.gemm_configs():
                 cfg = dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
                 cfgs.append((cfg_label(cfg), lambda x, w, cfg=cfg: G.weight_only_matmul(x, w["op"], None, config=cfg)))
             out.append(("matmul", cfgs))
@@ -173,7 +174,7 @@ def variants(fmt: str, m: int, n: int, k: int):
                                                                                w["wo"], None))]))
     if m == 1:
         if not i8o:
-            out.append(("gemv-fma", gemv_cfgs(G._fma_configs(), 0, False)))
+            out.append(("gemv-fma", gemv_cfgs(C.fma_configs(), 0, False)))
         for asm in (0, 1):
             cfgs = []
             for bn, kb, nw in ROW_TILES:
@@ -185,7 +186,7 @@ def variants(fmt: str, m: int, n: int, k: int):
                     cfgs.append((cfg_label(cfg), lambda x, w, cfg=cfg: weight_only_gemv_row(
                         x, w["op"], None, *oi(w), config=cfg)))
             out.append((f"row-asm{asm}", cfgs))
-    dots = G._dot_configs()
+    dots = C.dot_configs()
     for asm in ((0, 1, 2) if fmt != "nf4" else (0,)):
         subset = dots if asm == 0 else dots[:5]
         out.append((f"gemv-dot-asm{asm}", gemv_cfgs(subset, asm, True)))
