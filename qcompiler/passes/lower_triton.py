@@ -157,7 +157,7 @@ class LowerTriton(GraphPass):
         new = gm.graph.call_function(ops.int8_outlier_linear.default,
                                      (qa.x, wq, a.w_scale, qa.outlier_idx, mask, a.w_outliers, a.bias)
                                      + _act_quant_arg(state))
-        return new, "int8_outlier_linear (weight-only int8 for M<=16)"
+        return new, "int8_outlier_linear (weight-only int8 for M<=16" + _act_quant_note(state) + ")"
 
     @staticmethod
     def _dynamic(gm, node, ops, state):
@@ -169,7 +169,7 @@ class LowerTriton(GraphPass):
             new = gm.graph.call_function(ops.int8_dynamic_outlier_linear.default,
                                          (a.x, a.wq, a.w_scale, float(QuantizeRowwiseDynamicArgs.of(q).threshold), a.bias)
                                          + _act_quant_arg(state))
-            return new, "int8_dynamic_outlier_linear (weight-only int8 for M<=16)"
+            return new, "int8_dynamic_outlier_linear (weight-only int8 for M<=16" + _act_quant_note(state) + ")"
         return (gm.graph.call_function(ops.int8_linear_dynamic_outlier.default, node.args),
                 "int8_linear_dynamic_outlier")
 
@@ -202,6 +202,10 @@ class LowerTriton(GraphPass):
 def _act_quant_arg(state: dict) -> tuple:
     """The whole-linear ops' trailing ``act_quant`` argument, left out when it is the default."""
     return (state["act_quant"],) if state["act_quant"] else ()
+
+
+def _act_quant_note(state: dict) -> str:
+    return {1: "; X quantized by a separate kernel", 2: "; X quantized inside the GEMM"}.get(state["act_quant"], "")
 
 
 def _consumers(node: fx.Node) -> list[fx.Node]:

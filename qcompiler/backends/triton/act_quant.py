@@ -4,10 +4,16 @@
   then :mod:`.int8_linear` reads it: X makes a round trip through memory as int8;
 * ``FUSED``: :mod:`.row_absmax` writes only the M row scales, then :mod:`.int8_linear_fused_quant`
   quantizes X's tiles in registers before the int8 ``tl.dot``;
-* ``AUTO``: :func:`fuses_act_quant` picks by shape (the default).
+* ``AUTO``: :func:`fuses_act_quant` picks by shape (the default): today always ``SEPARATE``.
 
 Both give the same output bit for bit; the choice is speed only. ``lower-triton{act_quant=...}``
 fixes it per compiled model (the op's last argument), so a benchmark can compare the two.
+
+Measured (NVIDIA H200, triton 3.6, ``benchmarks/bench_int8_prefill.py``, 2026-12-02): on all
+four Llama-3-8B linear shapes at M = 512 and 2048 the fused GEMM is 1.4-2.6x slower than the
+separate pair (e.g. 4096x4096, M = 2048: 142.7 vs 81.8 µs), although its prologue is only 1-10%
+of its time: quantizing each X tile once per column block (N / BLOCK_N times) costs more ALU time
+than the int8 tensor cores spend on the tile. So ``AUTO`` fuses nowhere (``FUSED_MIN_M = None``).
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ class ActQuant(enum.IntEnum):
     FUSED = 2
 
 
-# AUTO fuses from this many rows on (M <= 16 takes the weight-only kernel before this is asked).
-FUSED_MIN_M = 17
+# AUTO fuses from this many rows on (M <= 16 takes the weight-only kernel before this is asked);
+# None: never, since the fused GEMM was slower at every shape measured (see above).
+FUSED_MIN_M: int | None = None
 
 
 def fuses_act_quant(mode: int, m: int, n: int, k: int) -> bool:
@@ -39,7 +46,7 @@ def fuses_act_quant(mode: int, m: int, n: int, k: int) -> bool:
         return False
     if mode != ActQuant.AUTO:
         raise ConfigError(f"act_quant must be 0 (auto), 1 (separate) or 2 (fused), got {mode!r}")
-    return m >= FUSED_MIN_M
+    return FUSED_MIN_M is not None and m >= FUSED_MIN_M
 
 
 def parse_act_quant(name: str) -> ActQuant:

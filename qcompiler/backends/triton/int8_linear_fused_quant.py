@@ -13,7 +13,9 @@ The int8 codes, the int32 accumulator and the epilogue's float32 operations are 
 path's, so the outputs are identical bit for bit. What it costs instead: every program of a row
 block re-quantizes that block's X tiles (N / BLOCK_N times in all), ALU work next to the tensor
 cores; what it saves: the int8 X round trip through memory (2 bytes per element of X) and a
-launch. Which one wins depends on N and M; :mod:`.outlier_linear` picks.
+launch. Measured on an H200 (``benchmarks/bench_int8_prefill.py``) the trade is a loss at every
+Llama-3-8B shape, M = 512 and 2048 (1.4-2.6x the separate path's time), so ``act_quant=auto``
+does not pick it; ``act_quant=fused`` (``lower-triton`` option) does.
 """
 
 from __future__ import annotations

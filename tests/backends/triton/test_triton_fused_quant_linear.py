@@ -16,7 +16,7 @@ import torch
 from triton_problems import DEVICE, eps, make_static_weights, make_x
 
 import qcompiler
-from qcompiler.backends.triton.act_quant import ActQuant, fuses_act_quant, parse_act_quant
+from qcompiler.backends.triton.act_quant import FUSED_MIN_M, ActQuant, fuses_act_quant, parse_act_quant
 from qcompiler.backends.triton.fused_quant_linear import (int8_dynamic_outlier_linear_fused,
                                                           int8_outlier_linear_fused)
 from qcompiler.backends.triton.outlier_linear import int8_dynamic_outlier_linear, int8_outlier_linear
@@ -94,6 +94,9 @@ def test_fused_refuses_bad_operands():
 
 def test_act_quant_choice_and_parsing():
     assert fuses_act_quant(ActQuant.FUSED, 17, 64, 64) and not fuses_act_quant(ActQuant.SEPARATE, 4096, 64, 64)
+    # AUTO follows the measured threshold (None: the fused GEMM lost at every shape measured).
+    for m in (17, 512, 2048):
+        assert fuses_act_quant(ActQuant.AUTO, m, 4096, 4096) == (FUSED_MIN_M is not None and m >= FUSED_MIN_M)
     assert parse_act_quant("fused") is ActQuant.FUSED and parse_act_quant("SEPARATE") is ActQuant.SEPARATE
     with pytest.raises(ConfigError, match="act_quant must be"):
         fuses_act_quant(7, 100, 64, 64)
@@ -127,6 +130,8 @@ def test_lowering_option_selects_path_same_outputs(scheme):
         calls = [n for gm in qm.graph_modules.values() for n in gm.graph.nodes
                  if n.op == "call_function" and n.target is OPS.int8_outlier_linear.default]
         assert len(calls) == 2 and all(n.args[-1] == int(parse_act_quant(mode)) for n in calls)
+        assert all(f"X quantized {'inside the GEMM' if mode == 'fused' else 'by a separate kernel'}"
+                   in r.lowering for r in qm.report().quantized)
         outs[mode] = qm(cal[0])
     assert torch.equal(outs["fused"], outs["separate"])
     with pytest.raises(ConfigError, match="act_quant"):
