@@ -105,6 +105,7 @@ def _prefill_dispatch(forward: Callable, compiled: Callable) -> Callable:
         return forward(*args, **kwargs)
 
     dispatch.__wrapped__ = forward
+    dispatch.qcompiler_prompt_dispatch = True  # how the lean decode loop finds the plain forward
     return dispatch
 
 
