@@ -164,7 +164,8 @@ class DecodeLoop:
             check = self.config.eos_check_every if slot.eos.numel() else 0
             for i in range(steps):
                 run()
-                if check and (i + 1) % check == 0 and bool(slot.finished.all()):  # a sync every `check` steps
+                # A sync every `check` steps, once an eos is allowed (token i + 1 is the latest).
+                if check and i + 1 >= min_new_tokens and (i + 1) % check == 0 and bool(slot.finished.all()):
                     break
         new = self._trim(slot, max_new_tokens)
         return torch.cat([input_ids, new], dim=1)
