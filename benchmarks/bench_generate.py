@@ -121,7 +121,10 @@ def _path(model) -> str:
 
 
 @torch.no_grad()
-def measure(model, args, ref_logits: torch.Tensor | None, probe: torch.Tensor) -> dict:
+def measure(model, args, ref_logits: torch.Tensor | None, probe: torch.Tensor,
+            on_progress: Callable[[dict], None] = lambda partial: None) -> dict:
+    """The row's columns; ``on_progress`` gets the columns so far after each batch size (a row
+    cut off by a time limit keeps what it measured)."""
     dev, out = args.device, {}
     logits = model(input_ids=probe).logits.float()
     out["logits_rel_err"] = 0.0 if ref_logits is None else float((logits - ref_logits).norm() / ref_logits.norm())
@@ -146,6 +149,7 @@ def measure(model, args, ref_logits: torch.Tensor | None, probe: torch.Tensor) -
                 out.update(gpu_time_per_token(model, ids, args.decode))
             except Exception as e:  # noqa: BLE001 - the profile is extra; the row stands without it
                 out["gpu_profile_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        on_progress(out)
     if args.prefill:
         ids = torch.randint(3, vocab, (1, args.prefill), generator=g).to(dev)
         t0 = time.perf_counter()
@@ -194,7 +198,7 @@ def _table(results: dict, card: str) -> str:
         return (f"{v:.3f}" if key == "gpu_ms_per_token" else f"{v:.0f}"), (f"{ratio:.2f}" if ratio else "")
 
     for name, r in results.items():
-        if "error" in r or "skipped" in r:
+        if "error" in r or "skipped" in r:  # (an "incomplete" row shows what it measured)
             lines.append(f"| {name} | {r.get('error', r.get('skipped'))[:100]} |" + " |" * 11)
             continue
         path = r.get("path", "").replace("transformers generate()", "HF generate()").split(":")[0]
@@ -270,9 +274,15 @@ def main() -> None:
     results: dict[str, dict] = {}
     if args.out and os.path.exists(args.out):
         with open(args.out) as f:
-            kept = json.load(f).get("results", {})
-        results = {n: r for n, r in kept.items() if "error" not in r and "skipped" not in r}
+            earlier = json.load(f)
+        same = {k: earlier.get("args", {}).get(k, getattr(args, k)) == getattr(args, k) for k in ("shape", "layers")}
+        if not all(same.values()):
+            raise SystemExit(f"{args.out} holds rows of another model ({earlier['args']}): use one --out per shape")
+        kept = earlier.get("results", {})
+        results = {n: r for n, r in kept.items() if not {"error", "skipped", "incomplete"} & set(r)}
         print(f"kept from {args.out}: {', '.join(results) or 'nothing'}", flush=True)
+    out_paths = ([os.path.join(os.environ["OUT"], "bench_generate.json")] if os.environ.get("OUT") else []) + \
+        ([args.out] if args.out else [])
     for name in names:
         if name in results:
             continue
@@ -294,7 +304,11 @@ def main() -> None:
             model = make(base, calib, replace(ctx0, **overrides))
             r = {"card": card, "date": date, "build_s": time.perf_counter() - t0}
             r["weight_gib"] = fp16_gib if model is base else _weight_gib(args.device, before)
-            r.update(measure(model, args, None if name == "fp16-eager" else ref_logits, probe))
+
+            def progress(partial: dict, name=name, r=r) -> None:
+                for path in out_paths:
+                    _save(path, meta, {**results, name: {**r, **partial, "incomplete": "cut off after this"}})
+            r.update(measure(model, args, None if name == "fp16-eager" else ref_logits, probe, progress))
             r["row_s"] = time.perf_counter() - t0
             counters = torch._dynamo.utils.counters
             r["graph_breaks"] = sum(counters["graph_break"].values())
@@ -307,8 +321,7 @@ def main() -> None:
         if model is not base:
             del model
         torch._dynamo.reset()
-        for path in ([os.path.join(os.environ["OUT"], "bench_generate.json")] if os.environ.get("OUT") else []) + \
-                ([args.out] if args.out else []):
+        for path in out_paths:
             _save(path, meta, results)
     print()
     print(_table(results, card))

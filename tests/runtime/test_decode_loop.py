@@ -103,8 +103,10 @@ def test_compiled_step_traces_in_one_graph(make_tiny_hf):
 
 
 @_CUDA
-@pytest.mark.parametrize("step", [StepMode.CUDA_GRAPH, StepMode.COMPILED_CUDA_GRAPH])
-@pytest.mark.parametrize("scheme", [None, "w4-weight-only", "int8-outlier"])
+@pytest.mark.parametrize("scheme,step", [(None, StepMode.CUDA_GRAPH), ("w4-weight-only", StepMode.CUDA_GRAPH),
+                                         ("int8-outlier", StepMode.CUDA_GRAPH), (None, StepMode.COMPILED_CUDA_GRAPH),
+                                         ("w4-weight-only", StepMode.COMPILED_CUDA_GRAPH)],
+                         ids=lambda v: getattr(v, "value", str(v)))
 def test_cuda_graph_loop_matches_generate(scheme, step, make_tiny_hf, make_token_batches):
     model = make_tiny_hf("llama").half().cuda()
     if scheme is not None:
