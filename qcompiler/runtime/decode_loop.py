@@ -132,6 +132,11 @@ class DecodeLoop:
             return "model spread over several devices (device_map)"
         return None
 
+    def release(self) -> None:
+        """Free every static cache and captured graph (they stay allocated between calls, one set
+        per batch size; the next call of a batch size captures again)."""
+        self._slots.clear()
+
     def step_mode(self, device: torch.device) -> StepMode:
         """The mode a call on ``device`` runs: no CUDA graph off CUDA (a compiled step stays compiled)."""
         if device.type == "cuda" or self.config.step is StepMode.COMPILED_CUDA_GRAPH:
