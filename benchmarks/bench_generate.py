@@ -14,7 +14,8 @@ Rows (``--rows`` takes a comma list; all by default):
   mode="reduce-overhead") for decode and torch.compile for prompts); fp16-lean (the same fp16 model
   through qcompiler's lean decode loop, :mod:`qcompiler.runtime.decode_loop`: static cache, one
   CUDA graph per decode step, eager prompt); torchao-int8wo / torchao-int4wo (fp16-compiled's
-  recipe; int4 runs in bf16: tinygemm needs it); bnb-int8 (LLM.int8(), t=6) / bnb-nf4 (eager);
+  recipe; int4 runs in bf16: tinygemm needs it) and torchao-int8wo-lean / torchao-int4wo-lean (the
+  same models through the lean loop); bnb-int8 (LLM.int8(), t=6) / bnb-nf4 (eager);
   and qcompiler's schemes with backend="triton" through ``qm.generate()`` (the lean loop, on by
   default on CUDA): int8-outlier, w8a8-smoothquant, w8-weight-only, w4-weight-only, gptq-w4, nf4.
   A lean row named ``<row>+compiled-step`` runs its decode step through torch.compile (Inductor,

@@ -132,10 +132,13 @@ ROWS: dict[str, Callable] = {
     "fp16-eager": lambda base, calib, ctx: base,
     "torchao-int8wo": lambda base, calib, ctx: fast(to_torchao(copy.deepcopy(base), 8), ctx),
     "torchao-int4wo": lambda base, calib, ctx: fast(to_torchao(copy.deepcopy(base), 4), ctx),
+    # torchao through the lean loop: the recipe qcompiler's rows get (no compile with the default step).
+    "torchao-int8wo-lean": lambda base, calib, ctx: fast(to_torchao(copy.deepcopy(base), 8), ctx, lean=True),
+    "torchao-int4wo-lean": lambda base, calib, ctx: fast(to_torchao(copy.deepcopy(base), 4), ctx, lean=True),
     "bnb-nf4": lambda base, calib, ctx: to_bnb_nf4(copy.deepcopy(base)),
     "bnb-int8": lambda base, calib, ctx: to_bnb_int8(copy.deepcopy(base)),
 }
-LEAN_ROWS = {"fp16-lean"} | {n for n in ROWS if n.startswith("qc-")}
+LEAN_ROWS = {"fp16-lean"} | {n for n in ROWS if n.startswith("qc-") or n.endswith("-lean")}
 COMPILED_STEP = "+compiled-step"  # row-name suffix: that lean row with StepMode.COMPILED_CUDA_GRAPH
 FP16_BASELINES = ("fp16-compiled", "fp16-lean")
 TINY_ROWS = ["fp16-eager", "fp16-lean", "fp16-compiled", "qc-w4-weight-only", "qc-w8-weight-only", "qc-int8-outlier",
