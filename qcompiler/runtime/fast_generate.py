@@ -8,6 +8,10 @@ on the GPU. So, for a Hugging Face causal LM on CUDA, :func:`enable_fast_generat
 * ``generation_config.compile_config = CompileConfig(mode="reduce-overhead", fullgraph=True)``:
   ``generate()`` then compiles its decode step with ``torch.compile`` (transformers' own
   auto-compile, used when the cache is static) and CUDA graphs replay it, one launch per token;
+* ``model.generate``: the lean decode loop (:mod:`qcompiler.runtime.lean_generate`: one CUDA graph
+  per decode step, no per-token host work) for the requests it supports (greedy / sampling,
+  lengths, eos, padded batches); any other request goes to transformers' ``generate()`` with the
+  settings below, and a warning says why;
 * a prefill dispatcher on ``model.forward``: a forward that ``generate()`` makes with a static
   cache and more than one new token runs a ``torch.compile``'d forward (Inductor, no CUDA graphs:
   prompt lengths vary). Every other call - ``qm(input_ids)`` directly, decode steps, which
@@ -27,6 +31,9 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
+
+from qcompiler.runtime.decode_loop import DecodeLoopConfig
+from qcompiler.runtime.lean_generate import install_lean_generate, uninstall_lean_generate
 
 __all__ = ["FastGenerateConfig", "enable_fast_generate", "disable_fast_generate", "fast_generate_status"]
 
@@ -48,6 +55,7 @@ class FastGenerateConfig:
     all_devices: bool = False
     backend: str = "inductor"
     dynamic: Optional[bool] = True  # one trace for every batch size / prompt length (graphs per shape)
+    lean_decode: Optional[DecodeLoopConfig] = DecodeLoopConfig()  # None: every request through HF generate()
 
     def compile_kwargs(self, mode: str) -> dict:
         return dict(backend=self.backend, mode=mode if self.backend == "inductor" else None,
@@ -105,6 +113,7 @@ def _prefill_dispatch(forward: Callable, compiled: Callable) -> Callable:
         return forward(*args, **kwargs)
 
     dispatch.__wrapped__ = forward
+    dispatch.qcompiler_prompt_dispatch = True  # how the lean decode loop finds the plain forward
     return dispatch
 
 
@@ -155,11 +164,16 @@ def enable_fast_generate(model: nn.Module, config: FastGenerateConfig = FastGene
         forward = hf.forward
         compiled = torch.compile(forward, **config.compile_kwargs(config.prefill_mode))
         hf.forward = _prefill_dispatch(forward, compiled)
+    lean = "off"
+    if config.lean_decode is not None:
+        why_not = install_lean_generate(hf, config.lean_decode)
+        lean = f"not used ({why_not})" if why_not else f"{config.lean_decode.step.value} step for supported requests"
     setattr(hf, _STATE, saved)
     prefill = f"prompts through torch.compile(mode={config.prefill_mode!r})" if config.compile_prefill \
         else "prompts eager"
     return (f"generate(): static KV cache, decode through torch.compile(mode={config.decode_mode!r}, "
             f"fullgraph={config.fullgraph}, dynamic={config.dynamic}) (CUDA graphs), {prefill}; "
+            f"lean decode loop: {lean}; "
             "qcompiler.runtime.disable_fast_generate(qm) for eager")
 
 
@@ -169,6 +183,7 @@ def disable_fast_generate(model: nn.Module) -> bool:
     saved = getattr(hf, _STATE, None) if hf is not None else None
     if saved is None:
         return False
+    uninstall_lean_generate(hf)
     hf.generation_config.cache_implementation = saved["cache_implementation"]
     hf.generation_config.compile_config = saved["compile_config"]
     for name in ("forward", "get_compiled_call"):

@@ -32,7 +32,9 @@ def test_fast_generate_equals_eager_and_undoes(make_tiny_hf, make_token_batches)
     ids = torch.randint(3, 256, (2, 7), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = _greedy(qm, ids)
-        assert enable_fast_generate(qm, FastGenerateConfig(all_devices=True, backend="eager")).startswith("generate()")
+        # lean_decode=None: this test is about transformers' generate() with the static cache and compiled prompt.
+        assert enable_fast_generate(qm, FastGenerateConfig(all_devices=True, backend="eager",
+                                                           lean_decode=None)).startswith("generate()")
         assert fast_generate_status(qm) and qm.model.generation_config.cache_implementation == "static"
         assert torch.equal(_greedy(qm, ids), ref)
         assert torch.equal(_greedy(qm, ids), ref)  # the second call reuses the cache and the compiled prompt
