@@ -18,8 +18,10 @@ int8 row x channel, no outliers        int8 ``channel`` symmetric weights, dynam
 
 Refused, with the layer named: fp16 outlier columns (int8-outlier: LLM.int8() has no peer
 format; keep it in qcompiler's own format), NF4, a smoothing / AWQ scale that stayed an explicit
-``x * (1/s)`` (compressed-tensors has no per-input-channel activation scale), an act-order
-permutation, per-tensor activation scales.
+``x * (1/s)`` (compressed-tensors has no per-input-channel activation scale) or was folded into a
+norm inside a region, an act-order permutation, per-tensor activation scales. Scales folded into
+a norm outside the regions (``smoothing="outer-norm"``: the norm's weight in the model is already
+``w / s``) or into a previous linear's rows (``"linear"``: that linear's codes hold it) are written.
 """
 
 from __future__ import annotations
@@ -64,12 +66,17 @@ def _layers(qm) -> dict[str, _Layer]:
             if spec is None or node.op != "call_function" or spec.weights is None:
                 continue
             where = f"layer '{spec.layer}' ({spec.op_name})"
-            if spec.smoothing == "mul" or spec.smoothing == "norm":
+            if spec.smoothing == "mul":
                 raise ExportFormatError(
                     f"{where}: its smoothing / AWQ scale is an explicit x * (1/s) in the graph (not folded into a "
                     f"float weight the checkpoint keeps); compressed-tensors has no per-input-channel scale",
-                    hint="compile with alpha=0 (w8a8-smoothquant) or n_grid=1 (awq-w4) for an exportable model, "
+                    hint="compile with smooth='foldable' (w8a8-smoothquant, awq-w4: smooth only where 1/s folds), "
                          "or keep qcompiler's own format (qcompiler.save(qm, dir))")
+            if spec.smoothing == "norm":
+                raise ExportFormatError(
+                    f"{where}: its smoothing / AWQ scale was folded into a norm inside the captured region, whose "
+                    f"rescaled weight is a graph buffer the checkpoint does not write",
+                    hint="keep qcompiler's own format (qcompiler.save(qm, dir)), or compile with fold=False")
             x = node.args[0]
             if isinstance(x, fx.Node) and x.target is torch.ops.aten.index_select.default:
                 raise ExportFormatError(f"{where}: act-order permutation of the input dims is not written",
