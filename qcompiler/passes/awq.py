@@ -91,6 +91,8 @@ class AWQ(ProgramPass):
         calls = ctx.calibration_data.calls if ctx.calibration_data is not None else []
         shared = find_shared_inputs(program, calls[0]) if self.fold and calls else SharedInputs()
         done: set[int] = set()  # id() of the shared inputs already searched (with their first region)
+        for layer, why in shared.rejected.items():
+            ctx.note(layer, f"awq: scale not shared: {why}")
         unreached = run_sequential(program, ctx, lambda r, c: self._region(r, c, ctx, touched, shared, done),
                                    device=self.device, what="awq", progress=self.progress and ctx.progress)
         for path in unreached:

@@ -63,6 +63,8 @@ class SmoothShared(ProgramPass):
         shared = find_shared_inputs(program, calls[0]) if calls else None
         stats: dict[str, dict] = {}
         touched: set[str] = set()
+        for layer, why in shared.rejected.items() if shared is not None else ():
+            ctx.note(layer, f"smoothing not shared: {why}")
         for group in shared.groups if shared is not None else []:
             nodes = [(m.region, n) for m in group.members for n in m.region.gm.graph.nodes if n.name in m.linears]
             specs = [get_spec(n) for _, n in nodes]
