@@ -71,7 +71,7 @@ class AWQConfig:
     symmetric: bool = False    # AWQ's default grid has zero points
     n_grid: int = 20           # alpha in {0, 1/n_grid, ..., (n_grid-1)/n_grid}
     clip: bool = True          # search a range-shrinking ratio per (row, group)
-    fold: bool = True          # fold 1/s into the previous op where the graph allows
+    fold: bool = True          # fold 1/s into the previous op where the graph allows (False: explicit muls everywhere)
     smooth: str = "foldable"   # "foldable": search scales only where 1/s folds; "all": explicit x * (1/s) elsewhere
     max_rows: int = 1024       # calibration rows per layer used by the search
     device: str | None = None
@@ -102,7 +102,7 @@ def _gptq(cfg: GPTQConfig, calibrated: bool) -> list[Pass]:
 
 def _awq(cfg: AWQConfig, calibrated: bool) -> list[Pass]:
     return [*_head(4, cfg.group_size, cfg.symmetric),
-            AWQ(n_grid=cfg.n_grid, clip=cfg.clip, fold=cfg.fold, unfoldable=_SMOOTH[cfg.smooth], max_rows=cfg.max_rows,
+            AWQ(n_grid=cfg.n_grid, clip=cfg.clip, fold=cfg.fold, unfoldable=_SMOOTH[cfg.smooth] if cfg.fold else "mul", max_rows=cfg.max_rows,
                 device=cfg.device), *tail()]
 
 

@@ -38,7 +38,7 @@ def _norms_written_folded(out, qm, llama):
 
 def test_w8a8_smoothquant_exports_and_loads_in_transformers(tmp_path, llama, ids):
     from transformers import AutoModelForCausalLM
-    qm = qcompiler.compile(llama, "w8a8-smoothquant", CAL, progress=False)
+    qm = qcompiler.compile(llama, "w8a8-smoothquant", CAL, progress=False, smooth="foldable")
     out = qcompiler.save(qm, tmp_path / "ct", format="compressed-tensors", float_layers=())
     cfg = _config(out)
     assert cfg["format"] == "int-quantized"

@@ -12,7 +12,8 @@ import qcompiler
 from test_vllm_cpu import N_TOKENS, _log, _needs_vllm, _pick_prompt, _serve_and_complete, _tiny_llama, _tokenizer
 
 
-@pytest.mark.parametrize("scheme,opts", [("w8a8-smoothquant", {}), ("awq-w4", {"group_size": 32})])
+@pytest.mark.parametrize("scheme,opts", [("w8a8-smoothquant", {"smooth": "foldable"}),
+                                         ("awq-w4", {"group_size": 32})])  # awq: smooth="foldable" by default
 def test_vllm_cpu_serves_smoothed_exports(tmp_path, scheme, opts):
     exe = _needs_vllm()
     cal = [{"input_ids": torch.randint(3, 256, (2, 12), generator=torch.Generator().manual_seed(i))} for i in range(2)]

@@ -49,7 +49,7 @@ def test_qkv_share_one_scale_folded_into_input_layernorm(model, unfoldable):
         assert kinds[p + "mlp.gate_proj"] == kinds[p + "mlp.up_proj"] == "outer-norm"
         assert kinds[p + "mlp.down_proj"] == "linear"                   # into up_proj's rows
         assert kinds[p + "self_attn.o_proj"] == (None if unfoldable == "skip" else "mul")
-    assert kinds["lm_head"] == (None if unfoldable == "skip" else "mul")  # model.norm's output is also returned
+    assert kinds["lm_head"] == (None if unfoldable == "skip" else "mul")  # it reads a slice of model.norm's output
     # one s for q, k and v: W_new / W_old is the same column vector for all three, and the norm is w / s
     w_old = dict(model.named_parameters())
     w_new = _weights(qm)
@@ -66,7 +66,7 @@ def test_qkv_share_one_scale_folded_into_input_layernorm(model, unfoldable):
 
 
 def test_no_explicit_mul_in_any_graph_with_foldable(model):
-    qm = qcompiler.compile(model, "w8a8-smoothquant", CAL, progress=False)
+    qm = qcompiler.compile(model, "w8a8-smoothquant", CAL, progress=False, smooth="foldable")
     muls = [n for gm in qm.graph_modules.values() for n in gm.graph.nodes
             if n.op == "get_attr" and "inv_s" in str(n.target)]
     assert muls == []
