@@ -53,6 +53,7 @@ from qcompiler.passes.norm_fold import divide_norm_output, norm_fold_problem
 from qcompiler.passes.scale_folding import FoldKind, divide_input, find_scale_fold
 from qcompiler.passes.shared_inputs import SharedInput, SharedInputs, find_shared_inputs
 from qcompiler.passes.smooth_shared import OUTER_NORM
+from qcompiler.passes.value_output_fold import ValueOutputPair, divide_output_rows, find_value_output_pairs
 from qcompiler.passes.sequential_calibrate import run_sequential
 from qcompiler.quant.awq import awq_clip, awq_search_scales, rows_sample
 from qcompiler.spec import get_spec, update_spec
@@ -89,18 +90,22 @@ class AWQ(ProgramPass):
     def run_program(self, program: Program, ctx: PassContext) -> dict[str, PassResult]:
         touched: set[str] = set()
         calls = ctx.calibration_data.calls if ctx.calibration_data is not None else []
+        pairs, no_pair = find_value_output_pairs(program, calls[0]) if self.fold and calls else ([], {})
         shared = find_shared_inputs(program, calls[0]) if self.fold and calls else SharedInputs()
+        for layer, why in no_pair.items():
+            ctx.note(layer, f"awq: scale not folded into v_proj: {why}")
+        by_o = {p.o.path: p for p in pairs}
         done: set[int] = set()  # id() of the shared inputs already searched (with their first region)
         for layer, why in shared.rejected.items():
             ctx.note(layer, f"awq: scale not shared: {why}")
-        unreached = run_sequential(program, ctx, lambda r, c: self._region(r, c, ctx, touched, shared, done),
+        unreached = run_sequential(program, ctx, lambda r, c: self._region(r, c, ctx, touched, shared, done, by_o.get(r.path)),
                                    device=self.device, what="awq", progress=self.progress and ctx.progress)
         for path in unreached:
             ctx.note(path or "<model>", "awq: not reached by the calibration data; plain round-to-nearest")
         return {r.path: PassResult(r.gm, modified=r.path in touched) for r in program.regions}
 
     def _region(self, region: Region, calls, ctx: PassContext, touched: set[str], shared: SharedInputs,
-                done: set[int]) -> None:
+                done: set[int], pair: ValueOutputPair | None) -> None:
         gm = region.gm
         groups = []
         for x, linears in linear_groups_in_order(gm, pending_uint):
@@ -120,6 +125,12 @@ class AWQ(ProgramPass):
             with ctx.at(linears[0]):
                 if g is not None and self._shared(g, xs, ctx, touched):
                     done.add(id(g))
+                    continue
+                if pair is not None and [n.name for n in linears] == [pair.o_linear]:  # v -> o
+                    base = buffer_base(spec) + "_awq_v"
+                    self._apply([(region, linears[0])], xs, ctx, True, "linear", f"the rows of '{pair.v.path}' (v -> o)",
+                                lambda s: divide_output_rows(pair.v, pair.v_linear, s, base))
+                    touched.update({region.path, pair.v.path})
                     continue
                 self._local(region, x, linears, xs, ctx)
             touched.add(region.path)

@@ -8,7 +8,9 @@ of the group, multiplies their weight columns by ``s`` and divides the producing
 (and bias) by ``s`` in the outer model. Nothing is inserted in any graph, so a compressed-tensors
 export writes the norm as the float weight it now is. The linears' specs say
 ``smoothing="outer-norm"``; ``smooth`` then leaves them alone and handles the rest (folds inside
-a region, e.g. ``up_proj``'s rows for ``down_proj``).
+a region, e.g. ``up_proj``'s rows for ``down_proj``). ``o_proj``'s scale goes into ``v_proj``'s
+output rows where :mod:`~qcompiler.passes.value_output_fold` finds that valid (no grouped-query
+attention): ``smoothing="linear"``.
 
 Before::
 
@@ -38,6 +40,7 @@ from qcompiler.passes.quantize_weights import buffer_base
 from qcompiler.passes.scale_folding import scale_weight_columns
 from qcompiler.passes.shared_inputs import find_shared_inputs
 from qcompiler.passes.smooth import smoothing_factors
+from qcompiler.passes.value_output_fold import divide_output_rows, find_value_output_pairs
 from qcompiler.spec import get_spec, update_spec
 
 __all__ = ["SmoothShared", "OUTER_NORM"]
@@ -60,6 +63,7 @@ class SmoothShared(ProgramPass):
 
     def run_program(self, program: Program, ctx: PassContext) -> dict[str, PassResult]:
         calls = ctx.calibration_data.calls if ctx.calibration_data is not None else []
+        pairs, no_pair = find_value_output_pairs(program, calls[0]) if calls else ([], {})  # on the float model
         shared = find_shared_inputs(program, calls[0]) if calls else None
         stats: dict[str, dict] = {}
         touched: set[str] = set()
@@ -97,6 +101,27 @@ class SmoothShared(ProgramPass):
                 if spec.layer in ctx.state.samples:
                     ctx.state.samples[spec.layer] = ctx.state.samples[spec.layer] / s
                 touched.add(region.path)
+        for layer, why in no_pair.items():
+            ctx.note(layer, f"smoothing not folded into v_proj: {why}")
+        for pair in pairs:
+            o_lin = next(n for n in pair.o.gm.graph.nodes if n.name == pair.o_linear)
+            ctx.region = pair.o
+            st_o = stats.setdefault(pair.o.path, dict(ctx.analysis(ActivationStats)))
+            if o_lin.name not in st_o:
+                continue
+            spec = get_spec(o_lin)
+            w = resolve_weight(pair.o.gm, linear_parts(o_lin)[1])[0]
+            s = smoothing_factors(st_o[o_lin.name].absmax, w.detach().float().abs().amax(dim=0).cpu(), self.alpha)
+            with ctx.at(o_lin):
+                divide_output_rows(pair.v, pair.v_linear, s, buffer_base(spec) + "_smooth_v")
+                scale_weight_columns(pair.o.gm, o_lin, s.to(w.device), buffer_base(spec) + "_smoothed")
+            update_spec(o_lin, smoothing="linear")
+            ctx.note(spec.layer, f"smoothing: 1/s folded into the rows of '{pair.v.path}' (v -> o)")
+            st = st_o[o_lin.name]
+            st_o[o_lin.name] = FeatureStats(st.absmax / s, st.rows, st.samples / s)
+            if spec.layer in ctx.state.samples:
+                ctx.state.samples[spec.layer] = ctx.state.samples[spec.layer] / s
+            touched.update({pair.o.path, pair.v.path})
         for region in program.regions:
             if region.path in stats:
                 ctx.analyses.put(ActivationStats, region, stats[region.path])

@@ -128,8 +128,53 @@ def test_awq_searches_qkv_jointly_and_folds_into_the_norm(model):
     p = "model.layers.0.self_attn."
     texts = [next(n for n in notes[p + f"{x}_proj"] if n.startswith("awq:")) for x in "qkv"]
     assert len(set(texts)) == 1 and "'model.layers.0.input_layernorm' (shared by q_proj, k_proj, v_proj)" in texts[0]
-    assert "scale not searched" in next(n for n in notes[p + "o_proj"] if n.startswith("awq:"))
+    o_notes = [n for n in notes[p + "o_proj"] if n.startswith("awq:")]
+    assert any("scale not searched" in n for n in o_notes) and any("grouped-query attention" in n for n in o_notes)
     assert not torch.equal(qm.model.model.layers[0].input_layernorm.weight, model.model.layers[0].input_layernorm.weight)
     muls = [n for gm in qm.graph_modules.values() for n in gm.graph.nodes
             if n.op == "get_attr" and "inv_s" in str(n.target)]
     assert muls == []
+
+
+def _mha_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=4, bos_token_id=0,
+                                         eos_token_id=1, tie_word_embeddings=False)).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.input_layernorm.weight[[3, 17, 40]] = 8.0
+    return model
+
+
+def test_o_proj_folds_into_v_proj_rows_without_gqa():
+    model = _mha_llama()
+    qm = qcompiler.compile(model, "w8a8-smoothquant", CAL, pipeline=SHARED_ONLY % "skip", verify=True, progress=False)
+    with torch.no_grad():
+        assert _rel(qm(input_ids=IDS).logits, model(input_ids=IDS).logits) <= 1e-5  # the same float function
+    rows = {r.layer: r for r in qm.report().layers}
+    o = "model.layers.1.self_attn.o_proj"
+    assert any("folded into the rows of 'model.layers.1.self_attn.v_proj'" in n for n in rows[o].notes)
+    kinds = {get_spec(n).layer: get_spec(n).smoothing for gm in qm.graph_modules.values()
+             for n in gm.graph.nodes if is_linear(n) and get_spec(n) is not None}
+    assert kinds[o] == "linear" and kinds["model.layers.1.self_attn.v_proj"] == "outer-norm"
+
+
+def test_o_proj_not_folded_with_gqa_says_why(model):
+    qm = qcompiler.compile(model, "w8a8-smoothquant", CAL, pipeline=SHARED_ONLY % "skip", progress=False)
+    notes = {r.layer: r.notes for r in qm.report().layers}["model.layers.0.self_attn.o_proj"]
+    assert any("grouped-query attention" in n for n in notes), notes
+
+
+def test_awq_folds_o_proj_into_v_proj_without_gqa(tmp_path):
+    from transformers import AutoModelForCausalLM
+    model = _mha_llama()
+    qm = qcompiler.compile(model, "awq-w4", CAL, progress=False, verify=True, group_size=32, symmetric=True)
+    note = next(n for r in qm.report().layers if r.layer == "model.layers.0.self_attn.o_proj" for n in r.notes
+                if n.startswith("awq:"))
+    assert "the rows of 'model.layers.0.self_attn.v_proj' (v -> o)" in note or "alpha = 0" in note, note
+    out = qcompiler.save(qm, tmp_path / "ct", format="compressed-tensors", float_layers=())
+    hf = AutoModelForCausalLM.from_pretrained(out)
+    with torch.no_grad():  # v's rows hold o's 1/s in the written codes
+        torch.testing.assert_close(hf(input_ids=IDS).logits, qm(input_ids=IDS).logits, rtol=1e-4, atol=1e-4)
