@@ -138,7 +138,8 @@ def _float_state(qm, fresh: nn.Module) -> dict[str, torch.Tensor]:
     return found
 
 
-def save_compressed_tensors(qm, path: str | os.PathLike, *, float_layers: tuple[str, ...] = ("lm_head",)) -> Path:
+def save_compressed_tensors(qm, path: str | os.PathLike, *, float_layers: tuple[str, ...] = ("lm_head",),
+                            packed: bool = True) -> Path:
     """Writes the compiled Hugging Face model ``qm`` to ``path`` as compressed-tensors (config.json
     with ``quantization_config``, safetensors); returns the directory.
 
@@ -146,18 +147,22 @@ def save_compressed_tensors(qm, path: str | os.PathLike, *, float_layers: tuple[
     the config's ``ignore``): vLLM 0.32 cannot load a quantized ``lm_head``. For a weight-only layer
     that is the same arithmetic qcompiler runs; a W8A8 layer then runs on float activations.
 
+    ``packed=False`` writes weight-only layers as ``int-quantized`` (one int8 per code, zero points
+    unpacked) instead of ``pack-quantized``: twice the bytes of int4, but transformers 5.24 with
+    compressed-tensors 0.20.1 loads asymmetric (zero-point) int4 only in that layout.
+
     >>> qm = qcompiler.compile(model, "w4-weight-only", example_inputs=ids)
     >>> qcompiler.save(qm, "tiny-w4", format="compressed-tensors")
     >>> AutoModelForCausalLM.from_pretrained("tiny-w4")       # or: vllm serve tiny-w4
     """
-    model, compressor = compressed_model(qm, float_layers=float_layers)
+    model, compressor = compressed_model(qm, float_layers=float_layers, packed=packed)
     out = Path(path)
     model.save_pretrained(str(out))
     compressor.update_config(str(out))
     return out
 
 
-def compressed_model(qm, *, float_layers: tuple[str, ...] = ("lm_head",)):
+def compressed_model(qm, *, float_layers: tuple[str, ...] = ("lm_head",), packed: bool = True):
     """``(model, compressor)``: a fresh Hugging Face model holding the compressed-tensors state
     (``weight_packed``, ``weight_scale``, ...) of the compiled ``qm``, and the library's
     ``ModelCompressor`` that wrote it (its ``update_config`` writes the config)."""
@@ -214,7 +219,7 @@ def compressed_model(qm, *, float_layers: tuple[str, ...] = ("lm_head",)):
     else:
         config_groups = {f"group_{i}": _scheme(layers[names[0]], names) for i, names in enumerate(groups.values())}
         ignore = []
-    fmt = "int-quantized" if all(l.kind == "w8a8" for l in layers.values()) else \
+    fmt = "int-quantized" if not packed or all(l.kind == "w8a8" for l in layers.values()) else \
         "pack-quantized" if all(l.kind == "uint" for l in layers.values()) else "mixed-precision"
     qconfig = QuantizationConfig(config_groups=config_groups, ignore=ignore, format=fmt,
                                  quantization_status="frozen")

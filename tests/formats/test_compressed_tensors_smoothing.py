@@ -122,3 +122,21 @@ def test_smooth_all_is_refused_naming_the_unfolded_layer(tmp_path, llama):
     qm = qcompiler.compile(llama, "awq-w4", CAL, progress=False, group_size=32, smooth="all", n_grid=4)
     with pytest.raises(ExportFormatError, match=r"(?s)(o_proj|lm_head).*explicit x \* \(1/s\).*smooth='foldable'"):
         qcompiler.save(qm, tmp_path / "x", format="compressed-tensors")
+
+
+def test_awq_w4_asymmetric_unpacked_layout_loads_in_transformers(tmp_path, llama, ids):
+    """packed=False (int-quantized: one int8 per code) sidesteps the packed zero-point bug."""
+    from transformers import AutoModelForCausalLM
+    qm = qcompiler.compile(llama, "awq-w4", CAL, progress=False, group_size=32)
+    out = qcompiler.save(qm, tmp_path / "ct", format="compressed-tensors", float_layers=(), packed=False)
+    cfg = _config(out)
+    assert cfg["format"] == "int-quantized" and cfg["config_groups"]["group_0"]["weights"]["symmetric"] is False
+    sd = load_file(str(out / "model.safetensors"))
+    assert sd["model.layers.0.self_attn.q_proj.weight"].dtype == torch.int8
+    assert int(sd["model.layers.0.self_attn.q_proj.weight"].abs().max()) <= 8  # int4 codes, signed
+    hf = AutoModelForCausalLM.from_pretrained(out)
+    back = qcompiler.load(out)
+    with torch.no_grad():
+        want = qm(input_ids=ids).logits
+        torch.testing.assert_close(hf(input_ids=ids).logits, want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(back(input_ids=ids).logits, want, rtol=1e-4, atol=1e-4)
