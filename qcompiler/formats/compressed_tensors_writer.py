@@ -18,8 +18,10 @@ int8 row x channel, no outliers        int8 ``channel`` symmetric weights, dynam
 
 Refused, with the layer named: fp16 outlier columns (int8-outlier: LLM.int8() has no peer
 format; keep it in qcompiler's own format), NF4, a smoothing / AWQ scale that stayed an explicit
-``x * (1/s)`` (compressed-tensors has no per-input-channel activation scale), an act-order
-permutation, per-tensor activation scales.
+``x * (1/s)`` (compressed-tensors has no per-input-channel activation scale) or was folded into a
+norm inside a region, an act-order permutation, per-tensor activation scales. Scales folded into
+a norm outside the regions (``smoothing="outer-norm"``: the norm's weight in the model is already
+``w / s``) or into a previous linear's rows (``"linear"``: that linear's codes hold it) are written.
 """
 
 from __future__ import annotations
@@ -64,12 +66,17 @@ def _layers(qm) -> dict[str, _Layer]:
             if spec is None or node.op != "call_function" or spec.weights is None:
                 continue
             where = f"layer '{spec.layer}' ({spec.op_name})"
-            if spec.smoothing == "mul" or spec.smoothing == "norm":
+            if spec.smoothing == "mul":
                 raise ExportFormatError(
                     f"{where}: its smoothing / AWQ scale is an explicit x * (1/s) in the graph (not folded into a "
                     f"float weight the checkpoint keeps); compressed-tensors has no per-input-channel scale",
-                    hint="compile with alpha=0 (w8a8-smoothquant) or n_grid=1 (awq-w4) for an exportable model, "
+                    hint="compile with smooth='foldable' (w8a8-smoothquant, awq-w4: smooth only where 1/s folds), "
                          "or keep qcompiler's own format (qcompiler.save(qm, dir))")
+            if spec.smoothing == "norm":
+                raise ExportFormatError(
+                    f"{where}: its smoothing / AWQ scale was folded into a norm inside the captured region, whose "
+                    f"rescaled weight is a graph buffer the checkpoint does not write",
+                    hint="keep qcompiler's own format (qcompiler.save(qm, dir)), or compile with fold=False")
             x = node.args[0]
             if isinstance(x, fx.Node) and x.target is torch.ops.aten.index_select.default:
                 raise ExportFormatError(f"{where}: act-order permutation of the input dims is not written",
@@ -131,7 +138,8 @@ def _float_state(qm, fresh: nn.Module) -> dict[str, torch.Tensor]:
     return found
 
 
-def save_compressed_tensors(qm, path: str | os.PathLike, *, float_layers: tuple[str, ...] = ("lm_head",)) -> Path:
+def save_compressed_tensors(qm, path: str | os.PathLike, *, float_layers: tuple[str, ...] = ("lm_head",),
+                            packed: bool = True) -> Path:
     """Writes the compiled Hugging Face model ``qm`` to ``path`` as compressed-tensors (config.json
     with ``quantization_config``, safetensors); returns the directory.
 
@@ -139,18 +147,22 @@ def save_compressed_tensors(qm, path: str | os.PathLike, *, float_layers: tuple[
     the config's ``ignore``): vLLM 0.32 cannot load a quantized ``lm_head``. For a weight-only layer
     that is the same arithmetic qcompiler runs; a W8A8 layer then runs on float activations.
 
+    ``packed=False`` writes weight-only layers as ``int-quantized`` (one int8 per code, zero points
+    unpacked) instead of ``pack-quantized``: twice the bytes of int4, but transformers 5.24 with
+    compressed-tensors 0.20.1 loads asymmetric (zero-point) int4 only in that layout.
+
     >>> qm = qcompiler.compile(model, "w4-weight-only", example_inputs=ids)
     >>> qcompiler.save(qm, "tiny-w4", format="compressed-tensors")
     >>> AutoModelForCausalLM.from_pretrained("tiny-w4")       # or: vllm serve tiny-w4
     """
-    model, compressor = compressed_model(qm, float_layers=float_layers)
+    model, compressor = compressed_model(qm, float_layers=float_layers, packed=packed)
     out = Path(path)
     model.save_pretrained(str(out))
     compressor.update_config(str(out))
     return out
 
 
-def compressed_model(qm, *, float_layers: tuple[str, ...] = ("lm_head",)):
+def compressed_model(qm, *, float_layers: tuple[str, ...] = ("lm_head",), packed: bool = True):
     """``(model, compressor)``: a fresh Hugging Face model holding the compressed-tensors state
     (``weight_packed``, ``weight_scale``, ...) of the compiled ``qm``, and the library's
     ``ModelCompressor`` that wrote it (its ``update_config`` writes the config)."""
@@ -207,7 +219,7 @@ def compressed_model(qm, *, float_layers: tuple[str, ...] = ("lm_head",)):
     else:
         config_groups = {f"group_{i}": _scheme(layers[names[0]], names) for i, names in enumerate(groups.values())}
         ignore = []
-    fmt = "int-quantized" if all(l.kind == "w8a8" for l in layers.values()) else \
+    fmt = "int-quantized" if not packed or all(l.kind == "w8a8" for l in layers.values()) else \
         "pack-quantized" if all(l.kind == "uint" for l in layers.values()) else "mixed-precision"
     qconfig = QuantizationConfig(config_groups=config_groups, ignore=ignore, format=fmt,
                                  quantization_status="frozen")

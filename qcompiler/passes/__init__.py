@@ -12,6 +12,7 @@ from qcompiler.passes.quantize_weights import QuantizeWeights
 from qcompiler.passes.scale_folding import ScaleFoldAnalysis
 from qcompiler.passes.share_activation_quant import ShareActivationQuant
 from qcompiler.passes.smooth import Smooth
+from qcompiler.passes.smooth_shared import SmoothShared
 
 __all__ = [
     "CanonicalizeLinear",
@@ -26,6 +27,7 @@ __all__ = [
     "DecomposeMatmul",
     "ShareActivationQuant",
     "Smooth",
+    "SmoothShared",
     "ScaleFoldAnalysis",
     "DeadCodeElimination",
 ]

@@ -64,6 +64,7 @@ def smoothing_factors(act_absmax: torch.Tensor, weight_absmax: torch.Tensor, alp
 class Smooth(GraphPass):
     alpha: float = 0.5
     fold: bool = True   # false: always an explicit mul (for debugging and comparisons)
+    unfoldable: str = "mul"  # where nothing can absorb 1/s: "mul" (explicit x * (1/s)) or "skip" (not smoothed)
 
     def contract(self) -> Contract:
         # rescales the float weights: after quantize-weights that would change nothing that runs
@@ -74,6 +75,8 @@ class Smooth(GraphPass):
         if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or not 0.0 <= a <= 1.0:
             raise ConfigError(f"smooth: alpha must be a number in [0, 1], got {a!r}",
                               hint="0.5 balances activations and weights; larger moves more into the weights")
+        if self.unfoldable not in ("mul", "skip"):
+            raise ConfigError(f"smooth: unfoldable must be 'mul' or 'skip', got {self.unfoldable!r}")
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         stats = dict(ctx.analysis(ActivationStats))
@@ -82,6 +85,8 @@ class Smooth(GraphPass):
         modified = False
         for x, linears in linear_groups(gm).items():
             first = linears[0]
+            if all(get_spec(n).smoothing is not None for n in linears):
+                continue  # smoothed already (smooth-shared folded its 1/s into a norm outside the region)
             with ctx.at(first):
                 if first.name not in stats:
                     for n in linears:
@@ -92,6 +97,11 @@ class Smooth(GraphPass):
                 s = smoothing_factors(stats[first.name].absmax, w_absmax.cpu(), self.alpha)
                 s_dev = s.to(weights[0].device)
                 fold = folds[x.name]
+                if fold.kind is FoldKind.MUL and self.unfoldable == "skip":
+                    for n in linears:
+                        ctx.note(get_spec(n).layer, f"not smoothed: nothing absorbs 1/s ({fold.reason}); "
+                                                    f"smooth='all' would insert an explicit x * (1/s)")
+                    continue
                 divide_input(gm, fold, x, linears, s_dev, buffer_base(get_spec(first)) + "_smooth")
                 for n in linears:
                     spec = get_spec(n)

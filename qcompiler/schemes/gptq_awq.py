@@ -6,7 +6,10 @@
 ``gptq-w8``  the same with int8 codes, one scale per output channel
 ``awq-w4``   AWQ (Lin et al.): per-input-channel scales searched on calibration data and folded
              into the previous op, range clipping, then int4 round-to-nearest, group 128,
-             with zero points
+             with zero points. ``smooth="foldable"`` (default) searches scales only where 1/s
+             folds (q/k/v: one search, into ``input_layernorm``; gate/up; down into up's rows),
+             as llm-compressor does, so the model exports to compressed-tensors; ``"all"``
+             also scales o_proj / lm_head behind an explicit ``x * (1/s)``
 ==========  ====================================================================================
 
 Each expands to::
@@ -68,7 +71,8 @@ class AWQConfig:
     symmetric: bool = False    # AWQ's default grid has zero points
     n_grid: int = 20           # alpha in {0, 1/n_grid, ..., (n_grid-1)/n_grid}
     clip: bool = True          # search a range-shrinking ratio per (row, group)
-    fold: bool = True          # fold 1/s into the previous op where the graph allows
+    fold: bool = True          # fold 1/s into the previous op where the graph allows (False: explicit muls everywhere)
+    smooth: str = "foldable"   # "foldable": search scales only where 1/s folds; "all": explicit x * (1/s) elsewhere
     max_rows: int = 1024       # calibration rows per layer used by the search
     device: str | None = None
 
@@ -77,6 +81,12 @@ class AWQConfig:
         _check_device(self.device, "scheme 'awq-w4'")
         if isinstance(self.n_grid, bool) or not isinstance(self.n_grid, int) or self.n_grid < 1:
             raise ConfigError(f"scheme 'awq-w4': n_grid must be an int >= 1, got {self.n_grid!r}")
+        if self.smooth not in _SMOOTH:
+            raise ConfigError(f"scheme 'awq-w4': smooth must be one of {', '.join(_SMOOTH)}, got {self.smooth!r}",
+                              hint="'foldable' exports to compressed-tensors")
+
+
+_SMOOTH = {"foldable": "skip", "all": "mul"}  # smooth= -> what the awq pass does where 1/s cannot fold
 
 
 def _head(bits: int, group_size: int, symmetric: bool) -> list[Pass]:
@@ -92,7 +102,8 @@ def _gptq(cfg: GPTQConfig, calibrated: bool) -> list[Pass]:
 
 def _awq(cfg: AWQConfig, calibrated: bool) -> list[Pass]:
     return [*_head(4, cfg.group_size, cfg.symmetric),
-            AWQ(n_grid=cfg.n_grid, clip=cfg.clip, fold=cfg.fold, max_rows=cfg.max_rows, device=cfg.device), *tail()]
+            AWQ(n_grid=cfg.n_grid, clip=cfg.clip, fold=cfg.fold, unfoldable=_SMOOTH[cfg.smooth] if cfg.fold else "mul", max_rows=cfg.max_rows,
+                device=cfg.device), *tail()]
 
 
 SCHEMES = [

@@ -82,8 +82,8 @@ def test_int8_outlier_has_no_peer_format(tmp_path, llama):
 
 
 def test_unfolded_smoothing_is_refused(tmp_path, llama):
-    qm = qcompiler.compile(llama, "w8a8-smoothquant", CAL, progress=False)
-    with pytest.raises(ExportFormatError, match=r"q_proj.*explicit x \* \(1/s\)"):
+    qm = qcompiler.compile(llama, "w8a8-smoothquant", CAL, progress=False, smooth="all")
+    with pytest.raises(ExportFormatError, match=r"o_proj.*explicit x \* \(1/s\)"):
         qcompiler.save(qm, tmp_path / "x", format="compressed-tensors")
 
 

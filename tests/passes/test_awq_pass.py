@@ -88,7 +88,7 @@ def test_folds_and_the_float_function_is_unchanged():
 
 def test_awq_beats_round_to_nearest_on_the_same_grid():
     model, cal, test = _model(), _data(6, seed=3), torch.cat(_data(2, seed=4))
-    awq = qcompiler.compile(model, "awq-w4", cal, progress=False, verify=True, group_size=32, n_grid=10)
+    awq = qcompiler.compile(model, "awq-w4", cal, progress=False, verify=True, group_size=32, n_grid=10, smooth="all")
     rtn = qcompiler.compile(model, "w4-weight-only", cal, progress=False, group_size=32, symmetric=False)
     with torch.no_grad():
         ref = model(test)

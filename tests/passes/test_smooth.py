@@ -96,7 +96,7 @@ def test_smoothing_preserves_the_float_function(make, kinds, fold):
 
 def test_explicit_mul_says_why_in_the_report():
     cal, _ = _data()
-    qm = qcompiler.compile(PostLN().eval(), "w8a8-smoothquant", cal, progress=False)
+    qm = qcompiler.compile(PostLN().eval(), "w8a8-smoothquant", cal, progress=False, smooth="all")
     row = next(r for r in qm.report().layers if r.layer == "fc")
     assert row.op == "int8 rowxchannel +smooth:mul"
     assert any("smoothing not folded" in n and "'layer_norm' is also read by" in n for n in row.notes), row.notes
