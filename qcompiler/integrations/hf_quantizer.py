@@ -75,24 +75,38 @@ class QCompilerConfig(QuantizationConfigMixin):
 
 @register_quantizer(METHOD)
 class QCompilerHfQuantizer(HfQuantizer):
-    """Loads the float weights, then compiles the model with the config's scheme, in place."""
+    """Loads the float weights, then compiles the model with the config's scheme, in place; or, for a
+    directory ``qcompiler.save`` wrote (``pre_quantized``), rebuilds its regions on ``meta`` before
+    transformers reads the shards (:mod:`qcompiler.integrations.saved_dir_loading`)."""
 
     requires_calibration = False
 
     def __init__(self, quantization_config: QCompilerConfig, **kwargs):
         super().__init__(quantization_config, **kwargs)
-        if self.pre_quantized:
-            from qcompiler.errors import UnsupportedError
-            raise UnsupportedError("this directory was written by qcompiler.save (config.json: quant_method="
-                                   "'qcompiler'); transformers' from_pretrained cannot build its rewritten graphs",
-                                   hint="load it with qcompiler.load(dir, device=...) (generate() works on the "
-                                        "result), or save with qcompiler.save(qm, dir, format='compressed-tensors') "
-                                        "for plain transformers / vLLM loading")
+        self._saved = None      # SavedDirLoad of a pre-quantized directory
+        self._renamings: list = []
 
     def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
         return False  # the float weights load as they are; quantization runs after loading
 
+    def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
+        if self.pre_quantized:
+            from qcompiler.integrations.saved_dir_loading import prepare_skeleton, weight_renamings
+            if not checkpoint_files:
+                from qcompiler.errors import UnsupportedError
+                raise UnsupportedError("a qcompiler model loads from its directory's safetensors shards, and "
+                                       "from_pretrained found none", hint="qcompiler.load(dir)")
+            self._saved = prepare_skeleton(model, list(checkpoint_files))
+            self._renamings = weight_renamings()
+        return model
+
+    def get_weight_conversions(self):
+        return list(self._renamings)  # saved keys -> the rebuilt regions' state names
+
     def _process_model_after_weight_loading(self, model, **kwargs):
+        if self.pre_quantized:
+            from qcompiler.integrations.saved_dir_loading import finish_loading
+            return finish_loading(model, self._saved, self._renamings)
         import qcompiler
         cfg: QCompilerConfig = self.quantization_config
         vocab = int(getattr(model.config, "vocab_size", 16))
@@ -106,12 +120,17 @@ class QCompilerHfQuantizer(HfQuantizer):
         return model
 
     def is_serializable(self, **kwargs) -> bool:
-        return True  # as compressed-tensors, for the schemes that format expresses
+        return True  # as compressed-tensors, for the schemes that format expresses; else qcompiler's own
 
     def get_state_dict_and_metadata(self, model):
-        """``save_pretrained`` writes compressed-tensors (through the compressed-tensors library):
-        the config's ``quantization_config`` becomes the compressed-tensors one, so plain
+        """``save_pretrained`` of a loaded qcompiler directory writes qcompiler's format again
+        (:func:`~qcompiler.integrations.saved_dir_loading.saved_state`); of a model quantized while
+        loading, compressed-tensors (through the compressed-tensors library): the config's
+        ``quantization_config`` becomes the compressed-tensors one, so plain
         ``from_pretrained(saved_dir)`` loads it. Schemes it cannot express fail here, naming the layer."""
+        if self.pre_quantized:
+            from qcompiler.integrations.saved_dir_loading import saved_state
+            return saved_state(model)
         from qcompiler.formats.compressed_tensors_writer import compressed_config, compressed_model
         fresh, compressor = compressed_model(model)
         self.quantization_config.saved_as = compressed_config(compressor)
