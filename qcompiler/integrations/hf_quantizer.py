@@ -85,6 +85,14 @@ class QCompilerHfQuantizer(HfQuantizer):
         super().__init__(quantization_config, **kwargs)
         self._saved = None      # SavedDirLoad of a pre-quantized directory
         self._renamings: list = []
+        self._streamed = None   # StreamedLoad: the checkpoint quantized while streamed
+        self._device_map = None
+
+    def update_device_map(self, device_map):
+        if self.pre_quantized:
+            return device_map  # transformers places the saved tensors itself
+        self._device_map = device_map
+        return None  # qcompiler's streaming loader places (and dispatches) the blocks; transformers must not again
 
     def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
         return False  # the float weights load as they are; quantization runs after loading
@@ -98,6 +106,10 @@ class QCompilerHfQuantizer(HfQuantizer):
                                        "from_pretrained found none", hint="qcompiler.load(dir)")
             self._saved = prepare_skeleton(model, list(checkpoint_files))
             self._renamings = weight_renamings()
+        elif checkpoint_files:
+            from qcompiler.integrations.streaming_quantize import loader_placement, stream_into
+            self._streamed = stream_into(model, list(checkpoint_files), self.quantization_config,
+                                         loader_placement(self._device_map))
         return model
 
     def get_weight_conversions(self):
@@ -107,7 +119,10 @@ class QCompilerHfQuantizer(HfQuantizer):
         if self.pre_quantized:
             from qcompiler.integrations.saved_dir_loading import finish_loading
             return finish_loading(model, self._saved, self._renamings)
-        import qcompiler
+        if self._streamed is not None:
+            from qcompiler.integrations.streaming_quantize import finish_streaming
+            return finish_streaming(model, self._streamed)
+        import qcompiler  # a state_dict passed to from_pretrained: no files to stream, compile what loaded
         cfg: QCompilerConfig = self.quantization_config
         vocab = int(getattr(model.config, "vocab_size", 16))
         device = next(model.parameters()).device
@@ -131,8 +146,20 @@ class QCompilerHfQuantizer(HfQuantizer):
         if self.pre_quantized:
             from qcompiler.integrations.saved_dir_loading import saved_state
             return saved_state(model)
+        from qcompiler.formats import ExportFormatError
         from qcompiler.formats.compressed_tensors_writer import compressed_config, compressed_model
-        fresh, compressor = compressed_model(model)
+        try:
+            fresh, compressor = compressed_model(model)
+        except ExportFormatError as e:  # e.g. int8-outlier: no peer format, so qcompiler's own
+            from transformers.utils import logging
+            from qcompiler.integrations.saved_dir_loading import saved_state
+            from qcompiler.serialize.hf_config import hf_config_of
+            logging.get_logger(__name__).warning(
+                f"save_pretrained: {e.message}; writing qcompiler's own format instead (plain from_pretrained "
+                f"loads it where qcompiler is imported; vLLM does not)")
+            qm = model.__dict__["_qcompiler_model"]
+            self.quantization_config.saved_as = hf_config_of(qm, qm.record)["quantization_config"]
+            return saved_state(model)
         self.quantization_config.saved_as = compressed_config(compressor)
         return fresh.state_dict(), {}
 

@@ -45,16 +45,22 @@ def test_from_pretrained_quantizes_while_loading(saved_llama, tmp_path):
                                    rtol=1e-4, atol=1e-4)
 
 
-def test_int8_outlier_loads_but_does_not_save(saved_llama, tmp_path):
+def test_int8_outlier_saves_in_qcompilers_format(saved_llama, tmp_path):
+    """int8-outlier has no compressed-tensors form: save_pretrained writes qcompiler's own, which
+    plain from_pretrained loads back (tests/integrations/test_saved_dir_in_transformers.py)."""
     from transformers import AutoModelForCausalLM
-    from qcompiler.formats import ExportFormatError
     d, _ = saved_llama
     model = AutoModelForCausalLM.from_pretrained(d, quantization_config=QCompilerConfig("int8-outlier"),
                                                  device_map="cpu")
     ids = torch.randint(3, 256, (1, 6), generator=torch.Generator().manual_seed(1))
-    assert model.generate(ids, max_new_tokens=4, do_sample=False).shape == (1, 10)
-    with pytest.raises(ExportFormatError, match="no compressed-tensors or vLLM equivalent"):
-        model.save_pretrained(tmp_path / "x")
+    gen = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert gen.shape == (1, 10)
+    model.save_pretrained(tmp_path / "x")
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "x")
+    assert back.config.quantization_config.quant_method == "qcompiler"
+    with torch.no_grad():
+        assert torch.equal(back(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert torch.equal(back.generate(ids, max_new_tokens=4, do_sample=False), gen)
 
 
 def test_calibrated_scheme_needs_data():
