@@ -3,14 +3,17 @@
 Registered with transformers' public quantizer API (``register_quantization_config`` /
 ``register_quantizer``) when this module is imported: on the first ``qcompiler.QCompilerConfig``, or
 when transformers loads its quantizers (:mod:`qcompiler.integrations.registration`), so
-``import qcompiler`` alone does not pay for importing transformers. The float
-weights load as usual; after loading, the model is compiled with ``qcompiler.compile`` (example
-input: a few token ids, no calibration) and its submodules are replaced, in place, by the
-compiled ones, so ``generate()`` and everything else of the ``PreTrainedModel`` keep working::
+``import qcompiler`` alone does not pay for importing transformers. The checkpoint is streamed
+through :func:`qcompiler.from_pretrained` (block by block: peak memory ~ the quantized model + one
+float block; :mod:`qcompiler.integrations.streaming_quantize`) and the compiled modules become the
+``PreTrainedModel``'s own, so ``generate()`` and everything else keep working::
 
     model = AutoModelForCausalLM.from_pretrained(path, quantization_config=QCompilerConfig("w4-weight-only"))
     model.generate(ids, max_new_tokens=20)
     model.save_pretrained("out")        # compressed-tensors: plain from_pretrained("out") loads it
+
+A directory ``qcompiler.save`` wrote (``quant_method: "qcompiler"``) loads through plain
+``from_pretrained(dir)`` (:mod:`qcompiler.integrations.saved_dir_loading`).
 
 Schemes that need calibration data (``w8a8-smoothquant``, ``gptq-*``, ``awq-w4``, int8-outlier's
 static mode) cannot get it through ``from_pretrained``; pass ``calibration_data=`` to
@@ -107,9 +110,8 @@ class QCompilerHfQuantizer(HfQuantizer):
             self._saved = prepare_skeleton(model, list(checkpoint_files))
             self._renamings = weight_renamings()
         elif checkpoint_files:
-            from qcompiler.integrations.streaming_quantize import loader_placement, stream_into
-            self._streamed = stream_into(model, list(checkpoint_files), self.quantization_config,
-                                         loader_placement(self._device_map))
+            from qcompiler.integrations.streaming_quantize import hide_state
+            self._streamed = hide_state(model, checkpoint_files, self._device_map)
         return model
 
     def get_weight_conversions(self):
@@ -120,8 +122,8 @@ class QCompilerHfQuantizer(HfQuantizer):
             from qcompiler.integrations.saved_dir_loading import finish_loading
             return finish_loading(model, self._saved, self._renamings)
         if self._streamed is not None:
-            from qcompiler.integrations.streaming_quantize import finish_streaming
-            return finish_streaming(model, self._streamed)
+            from qcompiler.integrations.streaming_quantize import stream_into
+            return stream_into(model, self._streamed, self.quantization_config)
         import qcompiler  # a state_dict passed to from_pretrained: no files to stream, compile what loaded
         cfg: QCompilerConfig = self.quantization_config
         vocab = int(getattr(model.config, "vocab_size", 16))

@@ -72,3 +72,17 @@ def test_options_as_keywords_are_checked():
     assert QCompilerConfig("w4-weight-only", group_size=64).options == {"group_size": 64}
     with pytest.raises(qcompiler.ConfigError, match="no option 'groupsize'"):
         QCompilerConfig("w4-weight-only", groupsize=64)
+
+
+@pytest.mark.parametrize("scheme,device_map", [("int8-outlier", {"": "cpu"}), ("w4-weight-only", "auto")])
+def test_from_pretrained_streams_like_qcompiler_from_pretrained(tied_llama_dir, scheme, device_map):
+    """The quantizer runs qcompiler's streaming loader on the checkpoint files (tied embeddings here):
+    the same tensors, so bit-identical logits."""
+    from transformers import AutoModelForCausalLM
+    _, d = tied_llama_dir
+    model = AutoModelForCausalLM.from_pretrained(d, quantization_config=QCompilerConfig(scheme), device_map=device_map)
+    ref = qcompiler.from_pretrained(d, scheme, dtype=torch.float32, progress=False)
+    ids = torch.randint(3, 256, (1, 6), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, ref(input_ids=ids).logits)
+    assert not [n for n, t in model.state_dict().items() if t.device.type == "meta"]
