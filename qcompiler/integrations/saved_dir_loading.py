@@ -211,6 +211,11 @@ def finish_loading(model: nn.Module, plan: SavedDirLoad, renamings: list = ()):
             continue
         t = model.get_parameter_or_buffer(name)
         want = doc["tensors"][key]
+        if t.device.type == "meta" and "disk" in set(map(str, (getattr(model, "hf_device_map", None) or {}).values())):
+            from qcompiler.errors import UnsupportedError
+            raise UnsupportedError(f"'{name}' was offloaded to disk by device_map: from_pretrained of a qcompiler "
+                                   f"directory does not offload to disk",
+                                   hint="qcompiler.load(dir, device_map=..., max_memory=...) offloads block by block")
         if t.device.type == "meta" or str(t.dtype).removeprefix("torch.") != want["dtype"] or list(t.shape) != want["shape"]:
             raise IntegrityError(f"'{name}' (saved as {key!r} in {plan.where[key]}) came in as {t.dtype}"
                                  f"{list(t.shape)} on {t.device}, saved as {want['dtype']}{want['shape']}")

@@ -131,3 +131,12 @@ def test_edited_description_is_refused(int8_outlier_dir, tmp_path):
     (d / "qcompiler.json").write_text(json.dumps(doc))
     with pytest.raises(IntegrityError, match="was not written with this model's description"):
         AutoModelForCausalLM.from_pretrained(d)
+
+
+def test_disk_offload_is_refused_by_name(int8_outlier_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+    from qcompiler.errors import UnsupportedError
+    device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu",
+                  "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    with pytest.raises(UnsupportedError, match=r"'model\.layers\.1\..*' was offloaded to disk"):
+        AutoModelForCausalLM.from_pretrained(int8_outlier_dir, device_map=device_map, offload_folder=tmp_path / "off")
