@@ -3,14 +3,17 @@
 Registered with transformers' public quantizer API (``register_quantization_config`` /
 ``register_quantizer``) when this module is imported: on the first ``qcompiler.QCompilerConfig``, or
 when transformers loads its quantizers (:mod:`qcompiler.integrations.registration`), so
-``import qcompiler`` alone does not pay for importing transformers. The float
-weights load as usual; after loading, the model is compiled with ``qcompiler.compile`` (example
-input: a few token ids, no calibration) and its submodules are replaced, in place, by the
-compiled ones, so ``generate()`` and everything else of the ``PreTrainedModel`` keep working::
+``import qcompiler`` alone does not pay for importing transformers. The checkpoint is streamed
+through :func:`qcompiler.from_pretrained` (block by block: peak memory ~ the quantized model + one
+float block; :mod:`qcompiler.integrations.streaming_quantize`) and the compiled modules become the
+``PreTrainedModel``'s own, so ``generate()`` and everything else keep working::
 
     model = AutoModelForCausalLM.from_pretrained(path, quantization_config=QCompilerConfig("w4-weight-only"))
     model.generate(ids, max_new_tokens=20)
     model.save_pretrained("out")        # compressed-tensors: plain from_pretrained("out") loads it
+
+A directory ``qcompiler.save`` wrote (``quant_method: "qcompiler"``) loads through plain
+``from_pretrained(dir)`` (:mod:`qcompiler.integrations.saved_dir_loading`).
 
 Schemes that need calibration data (``w8a8-smoothquant``, ``gptq-*``, ``awq-w4``, int8-outlier's
 static mode) cannot get it through ``from_pretrained``; pass ``calibration_data=`` to
@@ -75,25 +78,53 @@ class QCompilerConfig(QuantizationConfigMixin):
 
 @register_quantizer(METHOD)
 class QCompilerHfQuantizer(HfQuantizer):
-    """Loads the float weights, then compiles the model with the config's scheme, in place."""
+    """Loads the float weights, then compiles the model with the config's scheme, in place; or, for a
+    directory ``qcompiler.save`` wrote (``pre_quantized``), rebuilds its regions on ``meta`` before
+    transformers reads the shards (:mod:`qcompiler.integrations.saved_dir_loading`)."""
 
     requires_calibration = False
 
     def __init__(self, quantization_config: QCompilerConfig, **kwargs):
         super().__init__(quantization_config, **kwargs)
+        self._saved = None      # SavedDirLoad of a pre-quantized directory
+        self._renamings: list = []
+        self._streamed = None   # StreamedLoad: the checkpoint quantized while streamed
+        self._device_map = None
+
+    def update_device_map(self, device_map):
         if self.pre_quantized:
-            from qcompiler.errors import UnsupportedError
-            raise UnsupportedError("this directory was written by qcompiler.save (config.json: quant_method="
-                                   "'qcompiler'); transformers' from_pretrained cannot build its rewritten graphs",
-                                   hint="load it with qcompiler.load(dir, device=...) (generate() works on the "
-                                        "result), or save with qcompiler.save(qm, dir, format='compressed-tensors') "
-                                        "for plain transformers / vLLM loading")
+            return device_map  # transformers places the saved tensors itself
+        self._device_map = device_map
+        return None  # qcompiler's streaming loader places (and dispatches) the blocks; transformers must not again
 
     def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
         return False  # the float weights load as they are; quantization runs after loading
 
+    def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
+        if self.pre_quantized:
+            from qcompiler.integrations.saved_dir_loading import prepare_skeleton, weight_renamings
+            if not checkpoint_files:
+                from qcompiler.errors import UnsupportedError
+                raise UnsupportedError("a qcompiler model loads from its directory's safetensors shards, and "
+                                       "from_pretrained found none", hint="qcompiler.load(dir)")
+            self._saved = prepare_skeleton(model, list(checkpoint_files))
+            self._renamings = weight_renamings()
+        elif checkpoint_files:
+            from qcompiler.integrations.streaming_quantize import hide_state
+            self._streamed = hide_state(model, checkpoint_files, self._device_map)
+        return model
+
+    def get_weight_conversions(self):
+        return list(self._renamings)  # saved keys -> the rebuilt regions' state names
+
     def _process_model_after_weight_loading(self, model, **kwargs):
-        import qcompiler
+        if self.pre_quantized:
+            from qcompiler.integrations.saved_dir_loading import finish_loading
+            return finish_loading(model, self._saved, self._renamings)
+        if self._streamed is not None:
+            from qcompiler.integrations.streaming_quantize import stream_into
+            return stream_into(model, self._streamed, self.quantization_config)
+        import qcompiler  # a state_dict passed to from_pretrained: no files to stream, compile what loaded
         cfg: QCompilerConfig = self.quantization_config
         vocab = int(getattr(model.config, "vocab_size", 16))
         device = next(model.parameters()).device
@@ -106,14 +137,31 @@ class QCompilerHfQuantizer(HfQuantizer):
         return model
 
     def is_serializable(self, **kwargs) -> bool:
-        return True  # as compressed-tensors, for the schemes that format expresses
+        return True  # as compressed-tensors, for the schemes that format expresses; else qcompiler's own
 
     def get_state_dict_and_metadata(self, model):
-        """``save_pretrained`` writes compressed-tensors (through the compressed-tensors library):
-        the config's ``quantization_config`` becomes the compressed-tensors one, so plain
+        """``save_pretrained`` of a loaded qcompiler directory writes qcompiler's format again
+        (:func:`~qcompiler.integrations.saved_dir_loading.saved_state`); of a model quantized while
+        loading, compressed-tensors (through the compressed-tensors library): the config's
+        ``quantization_config`` becomes the compressed-tensors one, so plain
         ``from_pretrained(saved_dir)`` loads it. Schemes it cannot express fail here, naming the layer."""
+        if self.pre_quantized:
+            from qcompiler.integrations.saved_dir_loading import saved_state
+            return saved_state(model)
+        from qcompiler.formats import ExportFormatError
         from qcompiler.formats.compressed_tensors_writer import compressed_config, compressed_model
-        fresh, compressor = compressed_model(model)
+        try:
+            fresh, compressor = compressed_model(model)
+        except ExportFormatError as e:  # e.g. int8-outlier: no peer format, so qcompiler's own
+            from transformers.utils import logging
+            from qcompiler.integrations.saved_dir_loading import saved_state
+            from qcompiler.serialize.hf_config import hf_config_of
+            logging.get_logger(__name__).warning(
+                f"save_pretrained: {e.message}; writing qcompiler's own format instead (plain from_pretrained "
+                f"loads it where qcompiler is imported; vLLM does not)")
+            qm = model.__dict__["_qcompiler_model"]
+            self.quantization_config.saved_as = hf_config_of(qm, qm.record)["quantization_config"]
+            return saved_state(model)
         self.quantization_config.saved_as = compressed_config(compressor)
         return fresh.state_dict(), {}
 

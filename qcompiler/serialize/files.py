@@ -23,7 +23,7 @@ from qcompiler.serialize.errors import IntegrityError, VersionMismatchError
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "READABLE_VERSIONS", "INDEX_FILE", "weight_files", "WEIGHTS_FILE", "DESCRIPTION_FILE", "DESCRIPTION_SHA", "versions",
            "canonical_sha", "file_sha256", "read_description", "check_versions", "read_weights", "verify_files",
-           "read_tensors"]
+           "read_tensors", "check_weight_files"]
 
 FORMAT = "qcompiler.saved_model"
 FORMAT_VERSION = 2
@@ -109,6 +109,12 @@ def _check_file(p: Path, w: dict[str, Any], verify: bool) -> None:
                              hint="the file was changed after it was written: save the model again")
 
 
+def check_weight_files(root: Path, doc: dict[str, Any], verify: bool = True) -> None:
+    """Every shard the description lists is there, of the size written (and, with ``verify``, its sha256)."""
+    for w in weight_files(doc):
+        _check_file(root / str(w["file"]), w, verify)
+
+
 def read_weights(root: Path, doc: dict[str, Any], *, device: str | torch.device = "cpu",
                  verify: bool = True) -> dict[str, torch.Tensor]:
     """Every tensor of a saved model, read straight onto ``device`` (safetensors memory-maps each
@@ -116,8 +122,7 @@ def read_weights(root: Path, doc: dict[str, Any], *, device: str | torch.device 
     from safetensors import safe_open
 
     files = weight_files(doc)
-    for w in files:
-        _check_file(root / str(w["file"]), w, verify)
+    check_weight_files(root, doc, verify)
     want = canonical_sha(doc)
     tensors: dict[str, torch.Tensor] = {}
     for w in files:

