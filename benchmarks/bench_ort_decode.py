@@ -68,13 +68,8 @@ def _args(argv):
 def _model(a, device, dtype):
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(0)
-    if a.tiny:
-        cfg = LlamaConfig(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=a.blocks,
-                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-    else:
-        cfg = LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=a.blocks,
-                          num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=True,
-                          max_position_embeddings=4096, rope_theta=500000.0)
+    cfg = LlamaConfig(**_model_config(a), tie_word_embeddings=True,
+                      **({} if a.tiny else {"max_position_embeddings": 4096, "rope_theta": 500000.0}))
     with torch.device(device):
         model = LlamaForCausalLM(cfg).to(dtype).eval()
     g = torch.Generator().manual_seed(1)
@@ -263,9 +258,9 @@ def _model_config(a) -> dict:
 
 
 def _report(a, record: dict) -> None:
+    wall = f"; exports {record['export_wall_s']:.0f} s wall, {a.jobs} at a time" if "export_wall_s" in record else ""
     print(f"\n{record['card']}, ONNX Runtime {record['onnxruntime']}; Llama {record['model']}; "
-          f"prompt {a.prompt}, {a.new} new tokens; exports {record.get('export_wall_s', float('nan')):.0f} s "
-          f"wall with {a.jobs} process(es)")
+          f"prompt {a.prompt}, {a.new} new tokens{wall}")
     print(f"{'row':<22}{'export s':>10}{'prefill ms':>12}{'decode tok/s':>14}{'x fp16':>8}{'= torch':>9}"
           f"{'= fp16':>8}{'file MiB':>10}")
     base = record["rows"].get("fp16", {}).get("decode_tok_s")

@@ -261,7 +261,7 @@ def _report(record: dict) -> None:
         for k, v in row.items():
             if "/" in k:
                 print(f"  M={m:>5} {k}: median {v['median']:.3f}, range {v['min']:.3f}-{v['max']:.3f} "
-                      f"(> 1: the second is faster)")
+                      f"(= {k.split('/')[1]}'s speed x {k.split('/')[0]}; < 1: slower)")
     for m, by_row in record["profile"].items():
         keys = sorted({k for e in by_row.values() for k in e["ort"].get("by_op", {})},
                       key=lambda k: -max(e["ort"].get("by_op", {}).get(k, {}).get("us", 0) for e in by_row.values()))
