@@ -52,6 +52,7 @@ def scratch_dir(prefix: str, need_gb: float) -> Path:
 def _args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="CPU EP, a 2-block model (smoke test)")
+    p.add_argument("--cpu", action="store_true", help="the full-size model on the CPU EP (export timing)")
     p.add_argument("--blocks", type=int, help="decoder blocks (default 16 = the 1B model; --tiny 2)")
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--new", type=int, default=128)
@@ -81,8 +82,8 @@ def _model(a, device, dtype):
 
 
 def _setting(a):
-    cuda = not a.tiny
-    device, dtype = ("cuda", torch.float16) if cuda else ("cpu", torch.float32)
+    cuda = not (a.tiny or a.cpu)
+    device, dtype = ("cuda", torch.float16) if cuda else ("cpu", torch.float16 if a.cpu else torch.float32)
     providers = ("CUDAExecutionProvider", "CPUExecutionProvider") if cuda else ("CPUExecutionProvider",)
     return cuda, device, dtype, providers
 
@@ -99,22 +100,29 @@ def export_row(a, row: str, folder: Path) -> dict:
     """Write ``row``'s KV-cache file into ``folder`` and the same model's PyTorch greedy tokens
     next to it (``<stem>.json``)."""
     import qcompiler
+    from export_stages import export_stages
     from qcompiler.backends.onnxruntime.kv_cache import export_float_onnx_with_cache, export_onnx_with_cache
     cuda, device, dtype, _ = _setting(a)
     t = time.perf_counter()
     model = _model(a, device, dtype)
     vocab = model.config.vocab_size
     path = folder / (_stem(row) + ".onnx")
-    info = {"row": row}
-    if row == "fp16":
-        export_float_onnx_with_cache(model, path, check=False)
-        runner = model
-    else:
+    info = {"row": row, "build_s": time.perf_counter() - t}
+    runner = model
+    if row != "fp16":
         calib = [{"input_ids": torch.randint(3, vocab, (1, 64), generator=torch.Generator().manual_seed(s)).to(device)}
                  for s in range(4)]
+        c = time.perf_counter()
         runner = qcompiler.compile(model, row.removeprefix("qc "), calib, progress=False)
-        export_onnx_with_cache(runner, path, target="ort-cuda" if cuda else "ort-cpu", check=False)
+        info["compile_s"] = time.perf_counter() - c
+    with export_stages() as stages:  # the export alone (compile's own capture uses torch.export too)
+        if row == "fp16":
+            export_float_onnx_with_cache(model, path, check=False, external_data=True)
+        else:
+            export_onnx_with_cache(runner, path, target="ort-cuda" if cuda else "ort-cpu", check=False,
+                                   external_data=True)
     info["export_s"] = time.perf_counter() - t
+    info["stages_s"] = dict(stages)
     info["file_mb"] = sum(f.stat().st_size for f in folder.glob(path.name + "*")) / 2**20
     try:  # the same model's greedy tokens in PyTorch: what the ORT tokens must equal
         ids = _prompt_ids(a, vocab).to(device)
@@ -140,6 +148,10 @@ def _time(gen, ids, new: int) -> tuple[float, float, torch.Tensor]:
         out = gen.generate(ids, max_new_tokens=new + 1)
         best = min(best, time.perf_counter() - t)
     return best1 * 1e3, new / max(best - best1, 1e-9), out
+
+
+def _rounded(d: dict) -> dict:
+    return {k: round(v, 1) for k, v in d.items()}
 
 
 def _leading_equal(a: list, b: list) -> int:
@@ -168,7 +180,7 @@ def time_rows(a, rows: list[str], folder: Path, record: dict, out_dir: Path) -> 
             prefill_ms, tok_s, tokens = _time(gen, ids, a.new)
             new = tokens[0, a.prompt:a.prompt + a.new].tolist()
             ref = new if ref is None and row == "fp16" else ref
-            r = {"export_s": info["export_s"], "file_mb": info["file_mb"], "prefill_ms": prefill_ms,
+            r = {"export_s": info["export_s"], "export_stages_s": info.get("stages_s"), "file_mb": info["file_mb"], "prefill_ms": prefill_ms,
                  "decode_tok_s": tok_s, "providers": gen.providers, "tokens": new,
                  "same_as_torch": _leading_equal(new, info["torch_tokens"]) if "torch_tokens" in info else None,
                  "same_as_fp16": _leading_equal(new, ref) if ref is not None else None}
@@ -187,7 +199,8 @@ def _export_in_processes(a, rows: list[str], folder: Path, start: float) -> dict
     """One ``--phase export`` process per row, ``--jobs`` at a time; their logs go to $OUT."""
     out_dir = Path(os.environ.get("OUT") or ".")
     base = [sys.executable, str(Path(__file__).resolve()), "--phase", "export", "--dir", str(folder),
-            "--blocks", str(a.blocks), "--prompt", str(a.prompt), "--new", str(a.new)] + (["--tiny"] if a.tiny else [])
+            "--blocks", str(a.blocks), "--prompt", str(a.prompt), "--new", str(a.new)] + \
+        (["--tiny"] if a.tiny else []) + (["--cpu"] if a.cpu else [])
     pending, running, status = list(rows), {}, {}
     while pending or running:
         while pending and len(running) < max(1, a.jobs):
@@ -215,7 +228,9 @@ def main(argv=None) -> None:
     if a.phase == "export":
         for row in rows:
             info = export_row(a, row, folder)
-            print(f"  {row}: exported in {info['export_s']:.1f} s, {info['file_mb']:.0f} MiB", flush=True)
+            print(f"  {row}: exported in {info['export_s']:.1f} s (model {info['build_s']:.1f} s, compile "
+                  f"{info.get('compile_s', 0):.1f} s; stages {_rounded(info['stages_s'])}), {info['file_mb']:.0f} MiB",
+                  flush=True)
         return
     import onnxruntime as ort
     cuda, device, dtype, _ = _setting(a)

@@ -80,6 +80,7 @@ def dequant_plan(a) -> str:
 def export_row(a, row: str, folder: Path) -> dict:
     import qcompiler
     from bench_onnxruntime import _ids, _model
+    from export_stages import export_stages
     from ort_buckets import register_plan_targets
     from qcompiler.backends.onnxruntime import export_float_onnx
     cuda = not a.small
@@ -89,19 +90,24 @@ def export_row(a, row: str, folder: Path) -> dict:
     example = {"input_ids": _ids(16, device)}
     path = folder / f"{row}.onnx"
     info = {"row": row}
-    if row == "fp16":
-        export_float_onnx(model, example, path, check=False)
-    elif row == "plan":
-        target = next(iter(register_plan_targets({16: (dequant_plan(a), False)})))
+    if row not in ("fp16", "plan"):
+        raise SystemExit(f"unknown row {row!r}: fp16 or plan")
+    if row == "plan":
         calib = [{"input_ids": _ids(64, device, seed=s)} for s in range(4)]
         qm = qcompiler.compile(model, "int8-outlier", calib, progress=False)
-        out = qcompiler.export_onnx(qm, example, path, target=target, check=False)
-        info.update(plan=dequant_plan(a), lowering=sorted(set(out.lowering.values())))
-    else:
-        raise SystemExit(f"unknown row {row!r}: fp16 or plan")
+        info["compile_s"] = time.perf_counter() - t
+    with export_stages() as stages:  # the export alone (compile's own capture uses torch.export too)
+        if row == "fp16":
+            export_float_onnx(model, example, path, check=False, external_data=True)
+        else:
+            target = next(iter(register_plan_targets({16: (dequant_plan(a), False)})))
+            out = qcompiler.export_onnx(qm, example, path, target=target, check=False, external_data=True)
+            info.update(plan=dequant_plan(a), lowering=sorted(set(out.lowering.values())))
     info["export_s"] = time.perf_counter() - t
+    info["stages_s"] = dict(stages)
     (folder / f"{row}.json").write_text(json.dumps(info))
-    print(f"  {row}: exported in {info['export_s']:.1f} s", flush=True)
+    print(f"  {row}: exported in {info['export_s']:.1f} s; stages "
+          f"{ {k: round(v, 1) for k, v in info['stages_s'].items()} }", flush=True)
     return info
 
 
