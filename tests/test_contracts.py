@@ -71,7 +71,7 @@ def test_issue_pipeline_is_refused_before_any_work(tail):
     ("canonicalize-linear,annotate-linears{act=none},annotate-weight-format,smooth,quantize-weights", True,
      "needs activation statistics"),
     ("canonicalize-linear,annotate-linears,quantize-weights,lower-triton,decompose-matmul", True,
-     "pass 4 'lower-triton{fallback=false}' needs linears decomposed into quantized ops"),
+     "pass 4 'lower-triton{fallback=false,act_quant=auto}' needs linears decomposed into quantized ops"),
     ("quantize-weights", True, "needs linears annotated, and it is the first pass"),
     ("canonicalize-linear,annotate-linears,quantize-weights,decompose-matmul,calibrate", True,
      "'calibrate{max_batches=0,max_samples=256,progress=true}' must run before linears decomposed"),

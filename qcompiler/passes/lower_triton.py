@@ -10,7 +10,9 @@ After::
     %y  = qcompiler_triton.int8_outlier_linear(%x, %qweight, %wscale, %oidx, %omask, %wout, %b)
 
 ``int8_outlier_linear`` picks its kernels at run time from the number of rows: weight-only int8
-(X stays 16-bit) for M <= 16, else one-pass quantization + the fused int8 GEMM. The dynamic form
+(X stays 16-bit) for M <= 16, else the int8 GEMM, with X quantized by a separate one-pass kernel
+or inside the GEMM: option ``act_quant=auto|separate|fused`` (``auto``, the default, picks by
+shape; the others append ``act_quant`` 1 / 2 to the op, see ``backends/triton/act_quant.py``). The dynamic form
 becomes ``int8_dynamic_outlier_linear(%x, %qweight, %wscale, threshold, %b)``. Matmuls in any
 other shape (per-tensor X, shared quantization with a different consumer) map op for op onto
 ``qcompiler_triton.int8_linear`` / ``quantize_rowwise``; ``quantize_tensorwise`` stays in torch.
@@ -71,6 +73,12 @@ def _dtype(node) -> torch.dtype | None:
 @dataclass(frozen=True)
 class LowerTriton(GraphPass):
     fallback: bool = False
+    # Where the int8 linears quantize X (backends/triton/act_quant.py): auto | separate | fused.
+    act_quant: str = "auto"
+
+    def __post_init__(self):
+        from qcompiler.backends.triton.act_quant import parse_act_quant  # late: imports triton
+        parse_act_quant(self.act_quant)
 
     def contract(self) -> Contract:
         return Contract(requires={DECOMPOSED}, ensures={LOWERED}, invalidates={CALIBRATED})
@@ -80,7 +88,8 @@ class LowerTriton(GraphPass):
 
         ops = torch.ops.qcompiler_triton
         rules = {r.target: r for r in RULES}
-        state: dict = {"masks": {}}
+        from qcompiler.backends.triton.act_quant import parse_act_quant
+        state: dict = {"masks": {}, "act_quant": int(parse_act_quant(self.act_quant))}
         modified = False
         for node in list(gm.graph.nodes):
             rule = rules.get(node.target) if node.op == "call_function" else None
@@ -146,8 +155,9 @@ class LowerTriton(GraphPass):
                 name = masks[qa.outlier_idx.target] = add_buffer(gm, "_qc_triton_outlier_mask", m)
             mask = gm.graph.get_attr(name)
         new = gm.graph.call_function(ops.int8_outlier_linear.default,
-                                     (qa.x, wq, a.w_scale, qa.outlier_idx, mask, a.w_outliers, a.bias))
-        return new, "int8_outlier_linear (weight-only int8 for M<=16)"
+                                     (qa.x, wq, a.w_scale, qa.outlier_idx, mask, a.w_outliers, a.bias)
+                                     + _act_quant_arg(state))
+        return new, "int8_outlier_linear (weight-only int8 for M<=16" + _act_quant_note(state) + ")"
 
     @staticmethod
     def _dynamic(gm, node, ops, state):
@@ -157,8 +167,9 @@ class LowerTriton(GraphPass):
                 and q.target is _REF.quantize_rowwise_dynamic.default and QuantizeRowwiseDynamicArgs.of(q).x is a.x
                 and _item(a.xq, q, 0) and _item(a.x_scale, q, 1) and _item(a.outlier_mask, q, 2)):
             new = gm.graph.call_function(ops.int8_dynamic_outlier_linear.default,
-                                         (a.x, a.wq, a.w_scale, float(QuantizeRowwiseDynamicArgs.of(q).threshold), a.bias))
-            return new, "int8_dynamic_outlier_linear (weight-only int8 for M<=16)"
+                                         (a.x, a.wq, a.w_scale, float(QuantizeRowwiseDynamicArgs.of(q).threshold), a.bias)
+                                         + _act_quant_arg(state))
+            return new, "int8_dynamic_outlier_linear (weight-only int8 for M<=16" + _act_quant_note(state) + ")"
         return (gm.graph.call_function(ops.int8_linear_dynamic_outlier.default, node.args),
                 "int8_linear_dynamic_outlier")
 
@@ -186,6 +197,15 @@ class LowerTriton(GraphPass):
             if node.target in quant or node.target is _REF.dequantize_blockwise_int8.default or (node.target is operator.getitem and isinstance(node.args[0], fx.Node)
                                         and node.args[0].target in quant):
                 gm.graph.erase_node(node)
+
+
+def _act_quant_arg(state: dict) -> tuple:
+    """The whole-linear ops' trailing ``act_quant`` argument, left out when it is the default."""
+    return (state["act_quant"],) if state["act_quant"] else ()
+
+
+def _act_quant_note(state: dict) -> str:
+    return {1: "; X quantized by a separate kernel", 2: "; X quantized inside the GEMM"}.get(state["act_quant"], "")
 
 
 def _consumers(node: fx.Node) -> list[fx.Node]:

@@ -3,7 +3,8 @@
 One launch computes ``y = (xq @ wq.T) * (x_scale ⊗ w_scale) / 127² + x_out @ w_out.T + bias``:
 the int32 accumulator lives in registers only, is turned into float32 with the row ⊗ column
 scales, and then serves as the accumulator of a small 16-bit ``tl.dot`` loop over the outlier
-columns (padded to ``BLOCK_O = 16``), so the decomposition costs no second pass over Y.
+columns (padded to ``BLOCK_O = 16``), so the decomposition costs no second pass over Y. The
+epilogue is :func:`.int8_epilogue.int8_epilogue`, shared with the fused-quantization GEMM.
 
 The same kernel serves the dynamic-outlier op (``OUTLIERS == 2``): there the outlier columns are
 gathered from the fp16/bf16 X and from the int8 W (dequantized in registers) through an index
@@ -21,11 +22,14 @@ from torch import Tensor
 
 from qcompiler.backends.triton._config import (TunedLauncher, interpreting, make_config,
                                                pick_configs)
+from qcompiler.backends.triton.int8_epilogue import (OUTLIERS_DENSE, OUTLIERS_GATHER, OUTLIERS_NONE,
+                                                     int8_epilogue)
+# The weight-only kernels import the 16-bit dot from here.
+from qcompiler.backends.triton.int8_epilogue import outlier_dot as _outlier_dot  # noqa: F401
 
 __all__ = ["int8_linear", "launch_int8_linear", "OUTLIERS_NONE", "OUTLIERS_DENSE",
            "OUTLIERS_GATHER"]
 
-OUTLIERS_NONE, OUTLIERS_DENSE, OUTLIERS_GATHER = 0, 1, 2
 
 
 def _int8_linear_configs() -> list[triton.Config]:
@@ -42,16 +46,6 @@ def _int8_linear_configs() -> list[triton.Config]:
 def _m_bucket(m: int) -> int:
     # Autotune once per power-of-two M bucket rather than once per distinct M.
     return triton.next_power_of_2(max(m, 1))
-
-
-@triton.jit
-def _outlier_dot(xo, wo, acc, DOT_F32: tl.constexpr):
-    """16-bit ``xo @ wo`` into the float32 ``acc``. The CPU interpreter's ``tl.dot`` multiplies
-    bf16 bit patterns as integers, so there both sides go up to float32 first (exact for 16-bit
-    values; the same products and float32 sums as the tensor cores)."""
-    if DOT_F32:
-        return tl.dot(xo.to(tl.float32), wo.to(tl.float32), acc, input_precision="ieee")
-    return tl.dot(xo, wo, acc)
 
 
 @triton.autotune(configs=_int8_linear_configs(), key=["M_BUCKET", "N", "K", "OUTLIERS"])
@@ -100,36 +94,9 @@ def _int8_linear_kernel(
         b_ptrs += BLOCK_K * stride_wqk
 
     xs = tl.load(xs_ptr + rm * stride_xsm)
-    ws = tl.load(ws_ptr + rn * stride_wsn)
-    # Same multiplication order as the reference: acc * (xs ⊗ ws) * (1/127²).
-    out = acc.to(tl.float32) * (xs[:, None] * ws[None, :]) * (1.0 / (127.0 * 127.0))
-
-    if OUTLIERS == 1:
-        # Dense fp16/bf16 outlier operands: x_out [M, n], w_out [N, n].
-        for o0 in range(0, n_out, BLOCK_O):
-            offs_o = o0 + tl.arange(0, BLOCK_O)
-            o_ok = offs_o < n_out
-            xo = tl.load(xo_ptr + rm[:, None] * stride_xom + offs_o[None, :] * stride_xok,
-                         mask=o_ok[None, :], other=0.0)
-            wo = tl.load(wo_ptr + rn[None, :] * stride_won + offs_o[:, None] * stride_wok,
-                         mask=o_ok[:, None], other=0.0)
-            out = _outlier_dot(xo, wo.to(xo.dtype), out, DOT_F32)
-    if OUTLIERS == 2:
-        # Gathered: columns idx[:cnt] of X (16-bit) and of int8 W, dequantized like the reference.
-        cnt = tl.load(cnt_ptr)
-        w_deq = ws / 127.0
-        for o0 in range(0, cnt, BLOCK_O):
-            offs_o = o0 + tl.arange(0, BLOCK_O)
-            o_ok = offs_o < cnt
-            col = tl.load(idx_ptr + offs_o, mask=o_ok, other=0).to(tl.int64)
-            xo = tl.load(xo_ptr + rm[:, None] * stride_xom + col[None, :] * stride_xok,
-                         mask=o_ok[None, :], other=0.0)
-            wc = tl.load(wq_ptr + rn[None, :] * stride_wqn + col[:, None] * stride_wqk,
-                         mask=o_ok[:, None], other=0)
-            wo = (wc.to(tl.float32) * w_deq[None, :]).to(xo.dtype)
-            out = _outlier_dot(xo, wo, out, DOT_F32)
-    if HAS_BIAS:
-        out += tl.load(b_ptr + rn).to(tl.float32)[None, :]
+    out = int8_epilogue(acc, rm, rn, xs, ws_ptr, xo_ptr, wo_ptr, idx_ptr, cnt_ptr, b_ptr, wq_ptr, n_out,
+                        stride_xom, stride_xok, stride_won, stride_wok, stride_wqn, stride_wqk,
+                        stride_wsn, OUTLIERS, HAS_BIAS, BLOCK_O, DOT_F32)
 
     y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n.to(tl.int64)[None, :] * stride_yn
     tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty),

@@ -107,15 +107,16 @@ def weight_only_int8_linear(x: Tensor, wq: Tensor, w_scale: Tensor, outlier_idx:
 
 def int8_outlier_linear(x: Tensor, wq: Tensor, w_scale: Tensor, outlier_idx: Tensor,
                         outlier_mask: Optional[Tensor], w_outliers: Optional[Tensor],
-                        bias: Optional[Tensor]) -> Tensor:
-    """Static int8-outlier linear from the 16-bit X, dispatched on M (see ``outlier_linear``)."""
-    return _int8_outlier_linear(x, wq, w_scale, outlier_idx, outlier_mask, w_outliers, bias)
+                        bias: Optional[Tensor], act_quant: int = 0) -> Tensor:
+    """Static int8-outlier linear from the 16-bit X, dispatched on M (see ``outlier_linear``);
+    ``act_quant``: :class:`.act_quant.ActQuant` (0 auto, 1 separate quantize kernel, 2 fused)."""
+    return _int8_outlier_linear(x, wq, w_scale, outlier_idx, outlier_mask, w_outliers, bias, act_quant)
 
 
 def int8_dynamic_outlier_linear(x: Tensor, wq: Tensor, w_scale: Tensor, threshold: float,
-                                bias: Optional[Tensor]) -> Tensor:
-    """Dynamic int8-outlier linear from the 16-bit X, dispatched on M."""
-    return _int8_dynamic_outlier_linear(x, wq, w_scale, threshold, bias)
+                                bias: Optional[Tensor], act_quant: int = 0) -> Tensor:
+    """Dynamic int8-outlier linear from the 16-bit X, dispatched on M; ``act_quant`` as above."""
+    return _int8_dynamic_outlier_linear(x, wq, w_scale, threshold, bias, act_quant)
 
 
 def weight_only_uint_linear(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tensor],
@@ -149,12 +150,13 @@ _define("weight_only_int8_linear(Tensor x, Tensor wq, Tensor w_scale, Tensor? ou
         "Tensor? w_outliers, Tensor? bias) -> Tensor", weight_only_int8_linear,
         lambda x, wq, w_scale, outlier_idx, w_outliers, bias: _linear_out(x, wq, x.dtype))
 _define("int8_outlier_linear(Tensor x, Tensor wq, Tensor w_scale, Tensor outlier_idx, "
-        "Tensor? outlier_mask, Tensor? w_outliers, Tensor? bias) -> Tensor", int8_outlier_linear,
-        lambda x, wq, w_scale, outlier_idx, outlier_mask, w_outliers, bias:
+        "Tensor? outlier_mask, Tensor? w_outliers, Tensor? bias, int act_quant=0) -> Tensor",
+        int8_outlier_linear,
+        lambda x, wq, w_scale, outlier_idx, outlier_mask, w_outliers, bias, act_quant=0:
         _linear_out(x, wq, x.dtype))
 _define("int8_dynamic_outlier_linear(Tensor x, Tensor wq, Tensor w_scale, float threshold, "
-        "Tensor? bias) -> Tensor", int8_dynamic_outlier_linear,
-        lambda x, wq, w_scale, threshold, bias: _linear_out(x, wq, x.dtype))
+        "Tensor? bias, int act_quant=0) -> Tensor", int8_dynamic_outlier_linear,
+        lambda x, wq, w_scale, threshold, bias, act_quant=0: _linear_out(x, wq, x.dtype))
 _define("weight_only_nf4_linear(Tensor x, Tensor qweight, Tensor absmax, Tensor? absmax_scale, "
         "Tensor? absmax_offset, Tensor? bias, int block_size, int absmax_block, Tensor? levels=None, "
         "Tensor? levels_half=None) -> Tensor",
