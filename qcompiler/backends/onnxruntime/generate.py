@@ -13,34 +13,60 @@ eos when there is none), and the loop stops when every sequence has finished.
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from qcompiler.backends.onnxruntime.kv_cache import CachedLMExport
+from qcompiler.backends.onnxruntime.kv_cache import CacheLayout, CachedLMExport
 from qcompiler.errors import ConfigError, UnsupportedError
 
-__all__ = ["OrtGenerator", "generate_kwargs"]
+__all__ = ["OrtGenerator", "generate_kwargs", "layout_of_session"]
 
 _NP_DTYPE = {torch.float32: np.float32, torch.float16: np.float16}
+_ORT_TYPE = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16}
+_PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)$")
 # generate() arguments the greedy loop honours as transformers does (others are refused)
 _ACCEPTED = {"attention_mask", "max_new_tokens", "max_length", "eos_token_id", "pad_token_id", "do_sample",
              "num_beams", "use_cache", "generation_config"}
 
 
-class OrtGenerator:
-    """Greedy decoding of ``exported`` in an ONNX Runtime session on ``providers``."""
+def layout_of_session(session, path) -> CacheLayout:
+    """The :class:`CacheLayout` of a KV-cache file, read from its session's inputs (a file written
+    by ``export_onnx_with_cache`` in another process, or by anyone using the same layout)."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    past = sorted((int(m.group(1)), m.group(2)) for m in map(_PAST.match, inputs) if m)
+    layers = len(past) // 2
+    first = inputs.get("past_key_values.0.key")
+    if "input_ids" not in inputs or "attention_mask" not in inputs or first is None or \
+            past != [(i, kv) for i in range(layers) for kv in ("key", "value")]:
+        raise ConfigError(f"{path} is not a KV-cache export: its inputs are {list(inputs)}",
+                          hint="write it with qcompiler.backends.onnxruntime.kv_cache.export_onnx_with_cache")
+    shape = list(first.shape)
+    if len(shape) != 4 or not all(isinstance(d, int) for d in (shape[1], shape[3])) or first.type not in _ORT_TYPE:
+        raise UnsupportedError(f"{path}: past_key_values.0.key is {first.type} {shape}; the generator takes "
+                               "float32/float16 [batch, kv_heads, past, head_dim] with fixed heads and head_dim")
+    return CacheLayout(layers, shape[1], shape[3], _ORT_TYPE[first.type], cache_arg="",
+                       position_ids="position_ids" in inputs)
 
-    def __init__(self, exported: CachedLMExport, providers: Sequence[str] = ("CPUExecutionProvider",),
+
+class OrtGenerator:
+    """Greedy decoding of ``exported`` in an ONNX Runtime session on ``providers``. ``exported``
+    is what ``export_onnx_with_cache`` returned, or the path of such a file (the layout is then
+    read from the file's inputs)."""
+
+    def __init__(self, exported: CachedLMExport | str | os.PathLike, providers: Sequence[str] = ("CPUExecutionProvider",),
                  session_options=None):
         from qcompiler.backends.onnxruntime.session import open_session
-        if exported.layout.dtype not in _NP_DTYPE:
-            raise UnsupportedError(f"KV-cache dtype {exported.layout.dtype} has no ONNX Runtime binding here",
+        path = exported.path if isinstance(exported, CachedLMExport) else exported
+        self.session = open_session(path, providers, session_options)
+        self.layout = exported.layout if isinstance(exported, CachedLMExport) else layout_of_session(self.session, path)
+        if self.layout.dtype not in _NP_DTYPE:
+            raise UnsupportedError(f"KV-cache dtype {self.layout.dtype} has no ONNX Runtime binding here",
                                    hint="export a float32 or float16 model")
-        self.exported = exported
-        self.layout = exported.layout
-        self.session = open_session(exported.path, providers, session_options)
+        self.exported = exported if isinstance(exported, CachedLMExport) else None
         self.providers = self.session.get_providers()
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
 
@@ -84,6 +110,7 @@ class OrtGenerator:
         ids = input_ids.detach().cpu().numpy().astype(np.int64)
         mask = (attention_mask.detach().cpu().numpy().astype(np.int64) if attention_mask is not None
                 else np.ones_like(ids))
+        _check_padding(ids, mask)
         eos = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
         pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
         batch = ids.shape[0]
@@ -104,6 +131,18 @@ class OrtGenerator:
             pos = pos[:, -1:] + 1
             mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
         return torch.from_numpy(np.concatenate(out, axis=1)).to(input_ids.device)
+
+
+def _check_padding(ids: np.ndarray, mask: np.ndarray) -> None:
+    """Batches are left-padded (as transformers wants for decoder LMs): each row's new token goes
+    right after its last real one, so a row whose mask ends in 0 would continue after its padding."""
+    if mask.shape != ids.shape:
+        raise ConfigError(f"attention_mask has shape {list(mask.shape)}, input_ids {list(ids.shape)}: they must match")
+    right = np.flatnonzero(mask[:, -1] == 0)
+    if right.size:
+        raise UnsupportedError(f"prompt row(s) {right.tolist()} are right-padded (attention_mask ends in 0); "
+                               "ONNX Runtime generation takes left-padded batches",
+                               hint="tokenize with tokenizer.padding_side = 'left'")
 
 
 def generate_kwargs(eager, input_ids: torch.Tensor, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -61,6 +61,32 @@ class OrtModule(nn.Module):
             raise UnsupportedError(f"the ONNX file's inputs {self._onnx_inputs} are not the exported "
                                    f"{exported.input_names}", hint="export the model again")
 
+    def _apply(self, fn, recurse=True):
+        """``.half()`` / ``.to(dtype)`` / ``.float()``: the ONNX file's dtype is fixed at export, so a
+        cast to another float dtype raises (before anything changes); device moves change nothing
+        (the session's execution provider holds the weights; inputs go where it runs)."""
+        have = self._float_dtype()
+        if have is not None:
+            want = fn(torch.empty(0, dtype=have)).dtype
+            if want != have:
+                raise UnsupportedError(
+                    f"cannot cast a model running in ONNX Runtime from {str(have).removeprefix('torch.')} to "
+                    f"{str(want).removeprefix('torch.')}: {self.exported.path} was exported in "
+                    f"{str(have).removeprefix('torch.')}",
+                    hint=f"cast the float model first, then compile it (model.to({want}); qcompiler.compile(model, "
+                         "..., backend='onnxruntime')), or export the eager program again with "
+                         "qcompiler.export_onnx")
+        return self
+
+    def _float_dtype(self) -> torch.dtype | None:
+        """The float dtype of the file's float inputs, else of its first float output."""
+        types = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(bfloat16)": torch.bfloat16,
+                 "tensor(double)": torch.float64}
+        for value in list(self.session.get_inputs()) + list(self.session.get_outputs()):
+            if value.type in types:
+                return types[value.type]
+        return None
+
     @property
     def on_cuda(self) -> bool:
         return self.providers[0] == "CUDAExecutionProvider"

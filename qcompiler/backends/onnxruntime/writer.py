@@ -250,6 +250,25 @@ def _optimize(model) -> None:
                                              output_size_limit=2**62, should_fold=_should_fold),
                            common.IdentityEliminationPass(), common.RemoveUnusedNodesPass(),
                            common.RemoveUnusedOpsetsPass()], steps=2, early_stop=True)(model)
+    _contiguous_initializers(model)
+
+
+def _contiguous_initializers(model) -> None:
+    """Folded ``Transpose``s leave weights as strided numpy views, which the writer copies element
+    by element (numpy ``tofile``; ~10x slower than a contiguous write): store each contiguous."""
+    from onnxscript import ir
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        raw = getattr(tensor, "raw", None)
+        if isinstance(tensor, ir.Tensor) and isinstance(raw, np.ndarray) and not raw.flags["C_CONTIGUOUS"]:
+            value.const_value = ir.Tensor(_contiguous(raw), dtype=tensor.dtype, name=tensor.name)
+
+
+def _contiguous(a: np.ndarray) -> np.ndarray:
+    try:  # torch copies a transposed view ~9x faster than numpy (blocked, threaded)
+        return torch.from_numpy(a).contiguous().numpy()
+    except TypeError:  # dtypes torch has no numpy bridge for (ml_dtypes' bfloat16, int4, ...)
+        return np.ascontiguousarray(a)
 
 
 @contextlib.contextmanager

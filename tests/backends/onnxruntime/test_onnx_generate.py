@@ -134,3 +134,47 @@ def test_float_model_with_cache(tmp_path):
         want = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False)
     got = OrtGenerator(out).generate(ids, mask, max_new_tokens=NEW, eos_token_id=model.generation_config.eos_token_id)
     assert torch.equal(got, want)
+
+
+def test_generator_from_file_path(llama_int8):
+    """A KV-cache file opened by path (another process wrote it): the layout comes from the file's
+    inputs and the tokens are the same as through the export object."""
+    qm, out = llama_int8
+    gen = OrtGenerator(str(out.path))
+    assert gen.layout.past_names == out.layout.past_names and gen.layout.dtype == out.layout.dtype
+    assert (gen.layout.num_kv_heads, gen.layout.head_dim, gen.layout.position_ids) == (2, 16, True)
+    ids, mask = _prompt(4)
+    eos, pad = qm.generation_config.eos_token_id, qm.generation_config.pad_token_id
+    assert torch.equal(gen.generate(ids, mask, max_new_tokens=8, eos_token_id=eos, pad_token_id=pad),
+                       OrtGenerator(out).generate(ids, mask, max_new_tokens=8, eos_token_id=eos, pad_token_id=pad))
+
+
+def test_not_a_kv_cache_file_is_a_clear_error(compile_mlp, tmp_path):
+    from qcompiler.errors import ConfigError
+    qm = compile_mlp("int8-outlier")
+    exported = qcompiler.export_onnx(qm, torch.randn(2, 8, 24), tmp_path / "mlp.onnx", target="ort-cpu", check=False)
+    with pytest.raises(ConfigError, match=r"mlp\.onnx is not a KV-cache export: its inputs are \['x'\]"):
+        OrtGenerator(exported.path)
+
+
+def test_batch_padding(llama_int8):
+    """Left-padded batches of 3 prompts of different lengths give each row the tokens it gets alone
+    (and eager's); a right-padded batch is refused with a clear error, not continued after its padding."""
+    qm, out = llama_int8
+    gen = OrtGenerator(out)
+    eos, pad = qm.generation_config.eos_token_id, qm.generation_config.pad_token_id
+    g = torch.Generator().manual_seed(5)
+    lengths = (9, 4, 6)
+    ids = torch.full((3, 9), 2)
+    mask = torch.zeros(3, 9, dtype=torch.long)
+    rows = [torch.randint(3, 256, (n,), generator=g) for n in lengths]
+    for i, r in enumerate(rows):
+        ids[i, 9 - len(r):], mask[i, 9 - len(r):] = r, 1
+    got = gen.generate(ids, mask, max_new_tokens=6, eos_token_id=eos, pad_token_id=pad)
+    assert torch.equal(got, _eager_generate(qm, ids, mask, 6))
+    for i, r in enumerate(rows):
+        alone = gen.generate(r[None], max_new_tokens=6, eos_token_id=eos, pad_token_id=pad)
+        assert torch.equal(got[i, 9:], alone[0, len(r):]), i
+    right = torch.stack([torch.cat([r, torch.full((9 - len(r),), 2)]) for r in rows])
+    with pytest.raises(UnsupportedError, match=r"row\(s\) \[1, 2\] are right-padded(.|\n)*padding_side = 'left'"):
+        gen.generate(right, (right != 2).long(), max_new_tokens=2)
