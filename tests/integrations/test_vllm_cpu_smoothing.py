@@ -1,7 +1,7 @@
 """vLLM CPU serving qcompiler's compressed-tensors exports of the smoothing schemes:
 w8a8-smoothquant and awq-w4 with its scale search (smooth="foldable": the scales fold into the
 RMSNorms, so the export is plain int-quantized / pack-quantized). Same harness as
-test_vllm_cpu.py (``QC_RUN_VLLM=1``; skips with the reason otherwise)."""
+test_vllm_cpu.py (runs by default; ``QC_SKIP_VLLM=1`` skips, and a failed install skips with the reason)."""
 
 import torch
 
