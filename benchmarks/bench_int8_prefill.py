@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from timing import JsonResults, run_meta  # noqa: E402 - sibling module
+from timing import JsonResults, graph_replay_us, run_meta  # noqa: E402 - sibling module
 
 __all__ = ["main"]
 
@@ -64,20 +64,7 @@ def graph_us(calls, reps: int = 5) -> float:
             f()
             times.append((time.perf_counter() - t) * 1e6)
         return statistics.median(times)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for f in calls:
-            f()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1e3 / (reps * len(calls))
+    return graph_replay_us(calls, reps)
 
 
 def _problem(m, n, k, n_out, dev, seed=0):

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from timing import graph_replay_us  # noqa: E402 - sibling module
 
 SHAPES = {"qo": (4096, 4096), "kv": (1024, 4096), "gate/up": (14336, 4096), "down": (4096, 14336)}  # N, K
 COPIES = 8
@@ -63,22 +64,7 @@ def make(method: str, n: int, k: int, dev: str):
 
 
 def graph_time_us(fns, x, reps: int = 20) -> float:
-    for f in fns:  # warm-up: autotunes, compiles
-        f(x)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for f in fns:
-            f(x)
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1e3 / (reps * len(fns))
+    return graph_replay_us([lambda f=f: f(x) for f in fns], reps)
 
 
 def copy_bandwidth() -> float:

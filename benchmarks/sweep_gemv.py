@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from timing import graph_replay_us  # noqa: E402 - sibling module
 
 SHAPES = {"q/o": (4096, 4096), "k/v": (1024, 4096), "gate/up": (14336, 4096), "down": (4096, 14336),
           "1.1B q/o": (2048, 2048), "1.1B k/v": (256, 2048), "1.1B gate/up": (5632, 2048),
@@ -198,22 +199,7 @@ def w_kb(fmt: str, k: int) -> int:
 
 
 def graph_time_us(fn, weights, x, reps: int) -> float:
-    for w in weights:
-        fn(x, w)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for w in weights:
-            fn(x, w)
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1e3 / (reps * len(weights))
+    return graph_replay_us([lambda w=w: fn(x, w) for w in weights], reps)
 
 
 def copy_tb_s() -> float:

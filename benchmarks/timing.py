@@ -96,6 +96,27 @@ def host_us(fn: Callable[[], Any], n: int = 200) -> float | None:
     return t / n * 1e6
 
 
+
+def graph_replay_us(calls: list[Callable[[], Any]], reps: int = 20) -> float:
+    """GPU µs per call: ``calls`` run once (compile, autotune), are captured in order into one CUDA graph
+    and replayed ``reps`` times; no host time is in the figure. CUDA only."""
+    for f in calls:
+        f()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for f in calls:
+            f()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1e3 / (reps * len(calls))
+
 def wall_ms(fn: Callable[[], Any], reps: int = 1) -> float:
     """Median wall ms of ``reps`` synchronized calls (start and end both wait for the GPU)."""
     times = []

@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from qcompiler.backends.triton._tile_order import grouped_tile
 from qcompiler.backends.triton._config import (TunedLauncher, interpreting, make_config,
                                                pick_configs)
 from qcompiler.backends.triton._rounding import quantize_tile_fast
@@ -59,15 +60,7 @@ def _int8_linear_fused_quant_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     BLOCK_O: tl.constexpr, EVEN_K: tl.constexpr, DOT_F32: tl.constexpr, EXACT_MUL: tl.constexpr,
 ):
-    # GROUP_M swizzle: neighbouring programs share W tiles in L2.
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    group = GROUP_M * num_pid_n
-    first_m = (pid // group) * GROUP_M
-    group_size = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group) % group_size
-    pid_n = (pid % group) // group_size
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
