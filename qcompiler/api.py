@@ -107,7 +107,8 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
             example_inputs: Any = None, backend: str = "eager", capture: str = "export",
             whole_graph: bool = False, pipeline: str | None = None, verify: bool = False,
             progress: bool = True, max_calibration_batches: int | None = None,
-            allow_fallback: bool = False, inplace: bool = False, **options: Any) -> QuantizedModel:
+            allow_fallback: bool = False, inplace: bool = False, fuse_siblings: bool = True,
+            **options: Any) -> QuantizedModel:
     """Quantize ``model`` with ``scheme`` and return a module with the same call signature.
 
     >>> qm = qcompiler.compile(model, scheme="int8-outlier", calibration_data=batches, threshold=6.0)
@@ -118,7 +119,8 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
     args. Scheme options (``threshold``, ``outlier_mode``, ...) go in ``options``. ``pipeline``
     replaces the scheme's pass pipeline with a text pipeline of your own. ``allow_fallback=True``
     lets layers the backend cannot run keep the reference ops (each one noted in the report)
-    instead of failing.
+    instead of failing. ``fuse_siblings=False`` keeps q/k/v and gate/up as separate kernel calls
+    with ``backend="triton"`` (docs/sibling-fusion.md).
 
     By default the model passed in is never modified: compile works on a copy, so its peak memory
     is about twice the float model plus the quantized one. ``inplace=True`` quantizes the model
@@ -193,6 +195,7 @@ def compile(model: nn.Module, scheme: str = "int8-outlier", calibration_data: It
     record = CompileRecord(scheme, dict(options), backend, method.value, whole_graph, str(manager), example[0],
                            example[1], base, before, dict(ctx.state.absmax))
     qm = QuantizedModel(qmodel, program, report, record)
+    qm.fuse_siblings = fuse_siblings  # read by the triton backend's finalize
     if be.finalize is not None:
         qm = be.finalize(qm, example)
     _compare_outputs(qm, ref_calls, ref_outs, report)

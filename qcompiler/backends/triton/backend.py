@@ -32,7 +32,11 @@ def _check() -> None:
 
 
 def _finalize(qm, example):
-    """The fast generate path where it applies (CUDA, a generative model); a report note says."""
+    """Sibling fusion (unless ``compile(..., fuse_siblings=False)``), then the fast generate path
+    where it applies (CUDA, a generative model); report notes say."""
+    if qm.__dict__.get("fuse_siblings", True):
+        from qcompiler.passes.fuse_siblings import fuse_siblings  # late: the pass imports the runtime
+        fuse_siblings(qm, example).note(qm.report())
     note = enable_fast_generate(qm)
     if note.startswith("generate()"):
         qm.report().notes.append(note)
