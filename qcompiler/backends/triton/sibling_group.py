@@ -147,7 +147,7 @@ class SiblingRegionModule(RegionModule):
         for group in list(self._qc_groups):
             for region in list(group.regions):
                 unfuse_region(region)
-        return super()._apply(fn, recurse)
+        return RegionModule._apply(self, fn, recurse)  # the class may have just changed back
 
 
 def fuse_region(region: RegionModule, fast: nn.Module, group) -> None:
