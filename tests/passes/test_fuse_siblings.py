@@ -17,6 +17,7 @@ from qcompiler.capture import RegionModule
 from qcompiler.model_bytes import state_bytes
 from qcompiler.passes.fuse_siblings import fuse_siblings, unfuse_siblings
 
+_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the interpreter on a CPU machine
 SCHEMES = ["w8-weight-only", "w4-weight-only", "gptq-w4", "awq-w4", "nf4", "int8-outlier", "w8a8-smoothquant"]
 LAYERS = 2
 
@@ -34,8 +35,16 @@ class _KernelCalls(TorchDispatchMode):
 
 
 def _compile(make_tiny_hf, make_token_batches, scheme="w4-weight-only", **kw):
-    model = make_tiny_hf("llama").half()
-    return model, qcompiler.compile(model, scheme, make_token_batches(n=2), backend="triton", progress=False, **kw)
+    model = make_tiny_hf("llama").half().to(_DEVICE)
+    cal = [{k: v.to(_DEVICE) for k, v in b.items()} for b in make_token_batches(n=2)]
+    return model, qcompiler.compile(model, scheme, cal, backend="triton", progress=False, **kw)
+
+
+def _assert_same(out, ref):
+    if out.is_cuda:  # the GPU kernels may pick other split-K / tiles for the wider N: fp16 rounding
+        torch.testing.assert_close(out, ref, rtol=2e-3, atol=2e-3)
+    else:  # the interpreter sums each output column the same way whatever N: equal to the bit
+        assert torch.equal(out, ref), (out - ref).abs().max()
 
 
 def _run(qm, ids):
@@ -46,7 +55,7 @@ def _run(qm, ids):
 
 
 def _ids(batch=2, seq=9, seed=1):
-    return torch.randint(3, 256, (batch, seq), generator=torch.Generator().manual_seed(seed))
+    return torch.randint(3, 256, (batch, seq), generator=torch.Generator().manual_seed(seed)).to(_DEVICE)
 
 
 def _attn(qm, layer=0):
@@ -69,9 +78,7 @@ def test_fused_model_computes_what_the_unfused_one_does(scheme, make_tiny_hf, ma
     assert state_bytes(qm) == bytes_fused
     for (out, calls), (ref, ref_calls) in zip(outs, refs):
         assert ref_calls - calls == LAYERS * 3  # q/k/v: 3 -> 1, gate/up: 2 -> 1
-        # Same kernels on the same values, split over fewer calls: the interpreter's sums are
-        # per output column, so the results agree to the bit.
-        assert torch.equal(out, ref), (out - ref).abs().max()
+        _assert_same(out, ref)
 
 
 def test_weight_bytes_do_not_grow_and_tokens_match(make_tiny_hf, make_token_batches):
@@ -91,7 +98,7 @@ def test_member_with_another_input_or_alone_computes_its_own_slice(make_tiny_hf,
     _, qm = _compile(make_tiny_hf, make_token_batches)
     attn = _attn(qm)
     g = torch.Generator().manual_seed(3)
-    h, other = (torch.randn(1, 3, 64, generator=g).half() for _ in range(2))
+    h, other = (torch.randn(1, 3, 64, generator=g).half().to(_DEVICE) for _ in range(2))
     pending = attn.q_proj._qc_fast.group.pending
 
     def own(proj, x):  # the region's own (unfused) graph
@@ -103,10 +110,11 @@ def test_member_with_another_input_or_alone_computes_its_own_slice(make_tiny_hf,
         assert pending.x is h
         k = attn.k_proj(other)  # another input: its own slice, the kept output stays for v
         v = attn.v_proj(h)
-        assert torch.equal(q, own(attn.q_proj, h)) and torch.equal(k, own(attn.k_proj, other))
-        assert torch.equal(v, own(attn.v_proj, h))
+        assert torch.equal(k, own(attn.k_proj, other))
+        _assert_same(q, own(attn.q_proj, h))
+        _assert_same(v, own(attn.v_proj, h))
         assert pending.x is h  # k never took its slice of h's output
-        assert torch.equal(attn.k_proj(h), own(attn.k_proj, h))
+        _assert_same(attn.k_proj(h), own(attn.k_proj, h))
         assert pending.x is None and pending.y is None  # every member took its slice: released
 
 
@@ -114,7 +122,7 @@ def test_groups_whose_x_quantization_differs_are_not_fused(make_tiny_hf, make_to
     _, qm = _compile(make_tiny_hf, make_token_batches, "int8-outlier", fuse_siblings=False)
     k = _attn(qm).k_proj.gm
     name = next(n.args[3].target for n in k.graph.nodes if n.op == "call_function")
-    setattr(k, name, torch.tensor([5]))  # k_proj now keeps another outlier column in 16 bits
+    setattr(k, name, torch.tensor([5], device=_DEVICE))  # k_proj now keeps another outlier column in 16 bits
     result = fuse_siblings(qm, (qm.record.example_args, qm.record.example_kwargs))
     why = result.not_fused["model.layers.0.self_attn.k_proj"]
     assert "outlier_idx" in why and "X is not quantized the same way" in why, why
@@ -136,9 +144,9 @@ def test_save_load_and_exports_see_the_unfused_model(make_tiny_hf, make_token_ba
     _, plain = _compile(make_tiny_hf, make_token_batches, fuse_siblings=False)
     ids = _ids()
     ref, _ = _run(qm, ids)
-    loaded = qcompiler.load(qcompiler.save(qm, tmp_path / "q"), make_tiny_hf("llama").half())
+    loaded = qcompiler.load(qcompiler.save(qm, tmp_path / "q"), make_tiny_hf("llama").half().to(_DEVICE))
     out, _ = _run(loaded, ids)
-    assert torch.equal(out, ref)
+    assert torch.equal(out, ref)  # the same fused kernels on the same tensors
     assert isinstance(_attn(loaded).q_proj, SiblingRegionModule)  # load fuses again
 
     def tensors(folder):
@@ -165,8 +173,8 @@ def test_moving_the_model_unfuses_it(make_tiny_hf, make_token_batches):
     _, qm = _compile(make_tiny_hf, make_token_batches)
     ids = _ids()
     ref, _ = _run(qm, ids)
-    qm.to("cpu")  # a move (here a no-op) is what un-fuses
+    qm.to(_DEVICE)  # a move (here to where it is already) is what un-fuses
     assert not any(isinstance(m, SiblingRegionModule) for m in qm.modules())
     assert all(type(r.module) is RegionModule for r in qm.program.regions)
     out, _ = _run(qm, ids)
-    assert torch.equal(out, ref)
+    _assert_same(out, ref)

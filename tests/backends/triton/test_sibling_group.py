@@ -117,3 +117,12 @@ def test_gpu_weight_memory_does_not_grow(make_tiny_hf, make_token_batches):
     gc.collect()
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() <= before  # the originals are gone, the fused storage replaces them
+
+
+@_CUDA
+def test_gpu_member_alone_runs_on_its_weight_views(make_tiny_hf, make_token_batches):
+    fused, plain = _pair(make_tiny_hf, make_token_batches, "w4-weight-only")
+    x = torch.randn(1, 3, 64, device="cuda", dtype=torch.float16)
+    with torch.no_grad():  # k_proj's weights are a row slice of the fused storage (offset, maybe unaligned)
+        assert torch.equal(fused.model.model.layers[1].self_attn.k_proj(x),
+                           plain.model.model.layers[1].self_attn.k_proj(x))
