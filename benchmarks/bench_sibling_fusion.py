@@ -1,5 +1,6 @@
-"""Sibling fusion on and off, same model, same card: decode tok/s of ``qm.generate()`` (the lean
-loop: one CUDA graph per decode step), prefill tok/s, kernel calls per forward, weight bytes.
+"""Sibling fusion on and off, same model, same card: decode tok/s through the lean loop
+(:class:`qcompiler.runtime.DecodeLoop`, one CUDA graph per decode step, ``--step`` picks the eager or
+the compiled step; prompts eager), prefill tok/s, kernel calls per forward, weight bytes.
 
     PYTHONPATH=.:$PYTHONPATH python benchmarks/bench_sibling_fusion.py [--shape 1.1b] [--layers 4] \
         [--schemes w4-weight-only,int8-outlier] [--decode 17] [--prefill 512]
@@ -23,6 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import qcompiler
 from generate_rows import build
+from qcompiler.runtime import DecodeLoop, DecodeLoopConfig, StepMode, TokenChoice
 
 
 class _Calls(TorchDispatchMode):
@@ -54,6 +56,8 @@ def main() -> None:
     ap.add_argument("--decode", type=int, default=17)
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--step", default="cuda-graph", choices=[m.value for m in StepMode],
+                    help="the lean loop's decode step (compiled-cuda-graph: Inductor, seconds to compile)")
     args = ap.parse_args()
     base = build(args.shape, args.layers, None, "cuda", torch.float16)
     vocab = base.config.vocab_size
@@ -78,8 +82,10 @@ def main() -> None:
             with torch.no_grad(), calls:
                 qm(input_ids=prompt[:, :1])
 
+            loop = DecodeLoop(qm, DecodeLoopConfig(step=StepMode(args.step), compiled_prefill=False))
+
             def gen_n(n, ids=prompt):
-                return qm.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+                return loop.generate(ids, max_new_tokens=n, min_new_tokens=n, choice=TokenChoice(eos=(), pad=2))
 
             tokens[fuse] = gen_n(args.decode)  # warm-up: captures the decode graph
             gen_n(1)
@@ -92,7 +98,7 @@ def main() -> None:
             if fuse:
                 results[name]["tokens_equal_unfused"] = bool(torch.equal(tokens[True], tokens[False]))
             print(name, json.dumps(results[name]), flush=True)
-            del qm
+            del qm, loop
             torch.cuda.empty_cache()
             if os.environ.get("OUT"):
                 with open(os.path.join(os.environ["OUT"], "bench_sibling_fusion.json"), "w") as f:

@@ -60,9 +60,10 @@ def test_fused_step_traces_in_one_graph(scheme, make_tiny_hf, make_token_batches
 def test_lean_loop_compiled_step_gives_the_unfused_tokens(make_tiny_hf, make_token_batches):
     fused, plain = _pair(make_tiny_hf, make_token_batches, "w4-weight-only", device="cpu")
     ids = torch.randint(3, 256, (1, 5), generator=torch.Generator().manual_seed(2))
-    cfg = DecodeLoopConfig(step=StepMode.COMPILED_CUDA_GRAPH, compile_backend="eager", cache_bucket=32)
+    cfg = DecodeLoopConfig(step=StepMode.COMPILED_CUDA_GRAPH, compile_backend="eager", cache_bucket=32,
+                           compiled_prefill=False)
     out = DecodeLoop(fused, cfg).generate(ids, max_new_tokens=5, choice=TokenChoice(eos=(), pad=2))
-    ref = DecodeLoop(plain, DecodeLoopConfig(cache_bucket=32)).generate(ids, max_new_tokens=5,
+    ref = DecodeLoop(plain, DecodeLoopConfig(step=StepMode.EAGER, cache_bucket=32)).generate(ids, max_new_tokens=5,
                                                                       choice=TokenChoice(eos=(), pad=2))
     assert torch.equal(out, ref)
     torch._dynamo.reset()
@@ -98,8 +99,10 @@ def test_gpu_graphs_compile_and_generate_match_unfused(scheme, make_tiny_hf, mak
         compiled = torch.compile(static_step(fused), fullgraph=True, dynamic=False)  # Inductor
         torch.testing.assert_close(compiled(*prompt), static_step(plain)(*prompt), rtol=2e-3, atol=2e-3)
         p = prompt[0][:1, :5]
-        kw = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False)
-        assert torch.equal(fused.generate(p, **kw), plain.generate(p, **kw))  # the lean loop, CUDA graphs
+        loop = DecodeLoopConfig(step=StepMode.CUDA_GRAPH, compiled_prefill=False, cache_bucket=32)
+        a, b = (DecodeLoop(qm, loop).generate(p, max_new_tokens=8, choice=TokenChoice(eos=(), pad=2))
+                for qm in (fused, plain))
+        assert torch.equal(a, b)  # the lean loop's captured step
     torch._dynamo.reset()
 
 
