@@ -41,8 +41,9 @@ def _compile(make_tiny_hf, make_token_batches, scheme="w4-weight-only", **kw):
 
 
 def _assert_same(out, ref):
-    if out.is_cuda:  # the GPU kernels may pick other split-K / tiles for the wider N: fp16 rounding
-        torch.testing.assert_close(out, ref, rtol=2e-3, atol=2e-3)
+    if out.is_cuda:  # the GPU GEMV may pick another split-K / tile for the wider N: fp16 rounding
+        err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+        assert err < 1e-2, err
     else:  # the interpreter sums each output column the same way whatever N: equal to the bit
         assert torch.equal(out, ref), (out - ref).abs().max()
 

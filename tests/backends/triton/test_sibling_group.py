@@ -69,40 +69,36 @@ def test_lean_loop_compiled_step_gives_the_unfused_tokens(make_tiny_hf, make_tok
     torch._dynamo.reset()
 
 
+def _close(out, ref):
+    # The GPU GEMV may pick another split-K / tile for the wider N: fp32 sums in another order,
+    # so fp16 outputs may differ by a rounding step, amplified a little through the layers.
+    err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+    assert err < 1e-2, err
+
+
 @_CUDA
 @pytest.mark.parametrize("scheme", ["w4-weight-only", "w8-weight-only", "nf4", "int8-outlier", "awq-w4"])
 def test_gpu_graphs_compile_and_generate_match_unfused(scheme, make_tiny_hf, make_token_batches):
     fused, plain = _pair(make_tiny_hf, make_token_batches, scheme)
     prompt, token = prompt_then_token("cuda")
     with torch.no_grad():
+        steps = static_step(fused), static_step(plain)
         for call in (prompt, token):
-            a, b = static_step(fused)(*call), static_step(plain)(*call)
-            # the kernels may pick other split-K / tiles for the wider N: fp16 rounding, no more
-            torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-3)
-        # torch.cuda.graph capture of the eager step, replayed on other tokens
-        step, ref_step = static_step(fused), static_step(plain)
-        step(*prompt), ref_step(*prompt)
-        ids, pos = token[0].clone(), token[1].clone()
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            step(ids, pos)  # warm-up outside the graph
-        torch.cuda.current_stream().wait_stream(s)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = step(ids, pos)
-        assert _pending(fused).x is None
-        for t in (11, 57):
-            ids.fill_(t)
-            graph.replay()
-            torch.testing.assert_close(out, ref_step(ids, pos), rtol=2e-3, atol=2e-3)
+            _close(steps[0](*call), steps[1](*call))
         compiled = torch.compile(static_step(fused), fullgraph=True, dynamic=False)  # Inductor
-        torch.testing.assert_close(compiled(*prompt), static_step(plain)(*prompt), rtol=2e-3, atol=2e-3)
-        p = prompt[0][:1, :5]
-        loop = DecodeLoopConfig(step=StepMode.CUDA_GRAPH, compiled_prefill=False, cache_bucket=32)
-        a, b = (DecodeLoop(qm, loop).generate(p, max_new_tokens=8, choice=TokenChoice(eos=(), pad=2))
-                for qm in (fused, plain))
-        assert torch.equal(a, b)  # the lean loop's captured step
+        _close(compiled(*prompt), static_step(plain)(*prompt))
+    assert _pending(fused).x is None
+    # The lean loop: the eager step captured with torch.cuda.graph, and the Inductor-compiled step
+    # captured the same way; the unfused model's tokens either way.
+    p = prompt[0][:1, :5]
+    ref = DecodeLoop(plain, DecodeLoopConfig(step=StepMode.CUDA_GRAPH, compiled_prefill=False, cache_bucket=32)
+                     ).generate(p, max_new_tokens=8, choice=TokenChoice(eos=(), pad=2))
+    for mode in (StepMode.CUDA_GRAPH, StepMode.COMPILED_CUDA_GRAPH):
+        loop = DecodeLoop(fused, DecodeLoopConfig(step=mode, compiled_prefill=False, cache_bucket=32))
+        runs = [loop.generate(p, max_new_tokens=8, choice=TokenChoice(eos=(), pad=2)) for _ in range(2)]
+        assert loop.last_mode is mode and all(s.graph is not None for s in loop._slots.values())
+        assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], ref), mode
+        assert _pending(fused).x is None
     torch._dynamo.reset()
 
 
