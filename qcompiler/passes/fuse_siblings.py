@@ -73,6 +73,8 @@ class SiblingFusion:
             if layer in rows:
                 rows[layer].notes.append(f"sibling fusion: not fused: {why}")
         calls = sum(len(g.layers) - 1 for g in self.fused)
+        if not self.fused and not self.not_fused:
+            return  # no linears reading one input (GPT-2's c_attn is one linear already)
         report.notes.append(f"sibling fusion: {len(self.fused)} groups fused, {calls} kernel calls fewer per "
                             f"forward; {len(self.not_fused)} reading a shared input left alone "
                             f"(fuse_siblings=False turns it off)")
@@ -118,7 +120,7 @@ def _same(a, b) -> bool:
 def _mismatch(lead: _Member, other: _Member) -> str | None:
     """Why ``other`` cannot share ``lead``'s fused call, or None."""
     if other.node.target is not lead.node.target:
-        return f"runs {other.node.target.__name__}, its sibling {lead.layer} {lead.node.target.__name__}"
+        return f"runs {_op_name(other.node)}, its sibling {lead.layer} {_op_name(lead.node)}"
     rule = FUSION_RULES[lead.node.target]
     a, b = _operands(lead), _operands(other)
     for name in sorted(rule.absent):
@@ -173,6 +175,10 @@ def _concat(members: list[_Member]) -> tuple[dict[str, torch.Tensor], list[tuple
             if arg.name in fused and i < len(m.node.args) and isinstance(m.node.args[i], fx.Node):
                 _set_tensor(m.region.gm, m.node.args[i].target, fused[arg.name][s:e])
     return fused, bounds
+
+
+def _op_name(node: fx.Node) -> str:
+    return node.target.overloadpacket.__name__
 
 
 def _linear_region(region: nn.Module) -> fx.Node | None:
@@ -256,7 +262,7 @@ def _fuse_across(members: list[_Member]) -> FusedGroup:
     group = SiblingGroup(lead.node.target, args, tensors, bounds)
     for i, m in enumerate(members):
         fuse_region(m.region, SiblingMember(group, i, m.region.gm), group)
-    return FusedGroup(tuple(m.layer for m in members), lead.node.target.__name__,
+    return FusedGroup(tuple(m.layer for m in members), _op_name(lead.node),
                       tuple(e - s for s, e in bounds), True)
 
 
@@ -293,7 +299,7 @@ def _fuse_within(region: RegionModule, groups: list[list[_Member]]) -> list[Fuse
                 part = graph.call_function(torch.ops.aten.slice.Tensor, (y, -1, s, e))
             node.replace_all_uses_with(part)
             graph.erase_node(node)
-        done.append(FusedGroup(tuple(m.layer for m in members), first.target.__name__,
+        done.append(FusedGroup(tuple(m.layer for m in members), _op_name(first),
                                tuple(e - s for s, e in bounds), False))
     graph.eliminate_dead_code()
     used = {n.target for n in graph.nodes if n.op == "get_attr"}
