@@ -37,6 +37,7 @@ from qcompiler.backends.triton._config import TunedLauncher, interpreting
 from qcompiler.backends.triton.weight_only_gemv_configs import dot_configs, fma_configs, gemm_configs
 from qcompiler.backends.triton._weight_operand import WeightOperand, code_value, group_scale, per_tile
 from qcompiler.backends.triton._magic_dequant import magic_bytes_f16, magic_nibbles_f16
+from qcompiler.backends.triton._split_k_counters import split_k_counters
 from qcompiler.backends.triton.int8_linear import _outlier_dot
 
 __all__ = ["weight_only_gemv", "weight_only_matmul", "GEMV_MAX_M"]
@@ -291,12 +292,10 @@ _LAUNCH = {
 }
 
 def _split_k_workspace(device: torch.device, parts: int, locks: int) -> tuple[Tensor, Tensor]:
-    """This launch's float32 partial sums (uninitialised) and int32 tile counters (zeroed: one
-    memset; every launch leaves them at 0 again). Allocated per call and freed when the op returns,
-    never cached: a workspace that outlived the call would sit in a CUDA graph's memory pool
-    untracked ("Detected 2 tensor(s) in the cudagraph pool not tracked as outputs")."""
-    return (torch.empty(max(parts, 1), dtype=torch.float32, device=device),
-            torch.zeros(max(locks, 1), dtype=torch.int32, device=device))
+    """This launch's float32 partial sums (uninitialised, freed when the op returns) and int32 tile
+    counters from the persistent ring of :mod:`._split_k_counters` (zero before every launch, left
+    zero by it: no zero-fill launch per call, and nothing cached inside a CUDA graph's pool)."""
+    return torch.empty(max(parts, 1), dtype=torch.float32, device=device), split_k_counters(device, locks)
 
 
 def _m_bucket(m: int) -> int:

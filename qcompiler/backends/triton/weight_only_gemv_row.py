@@ -34,6 +34,8 @@ from torch import Tensor
 
 from qcompiler.backends.triton._magic_dequant import asm_available, magic_bytes_f32, magic_nibbles_f32
 from qcompiler.backends.triton._config import TunedLauncher, interpreting, make_config, pick_configs
+from qcompiler.backends.triton._nf4_register_table import nf4_nibbles_f32_asm
+from qcompiler.backends.triton._split_k_counters import split_k_counters
 from qcompiler.backends.triton._weight_operand import FMT_NF4, WeightOperand
 
 __all__ = ["weight_only_gemv_row", "row_supported", "row_tile_ok"]
@@ -45,12 +47,16 @@ def _row_configs() -> list[triton.Config]:
     # threads along N: BLOCK_N / (32 * warps * 16 / BLOCK_KB) rows per thread share x's values.
     # The winners of benchmarks/sweep_gemv.py on an H200 (2026-12-02; 8B and 1.1B Llama shapes):
     # 32 x 256 B tiles for 8-bit and int4, 64 x 128 B for NF4; the split keeps ~2-8 programs per SM.
+    # Narrow tiles without a split (BLOCK_N 2-16, long K): small layers (k/v, 1.1B) get one program
+    # per SM or more from N alone, so no partial sums, counters or last-arriver epilogue.
     c = make_config
     asm = asm_available()  # prmt dequantization: 5-20% faster than the Triton-op form on the H200
     gpu = [c(BLOCK_N=n, BLOCK_KB=kb, SPLIT_K=s, ASM=asm, num_warps=w, num_stages=1)
            for n, kb, w, s in [(32, 256, 4, 4), (32, 256, 4, 1), (32, 256, 4, 2), (32, 256, 4, 8),
                                (64, 128, 4, 4), (64, 128, 4, 8), (64, 128, 4, 16), (128, 128, 4, 8),
-                               (64, 64, 2, 16), (64, 64, 4, 16), (64, 64, 4, 8)]]
+                               (64, 64, 2, 16), (64, 64, 4, 16), (64, 64, 4, 8),
+                               (2, 2048, 4, 1), (4, 1024, 4, 1), (8, 512, 4, 1), (16, 512, 4, 1),
+                               (8, 256, 2, 1), (16, 256, 4, 1)]]
     return pick_configs(gpu, c(BLOCK_N=16, BLOCK_KB=64, SPLIT_K=2, ASM=False, num_warps=4))
 
 
@@ -150,8 +156,12 @@ def _weight_only_gemv_row_kernel(
                 zfe = _per_byte(zf1, BLOCK_N, BLOCK_KB, GB, NG, HAS_ZEROS and NG > 1)
                 p = x_lo[None, :] * (f_lo - zfe) + x_hi[None, :] * (f_hi - zfe)
             else:
-                bi = b.to(tl.int32)
-                p = x_lo[None, :] * tl.load(cb_ptr + (bi & 0xF)) + x_hi[None, :] * tl.load(cb_ptr + (bi >> 4))
+                if ASM:  # the levels from a table in registers (float16-rounded), no gather
+                    v_lo, v_hi = nf4_nibbles_f32_asm(b)
+                else:
+                    bi = b.to(tl.int32)
+                    v_lo, v_hi = tl.load(cb_ptr + (bi & 0xF)), tl.load(cb_ptr + (bi >> 4))
+                p = x_lo[None, :] * v_lo + x_hi[None, :] * v_hi
         else:
             xv = tl.load(x_ptr + jb * stride_xk, mask=jb < K, other=0.0).to(tl.float32)
             f = magic_bytes_f32(b, ASM, FLIP)
@@ -233,10 +243,9 @@ _LAUNCH = TunedLauncher(triton.autotune(configs=_row_configs(), key=_KEY,
 
 
 def _workspace(device: torch.device, parts: int, locks: int) -> tuple[Tensor, Tensor]:
-    """Per-call split-K partials (uninitialised) and zeroed tile counters; never cached (a
-    workspace that outlived the call would sit untracked in a CUDA graph's memory pool)."""
-    return (torch.empty(max(parts, 1), dtype=torch.float32, device=device),
-            torch.zeros(max(locks, 1), dtype=torch.int32, device=device))
+    """Per-call split-K partials (uninitialised; freed when the op returns) and tile counters from
+    the persistent self-resetting ring (:mod:`._split_k_counters`): no zero-fill launch."""
+    return torch.empty(max(parts, 1), dtype=torch.float32, device=device), split_k_counters(device, locks)
 
 
 def weight_only_gemv_row(x: Tensor, w: WeightOperand, bias: Optional[Tensor],
@@ -263,8 +272,11 @@ def weight_only_gemv_row(x: Tensor, w: WeightOperand, bias: Optional[Tensor],
     if n_out and (w_outliers.shape[0] != n or w_outliers.shape[1] != n_out):
         raise ValueError(f"weight_only_gemv_row: w_outliers must be [{n}, {n_out}], got {tuple(w_outliers.shape)}")
     kb = w.qweight.shape[1]
-    splits = config["SPLIT_K"] if config is not None else max(c.kwargs["SPLIT_K"] for c in _LAUNCH.autotuner.configs)
-    part, lock = _workspace(x.device, splits * n, triton.cdiv(n, 16)) if splits > 1 else (y, y)
+    cands = [config] if config is not None else [c.kwargs for c in _LAUNCH.autotuner.configs]
+    splits = max(c["SPLIT_K"] for c in cands)
+    # One counter per N tile of the narrowest tile that splits K.
+    bn = min([c["BLOCK_N"] for c in cands if c["SPLIT_K"] > 1] or [16])
+    part, lock = _workspace(x.device, splits * n, triton.cdiv(n, bn)) if splits > 1 else (y, y)
     cb = w.codebook if w.codebook is not None else y
     args = (x1, w.qweight, w.scales, w.zeros if w.zeros is not None else y, cb,
             w.dq_scale if w.dq_scale is not None else y, w.dq_offset if w.dq_offset is not None else y,
