@@ -32,6 +32,7 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+import triton
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from timing import graph_replay_us  # noqa: E402 - sibling module
@@ -126,6 +127,10 @@ def production_variants(fmt: str, m: int, n: int, k: int):
     before_row, before_gemv = _before_modules()
     if m == 1:
         out.append(("row-shipped", explicit(R._LAUNCH.autotuner.configs, lambda x, w, cfg: R.weight_only_gemv_row(
+            x, w["op"], None, *oi(w), config=cfg))))
+        flipped = [triton.Config({**c.kwargs, "PREFETCH": not c.kwargs.get("PREFETCH", False)}, num_warps=c.num_warps,
+                                 num_stages=c.num_stages) for c in R._LAUNCH.autotuner.configs]
+        out.append(("row-prefetch-flipped", explicit(flipped, lambda x, w, cfg: R.weight_only_gemv_row(
             x, w["op"], None, *oi(w), config=cfg))))
         if before_row is not None:
             out.append(("before", explicit(before_row._LAUNCH.autotuner.configs, lambda x, w, cfg: before_row.

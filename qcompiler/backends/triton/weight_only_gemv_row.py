@@ -51,13 +51,13 @@ def _row_configs() -> list[triton.Config]:
     # per SM or more from N alone, so no partial sums, counters or last-arriver epilogue.
     c = make_config
     asm = asm_available()  # prmt dequantization: 5-20% faster than the Triton-op form on the H200
-    gpu = [c(BLOCK_N=n, BLOCK_KB=kb, SPLIT_K=s, ASM=asm, num_warps=w, num_stages=1)
+    gpu = [c(BLOCK_N=n, BLOCK_KB=kb, SPLIT_K=s, ASM=asm, PREFETCH=False, num_warps=w, num_stages=1)
            for n, kb, w, s in [(32, 256, 4, 4), (32, 256, 4, 1), (32, 256, 4, 2), (32, 256, 4, 8),
                                (64, 128, 4, 4), (64, 128, 4, 8), (64, 128, 4, 16), (128, 128, 4, 8),
                                (64, 64, 2, 16), (64, 64, 4, 16), (64, 64, 4, 8),
                                (2, 2048, 4, 1), (4, 1024, 4, 1), (8, 512, 4, 1), (16, 512, 4, 1),
                                (8, 256, 2, 1), (16, 256, 4, 1)]]
-    return pick_configs(gpu, c(BLOCK_N=16, BLOCK_KB=64, SPLIT_K=2, ASM=False, num_warps=4))
+    return pick_configs(gpu, c(BLOCK_N=16, BLOCK_KB=64, SPLIT_K=2, ASM=False, PREFETCH=True, num_warps=4))
 
 
 def row_tile_ok(group: int, groups: int, pack: int, block_kb: int) -> bool:
@@ -87,6 +87,17 @@ def _per_byte(zf, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, GB: tl.constexp
 
 
 @triton.jit
+def _load_w(w_rows, t, offs_j, KB, BLOCK_KB: tl.constexpr, EVEN_KB: tl.constexpr):
+    """W's bytes of K tile ``t``, ``[BLOCK_N, BLOCK_KB]``."""
+    jb = t * BLOCK_KB + offs_j
+    if EVEN_KB:
+        b = tl.load(w_rows + jb[None, :])
+    else:
+        b = tl.load(w_rows + jb[None, :], mask=(jb < KB)[None, :], other=0)
+    return b
+
+
+@triton.jit
 def _group_sums(p, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, GB: tl.constexpr):
     """``[BLOCK_N, BLOCK_KB]`` -> per-group sums ``[BLOCK_N, BLOCK_KB / GB]`` (GB bytes a group)."""
     if GB == BLOCK_KB:
@@ -103,7 +114,7 @@ def _weight_only_gemv_row_kernel(
     DQ: tl.constexpr, DQ_BLOCK: tl.constexpr, FLIP: tl.constexpr, S_DIV: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_OUTLIERS: tl.constexpr, BLOCK_O: tl.constexpr,
     SPLIT_K, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, SPLIT: tl.constexpr, ASM: tl.constexpr,
-    ONE_GROUP: tl.constexpr, EVEN_KB: tl.constexpr, GB: tl.constexpr,
+    ONE_GROUP: tl.constexpr, EVEN_KB: tl.constexpr, GB: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -134,12 +145,18 @@ def _weight_only_gemv_row_kernel(
             zf1 = tl.full((BLOCK_N, 1), ZERO + 8388608.0, tl.float32)
         if ONE_GROUP and HAS_ZEROS:
             zf1 = tl.load(z_ptr + rn * G).to(tl.float32)[:, None] + 8388608.0
+    if PREFETCH:
+        # Hand-pipelined: tile t + 1's bytes are in flight while tile t is computed (Triton
+        # pipelines only loads that feed tl.dot; the x / scale layout changes put CTA barriers in
+        # every iteration). The clamped index keeps the last prefetch in bounds (a re-read).
+        b_nx = _load_w(w_rows, tl.minimum(t_lo, n_tiles - 1), offs_j, KB, BLOCK_KB, EVEN_KB)
     for t in range(t_lo, t_hi):
         jb = t * BLOCK_KB + offs_j
-        if EVEN_KB:
-            b = tl.load(w_rows + jb[None, :])
+        if PREFETCH:
+            b = b_nx
+            b_nx = _load_w(w_rows, tl.minimum(t + 1, t_hi - 1), offs_j, KB, BLOCK_KB, EVEN_KB)
         else:
-            b = tl.load(w_rows + jb[None, :], mask=(jb < KB)[None, :], other=0)
+            b = _load_w(w_rows, t, offs_j, KB, BLOCK_KB, EVEN_KB)
         # Group indices of this tile's groups (one per row for ONE_GROUP).
         if not ONE_GROUP:
             gi = (t * BLOCK_KB) // GB + offs_g
@@ -253,7 +270,7 @@ def weight_only_gemv_row(x: Tensor, w: WeightOperand, bias: Optional[Tensor],
                          config: Optional[dict] = None) -> Tensor:
     """``x [..., K]`` (float16/bfloat16, exactly one row) times the weight-only ``w``, plus
     ``x[..., outlier_idx] @ w_outliers.T`` when given (int8-outlier's fp16 columns, ``[N, n]``).
-    ``config`` (``BLOCK_N``, ``BLOCK_KB``, ``SPLIT_K``, ``ASM``, ``num_warps``) skips the autotuner."""
+    ``config`` (``BLOCK_N``, ``BLOCK_KB``, ``SPLIT_K``, ``ASM``, ``PREFETCH``, ``num_warps``) skips the autotuner."""
     if x.dtype not in (torch.float16, torch.bfloat16):
         raise TypeError(f"weight_only_gemv_row: x must be float16/bfloat16, got {x.dtype}")
     k, n = x.shape[-1], w.n
@@ -291,6 +308,7 @@ def weight_only_gemv_row(x: Tensor, w: WeightOperand, bias: Optional[Tensor],
         cfg = dict(config)
         launch = dict(num_warps=cfg.pop("num_warps", 4), num_stages=cfg.pop("num_stages", 1))
         cfg.setdefault("ASM", False)
+        cfg.setdefault("PREFETCH", False)
         if not row_tile_ok(w.group, w.groups, w.pack, cfg["BLOCK_KB"]):
             raise ValueError(f"weight_only_gemv_row: BLOCK_KB={cfg['BLOCK_KB']} does not hold whole groups "
                              f"of {w.group}")
