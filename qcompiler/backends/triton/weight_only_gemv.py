@@ -37,6 +37,7 @@ from qcompiler.backends.triton._config import TunedLauncher, interpreting
 from qcompiler.backends.triton.weight_only_gemv_configs import dot_configs, fma_configs, gemm_configs
 from qcompiler.backends.triton._weight_operand import WeightOperand, code_value, group_scale, per_tile
 from qcompiler.backends.triton._magic_dequant import magic_bytes_f16, magic_nibbles_f16
+from qcompiler.backends.triton._nf4_register_table import nf4_nibbles_16_asm
 from qcompiler.backends.triton._split_k_counters import split_k_counters
 from qcompiler.backends.triton.int8_linear import _outlier_dot
 
@@ -142,6 +143,8 @@ def _weight_only_gemv_kernel(
     # fp16 magic numbers straight into the tensor-core operand (UINT codes, x in fp16, one scale a tile).
     # ASM: 0 = codes via float32 (code_value), 1 = fp16 magic in Triton ops, 2 = the same via prmt.
     MAGIC16: tl.constexpr = DOT and PER_TILE and FMT == 0 and IS_F16 and ASM > 0
+    # NF4 on the tensor cores, levels from the register table (prmt: ASM=2, CUDA only).
+    NF4_REG: tl.constexpr = DOT and PER_TILE and FMT == 1 and ASM == 2
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -215,6 +218,12 @@ def _weight_only_gemv_kernel(
                 else:
                     part = _outlier_dot(x_lo, magic_bytes_f16(b, ASM == 2, FLIP) - zh,
                                         tl.zeros((BLOCK_M, BLOCK_N), tl.float32), DOT_F32)
+                acc += part * s[None, :]
+            elif NF4_REG:
+                # NF4 levels in x's dtype from a table in registers (prmt), no gather.
+                h_lo, h_hi = nf4_nibbles_16_asm(b, IS_F16)
+                part = _outlier_dot(x_lo, h_lo, tl.zeros((BLOCK_M, BLOCK_N), tl.float32), DOT_F32)
+                part = _outlier_dot(x_hi, h_hi, part, DOT_F32)
                 acc += part * s[None, :]
             elif DOT:
                 # NF4 levels straight from the table in x's dtype (what .to(wdt) of the float32

@@ -38,8 +38,9 @@ def fma_configs() -> list[triton.Config]:
 def dot_configs() -> list[triton.Config]:
     # 2 <= M <= 16: tl.dot needs BLOCK_N >= 16; wider tiles re-read x less often. Triton
     # software-pipelines the W loads (num_stages) since they feed the dot.
-    # ASM=2 (fp16 magic numbers via prmt; UINT codes with fp16 x only - NF4 / bf16 ignore it): 5-30%
-    # faster than ASM=0 at M = 4 / 16 on the H200 (benchmarks/sweep_gemv.py, 2026-12-02).
+    # ASM=2 (fp16 magic numbers via prmt for UINT codes with fp16 x: 5-30% faster than ASM=0 at
+    # M = 4 / 16 on the H200, benchmarks/sweep_gemv.py, 2026-12-02; NF4 levels from the register
+    # table of _nf4_register_table, fp16 or bf16 x).
     a = 2 if asm_available() else 0
     c = lambda **kw: _cfg(**{"ASM": a, **kw})  # noqa: E731
     gpu = [c(BLOCK_N=64, BLOCK_K=128, SPLIT_K=8, num_warps=4, num_stages=3),
