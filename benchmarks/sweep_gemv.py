@@ -32,9 +32,9 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-import triton
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from gemv_before import before_modules  # noqa: E402 - sibling module
 from timing import graph_replay_us  # noqa: E402 - sibling module
 
 SHAPES = {"q/o": (4096, 4096), "k/v": (1024, 4096), "gate/up": (14336, 4096), "down": (4096, 14336),
@@ -48,9 +48,7 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: --dry under TRITON_
 FORMATS = ["w8", "w4", "nf4", "int8-outlier"]
 ROW_TILES = [(128, 64, 4), (64, 64, 4), (256, 64, 8), (64, 64, 2), (128, 128, 4), (64, 128, 4), (32, 256, 4),
              (128, 32, 4), (256, 32, 8)]  # BLOCK_N, BLOCK_KB, warps
-# --production's "before": the kernels of another checkout (default: the tree two levels up, i.e.
-# main when this runs from a worktree in .wt/), loaded from its files, timed on its config lists.
-BEFORE_ROOT = os.environ.get("SWEEP_GEMV_BEFORE", os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+
 
 
 def _bytes(ts) -> int:
@@ -124,13 +122,9 @@ def production_variants(fmt: str, m: int, n: int, k: int):
             res.append((",".join(f"{a}={b}" for a, b in cfg.items()), lambda x, w, cfg=cfg: call(x, w, cfg)))
         return res
 
-    before_row, before_gemv = _before_modules()
+    before_row, before_gemv = before_modules()
     if m == 1:
         out.append(("row-shipped", explicit(R._LAUNCH.autotuner.configs, lambda x, w, cfg: R.weight_only_gemv_row(
-            x, w["op"], None, *oi(w), config=cfg))))
-        flipped = [triton.Config({**c.kwargs, "PREFETCH": not c.kwargs.get("PREFETCH", False)}, num_warps=c.num_warps,
-                                 num_stages=c.num_stages) for c in R._LAUNCH.autotuner.configs]
-        out.append(("row-prefetch-flipped", explicit(flipped, lambda x, w, cfg: R.weight_only_gemv_row(
             x, w["op"], None, *oi(w), config=cfg))))
         if before_row is not None:
             out.append(("before", explicit(before_row._LAUNCH.autotuner.configs, lambda x, w, cfg: before_row.
@@ -146,27 +140,6 @@ def production_variants(fmt: str, m: int, n: int, k: int):
         out.append(("matmul-asm2", explicit(gemm, lambda x, w, cfg: G.weight_only_matmul(x, w["op"], None, config=cfg),
                                             ASM=2)))
     return out
-
-
-_BEFORE: list = []
-
-
-def _before_modules():
-    """(row module, gemv module) of BEFORE_ROOT's checkout, or (None, None) if it has none."""
-    if not _BEFORE:
-        import importlib.util
-        mods = []
-        for name in ("weight_only_gemv_row", "weight_only_gemv"):
-            path = os.path.join(BEFORE_ROOT, "qcompiler", "backends", "triton", f"{name}.py")
-            if not os.path.exists(path):
-                mods.append(None)
-                continue
-            spec = importlib.util.spec_from_file_location(f"_before_{name}", path)
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-            mods.append(mod)
-        _BEFORE.extend(mods)
-    return tuple(_BEFORE)
 
 
 def variants(fmt: str, m: int, n: int, k: int):

@@ -4,11 +4,10 @@ is built to keep HBM busy (the same kernel tiled over M as well is :func:`weight
 mixed-input GEMM for moderate M):
 
 * **split-K**: the grid is ``(N / BLOCK_N, SPLIT_K)``; each program streams a ``[BLOCK_N, K /
-  SPLIT_K]`` slab, so even N = 4096 gives several programs (and several slabs of loads in flight)
-  per SM. The partial sums go to a float32 workspace; the program that arrives last at a per-tile
+  SPLIT_K]`` slab, several programs (and slabs of loads in flight) per SM. The partial sums go to a float32 workspace; the program that arrives last at a per-tile
   counter (one ``atomic_add``, acq_rel, after a CTA barrier: the grid-sync pattern) adds them up
-  in split order - deterministic, no zero-fill launch, no second kernel - writes y in x's dtype
-  and resets the counter to 0 for the next launch.
+  in split order (deterministic, no second kernel), writes y and resets the counter to 0: the
+  counters are a persistent buffer (:mod:`._split_k_counters`), so no zero-fill launch either.
 * **one scale per tile**: ``BLOCK_K`` divides the group size (or there is one group per row), so
   a tile's codes are turned into ``q - z`` (exact small integers) or NF4 levels, multiplied with x,
   and the group scale is applied once per row and tile. Group sizes no ``BLOCK_K`` divides (odd
@@ -19,9 +18,8 @@ mixed-input GEMM for moderate M):
 * **M = 1** (``DOT=False``): products on the CUDA cores into a ``[BLOCK_K/2, BLOCK_N]`` float32
   accumulator, reduced once at the end; **2 <= M <= 16** (``DOT=True``): ``tl.dot`` with
   ``BLOCK_M = 16`` (rows past M masked), W rounded to x's dtype (exact for ``q - z``).
-* NF4 levels come from a 16-entry table read through L1 (float32: 64 bytes, one cache line; on the
-  tensor-core path the same levels rounded to x's dtype, so no conversion). A register-only
-  lookup would be a 15-select tree per weight in Triton - several times the work of one L1 read.
+* NF4 levels: on CUDA (``ASM=2``) from a 16-entry table in registers, read with byte permutes
+  (:mod:`._nf4_register_table`), in x's dtype; elsewhere from a table in memory (through L1).
 """
 
 from __future__ import annotations
@@ -34,7 +32,8 @@ import triton.language as tl
 from torch import Tensor
 
 from qcompiler.backends.triton._config import TunedLauncher, interpreting
-from qcompiler.backends.triton.weight_only_gemv_configs import dot_configs, fma_configs, gemm_configs
+from qcompiler.backends.triton.weight_only_gemv_configs import (dot16_table_config, dot_configs, fma_configs,
+                                                                gemm_configs, weight_kind)
 from qcompiler.backends.triton._weight_operand import WeightOperand, code_value, group_scale, per_tile
 from qcompiler.backends.triton._magic_dequant import magic_bytes_f16, magic_nibbles_f16
 from qcompiler.backends.triton._nf4_register_table import nf4_nibbles_16_asm
@@ -300,11 +299,22 @@ _LAUNCH = {
     for mode, make in _CONFIGS.items()
 }
 
+
 def _split_k_workspace(device: torch.device, parts: int, locks: int) -> tuple[Tensor, Tensor]:
-    """This launch's float32 partial sums (uninitialised, freed when the op returns) and int32 tile
-    counters from the persistent ring of :mod:`._split_k_counters` (zero before every launch, left
-    zero by it: no zero-fill launch per call, and nothing cached inside a CUDA graph's pool)."""
+    """This launch's float32 partial sums (uninitialised) and tile counters (:mod:`._split_k_counters`)."""
     return torch.empty(max(parts, 1), dtype=torch.float32, device=device), split_k_counters(device, locks)
+
+
+_DOT16: dict[tuple, Optional[dict]] = {}
+
+
+def _dot16_config(w: WeightOperand) -> Optional[dict]:
+    """The measured tensor-core config at 16 rows for this layer shape (``weight_only_gemv_configs``)."""
+    key = w.key()
+    if key not in _DOT16:
+        cfg = dot16_table_config(weight_kind(w.fmt, w.pack, w.group, w.groups, w.signed), w.n, w.k)
+        _DOT16[key] = cfg if cfg is not None and per_tile(w.group, w.groups, cfg["BLOCK_K"]) else None
+    return _DOT16[key]
 
 
 def _m_bucket(m: int) -> int:
@@ -355,6 +365,8 @@ def _run(what: str, x: Tensor, w: WeightOperand, bias: Optional[Tensor], mode: s
         y.zero_()
         return (y + bias.to(y.dtype) if bias is not None else y).reshape(*lead, n)
     kb, mb = w.qweight.shape[1], _m_bucket(m)
+    if config is None and mode == "dot" and mb == GEMV_MAX_M:
+        config = _dot16_config(w)  # the measured config of a known layer shape, else autotune
     splits = config["SPLIT_K"] if config is not None else min(
         _max_split(mb, n), max(c.kwargs["SPLIT_K"] for c in _LAUNCH[mode].autotuner.configs))
     if splits > 1:
