@@ -51,7 +51,7 @@ def test_operand_rows_dequantize_like_the_whole():
         n1 = min(n0 + rows, N)
         assert torch.equal(dequantize_weight(wp.operand_rows(w, n0, n1), torch.float16), whole[n0:n1])
     with pytest.raises(ValueError, match="double-quantization block"):
-            wp.operand_rows(w, 1, 2)
+        wp.operand_rows(w, 1, 2)
 
 
 def test_auto_engine_follows_thresholds(monkeypatch):
