@@ -25,8 +25,9 @@ from qcompiler.backends.triton._config import (TunedLauncher, interpreting, make
                                                pick_configs)
 from qcompiler.backends.triton.int8_epilogue import (OUTLIERS_DENSE, OUTLIERS_GATHER, OUTLIERS_NONE,
                                                      int8_epilogue)
-from qcompiler.backends.triton.int8_linear_int_mm import (GEMM_AUTO, launch_int8_linear_int_mm,
-                                                          uses_int_mm)
+from qcompiler.backends.triton.int8_gemm_engine import GEMM_AUTO, GEMM_INT_MM, GEMM_TMA, GEMM_TRITON, pick_gemm
+from qcompiler.backends.triton.int8_linear_int_mm import launch_int8_linear_int_mm
+from qcompiler.backends.triton.int8_linear_tma import launch_int8_linear_tma
 # The weight-only kernels import the 16-bit dot from here.
 from qcompiler.backends.triton.int8_epilogue import outlier_dot as _outlier_dot  # noqa: F401
 
@@ -109,8 +110,8 @@ def launch_int8_linear(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tensor,
 
     ``outliers``: ``OUTLIERS_DENSE`` uses ``xo [M, n]``/``wo [N, n]``; ``OUTLIERS_GATHER`` uses
     ``xo`` = the 16-bit X ``[M, K]`` and the columns ``idx[:cnt[0]]`` of it and of ``wq``.
-    ``gemm``: ``GEMM_AUTO`` (by shape: :func:`.int8_linear_int_mm.uses_int_mm`), ``GEMM_TRITON``
-    (this kernel) or ``GEMM_INT_MM`` (cuBLASLt ``_int_mm`` + the epilogue kernel, where it applies).
+    ``gemm``: an engine of :mod:`.int8_gemm_engine` (``GEMM_AUTO``: by M; ``GEMM_TRITON``: this
+    kernel; ``GEMM_INT_MM``: cuBLASLt + the epilogue kernel; ``GEMM_TMA``: the TMA kernel).
     """
     m, k = xq.shape
     n = wq.shape[0]
@@ -121,8 +122,11 @@ def launch_int8_linear(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tensor,
         if bias is not None:
             y += bias.to(y.dtype)
         return y
-    if y.stride(1) == 1 and uses_int_mm(gemm, xq, wq):
+    engine = pick_gemm(gemm, xq, wq) if y.stride(1) == 1 else GEMM_TRITON
+    if engine == GEMM_INT_MM:
         return launch_int8_linear_int_mm(xq, x_scale, wq, w_scale, xo, wo, idx, cnt, bias, y, outliers)
+    if engine == GEMM_TMA:
+        return launch_int8_linear_tma(xq, x_scale, wq, w_scale, xo, wo, idx, cnt, bias, y, outliers)
     n_out = xo.shape[1] if outliers == OUTLIERS_DENSE else 0
     dummy = y
     xs_stride = 0 if x_scale.numel() == 1 else 1

@@ -10,8 +10,8 @@ allocated by ``_int_mm`` per call and freed after it: CUDA-graph safe, no cached
 Same int32 accumulator, same epilogue function: the output matches the Triton GEMM's (the outlier
 ``tl.dot`` may round its last bit differently between tile shapes).
 
-Whether it runs is :func:`uses_int_mm`'s choice (``INT_MM_MIN_M``, measured by
-``benchmarks/bench_int8_prefill.py``); ``_int_mm``'s own limits: M > 16, K and N multiples of 8.
+Whether it runs is :mod:`.int8_gemm_engine`'s choice; ``_int_mm``'s own limits (M > 16, K and N
+multiples of 8) are :func:`int_mm_supported`.
 """
 
 from __future__ import annotations
@@ -26,15 +26,7 @@ from torch import Tensor
 from qcompiler.backends.triton._config import TunedLauncher, interpreting, make_config, pick_configs
 from qcompiler.backends.triton.int8_epilogue import OUTLIERS_DENSE, OUTLIERS_GATHER, int8_epilogue
 
-__all__ = ["GEMM_AUTO", "GEMM_TRITON", "GEMM_INT_MM", "INT_MM_MIN_M", "int_mm_supported", "uses_int_mm",
-           "launch_int8_linear_int_mm"]
-
-# The ``gemm`` argument of ``launch_int8_linear``: pick by shape, or force one engine (benchmarks).
-GEMM_AUTO, GEMM_TRITON, GEMM_INT_MM = 0, 1, 2
-
-# AUTO takes ``_int_mm`` from this many rows on; None: never (the Triton GEMM was as fast or faster).
-INT_MM_MIN_M: Optional[int] = None
-
+__all__ = ["int_mm_supported", "launch_int8_linear_int_mm"]
 
 def int_mm_supported(xq: Tensor, wq: Tensor) -> bool:
     """Whether ``torch._int_mm(xq, wq.t())`` accepts these 2-D operands (its checks, made here so a
@@ -43,17 +35,6 @@ def int_mm_supported(xq: Tensor, wq: Tensor) -> bool:
     n = wq.shape[0]
     return (m > 16 and k > 0 and k % 8 == 0 and n % 8 == 0 and xq.stride(1) == 1 and wq.stride(1) == 1
             and xq.stride(0) == k and wq.stride(0) == k)
-
-
-def uses_int_mm(gemm: int, xq: Tensor, wq: Tensor) -> bool:
-    """Whether the int8 linear of these operands takes ``_int_mm`` + the epilogue kernel."""
-    if gemm == GEMM_TRITON:
-        return False
-    if not int_mm_supported(xq, wq):
-        return False
-    if gemm == GEMM_INT_MM:
-        return True
-    return INT_MM_MIN_M is not None and xq.shape[0] >= INT_MM_MIN_M
 
 
 def _epilogue_configs() -> list[triton.Config]:
