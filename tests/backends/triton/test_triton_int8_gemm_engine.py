@@ -69,6 +69,8 @@ def test_engine_dynamic_outliers_matches_reference(engine, monkeypatch):
     xq, xs, mask = REF.quantize_rowwise_dynamic(x, 6.0)
     _requires(engine, xq, wq)
     monkeypatch.setattr(engine_mod, "INT_MM_MIN_M" if engine == GEMM_INT_MM else "TMA_MIN_M", 1)
+    monkeypatch.setattr(engine_mod, "TMA_MIN_M" if engine == GEMM_INT_MM else "INT_MM_MIN_M", None)
+    monkeypatch.setattr(engine_mod, "TMA_MIN_N", 1)
     assert pick_gemm(GEMM_AUTO, xq, wq) == engine
     y = int8_linear_dynamic_outlier(xq, xs, x, mask, wq, ws, bias)
     ref = REF.int8_linear_dynamic_outlier(xq, xs, x, mask, wq, ws, bias)
@@ -99,6 +101,12 @@ def test_tma_needs_16_byte_rows():
 def test_auto_follows_thresholds(monkeypatch):
     xq = torch.zeros(32, 64, dtype=torch.int8, device=DEVICE)
     wq = torch.zeros(64, 64, dtype=torch.int8, device=DEVICE)
+    if tma_supported(xq, wq):
+        monkeypatch.setattr(engine_mod, "TMA_MIN_M", 32)
+        monkeypatch.setattr(engine_mod, "TMA_MIN_N", 128)  # N = 64 is below it: not TMA
+        assert pick_gemm(GEMM_AUTO, xq, wq) == GEMM_TRITON
+        monkeypatch.setattr(engine_mod, "TMA_MIN_N", 64)
+        assert pick_gemm(GEMM_AUTO, xq, wq) == GEMM_TMA
     monkeypatch.setattr(engine_mod, "TMA_MIN_M", None)
     monkeypatch.setattr(engine_mod, "INT_MM_MIN_M", 64)
     assert pick_gemm(GEMM_AUTO, xq, wq) == GEMM_TRITON
