@@ -33,9 +33,9 @@ __all__ = ["weight_only_uint_linear", "weight_only_nf4_linear", "WEIGHT_ONLY_SMA
 
 # Rows up to which the GEMV runs.
 WEIGHT_ONLY_SMALL_M = GEMV_MAX_M
-# Rows up to which the mixed-input GEMM runs; above, dequantize + cuBLAS. An estimate, not yet a
-# measurement: at M = 2048 cuBLAS's fp16 GEMM is compute-bound and beats a Triton GEMM without
-# TMA / warp specialisation, while at M <= ~256 reading 4x fewer bytes of W should win.
+# Rows up to which the mixed-input GEMM runs; above, dequantize + cuBLAS. At M = 2048 the mixed GEMM
+# ran at 0.16-0.30x cuBLAS fp16 on the 8B shapes (H200, benchmarks/bench_weight_only_prefill.py);
+# between 16 and 2048 rows the crossing point is still an estimate.
 WEIGHT_ONLY_GEMM_MAX_M = 256
 
 
