@@ -13,14 +13,14 @@ Rows (``--rows`` takes a comma list; all by default):
   fp16-eager; fp16-compiled (transformers' generate() with a static cache + torch.compile(
   mode="reduce-overhead") for decode and torch.compile for prompts); fp16-lean (the same fp16 model
   through qcompiler's lean decode loop, :mod:`qcompiler.runtime.decode_loop`: static cache, one
-  CUDA graph per decode step, eager prompt); torchao-int8wo / torchao-int4wo (fp16-compiled's
+  CUDA graph per decode step holding a torch.compile'd step, compiled prompt: qm.generate()'s default); torchao-int8wo / torchao-int4wo (fp16-compiled's
   recipe; int4 runs in bf16: tinygemm needs it) and torchao-int8wo-lean / torchao-int4wo-lean (the
   same models through the lean loop); bnb-int8 (LLM.int8(), t=6) / bnb-nf4 (eager);
   and qcompiler's schemes with backend="triton" through ``qm.generate()`` (the lean loop, on by
   default on CUDA): int8-outlier, w8a8-smoothquant, w8-weight-only, w4-weight-only, gptq-w4, nf4.
-  A lean row named ``<row>+compiled-step`` runs its decode step through torch.compile (Inductor,
-  no CUDA graphs of its own) inside the captured graph instead of the eager step
-  (``--lean-step`` sets it for every lean row). The ratio columns divide by the stronger of
+  A lean row named ``<row>+graph-step`` captures the uncompiled (eager) step instead, ``<row>+compiled-step``
+  forces the compiled one, ``<row>+eager-prompt`` runs its prompts eagerly (``--lean-step`` /
+  ``--lean-prefill`` set them for every lean row). The ratio columns divide by the stronger of
   fp16-compiled and fp16-lean, column by column.
 
 Columns: decode tok/s at batch 1 and 16 (all sequences' new tokens per second:
@@ -51,7 +51,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from generate_rows import (COMPILED_STEP, FP16_BASELINES, ROWS, SHAPES, TINY_ROWS, RowContext, build,  # noqa: E402
+from generate_rows import (FP16_BASELINES, ROWS, SHAPES, TINY_ROWS, RowContext, build,  # noqa: E402
                            row_builder)
 
 
@@ -224,14 +224,16 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--shape", default="8b", choices=sorted(SHAPES))
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--vocab", type=int, default=None)
-    ap.add_argument("--rows", default="all", help=f"comma list of {', '.join(ROWS)} (lean rows: +compiled-step)")
+    ap.add_argument("--rows", default="all", help=f"comma list of {', '.join(ROWS)} (lean rows: +graph-step, +compiled-step, +eager-prompt)")
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--prompt", type=int, default=16)
     ap.add_argument("--decode", type=int, default=33, help="new tokens per timed generate")
     ap.add_argument("--prefill", type=int, default=2048)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--budget-s", type=float, default=540.0, help="start no row after this many seconds")
-    ap.add_argument("--lean-step", default="cuda-graph", choices=["cuda-graph", "compiled-cuda-graph", "eager"])
+    ap.add_argument("--lean-step", default="auto", choices=["auto", "cuda-graph", "compiled-cuda-graph", "eager"])
+    ap.add_argument("--lean-prefill", default="auto", choices=["auto", "eager", "compiled"],
+                    help="the lean loop's prompts: auto = compiled on CUDA (qm.generate()'s default)")
     ap.add_argument("--hf-compile-prefill", type=int, default=1, help="0: HF-compiled rows run prompts eager")
     ap.add_argument("--out", default=None, help="results JSON, written after every row; rows in it are kept")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny model, eager backend")
@@ -251,9 +253,9 @@ def main() -> None:
         try:
             row_builder(n)
         except KeyError:
-            raise SystemExit(f"unknown row {n!r}; known: {', '.join(ROWS)} (lean rows also as <row>{COMPILED_STEP})")
+            raise SystemExit(f"unknown row {n!r}; known: {', '.join(ROWS)} (lean rows also with +graph-step, +compiled-step, +eager-prompt)")
     ctx0 = RowContext(backend="triton" if args.device == "cuda" else "eager", lean_step=args.lean_step,
-                      device=args.device, hf_compile_prefill=bool(args.hf_compile_prefill))
+                      lean_prefill=args.lean_prefill, device=args.device, hf_compile_prefill=bool(args.hf_compile_prefill))
 
     start = time.perf_counter()
     card = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 __all__ = ["SHAPES", "build", "RowContext", "ROWS", "LEAN_ROWS", "COMPILED_STEP", "FP16_BASELINES", "TINY_ROWS",
-           "row_builder"]
+           "row_builder", "GRAPH_STEP", "EAGER_PROMPT"]
 
 SHAPES = {  # hidden, MLP, heads, KV heads, full-model layers, vocab
     "8b": (4096, 14336, 32, 8, 32, 128256),
@@ -95,6 +95,7 @@ class RowContext:
     lean_step: str
     device: str
     hf_compile_prefill: bool = True
+    lean_prefill: str = "auto"  # the lean loop's prompt: auto (compiled on CUDA) | eager | compiled
 
 
 def _fast_config(ctx: RowContext, lean: bool):
@@ -102,7 +103,11 @@ def _fast_config(ctx: RowContext, lean: bool):
     cpu = ctx.device != "cuda"  # --tiny: the same paths on the CPU (Dynamo's eager backend, no CUDA graphs)
     return FastGenerateConfig(all_devices=cpu, backend="eager" if cpu else "inductor",
                               compile_prefill=ctx.hf_compile_prefill,
-                              lean_decode=DecodeLoopConfig(step=StepMode(ctx.lean_step)) if lean else None)
+                              lean_decode=DecodeLoopConfig(step=StepMode(ctx.lean_step),
+                                                           compiled_prefill=_PREFILL[ctx.lean_prefill]) if lean else None)
+
+
+_PREFILL = {"auto": None, "eager": False, "compiled": True}
 
 
 def fast(model: nn.Module, ctx: RowContext, lean: bool = False) -> nn.Module:
@@ -140,15 +145,25 @@ ROWS: dict[str, Callable] = {
 }
 LEAN_ROWS = {"fp16-lean"} | {n for n in ROWS if n.startswith("qc-") or n.endswith("-lean")}
 COMPILED_STEP = "+compiled-step"  # row-name suffix: that lean row with StepMode.COMPILED_CUDA_GRAPH
+GRAPH_STEP = "+graph-step"  # row-name suffix: that lean row with StepMode.CUDA_GRAPH (the eager step, captured)
+EAGER_PROMPT = "+eager-prompt"  # row-name suffix: that lean row with its prompts run eagerly
 FP16_BASELINES = ("fp16-compiled", "fp16-lean")
 TINY_ROWS = ["fp16-eager", "fp16-lean", "fp16-compiled", "qc-w4-weight-only", "qc-w8-weight-only", "qc-int8-outlier",
              "qc-nf4", "qc-gptq-w4", "qc-w8a8-smoothquant"]
 
 
+_SUFFIXES = {COMPILED_STEP: ("lean_step", "compiled-cuda-graph"), GRAPH_STEP: ("lean_step", "cuda-graph"),
+             EAGER_PROMPT: ("lean_prefill", "eager")}
+
+
 def row_builder(name: str) -> tuple[Callable, dict]:
-    """The builder of row ``name`` and the RowContext fields it overrides (``<row>+compiled-step``)."""
-    if name.endswith(COMPILED_STEP) and name[:-len(COMPILED_STEP)] in LEAN_ROWS:
-        return ROWS[name[:-len(COMPILED_STEP)]], {"lean_step": "compiled-cuda-graph"}
-    if name not in ROWS:
+    """The builder of row ``name`` and the RowContext fields it overrides: a lean row may carry
+    suffixes (``qc-w4-weight-only+graph-step+eager-prompt``)."""
+    base, overrides = name, {}
+    for suffix, (field, value) in _SUFFIXES.items():
+        if suffix in base:
+            base = base.replace(suffix, "")
+            overrides[field] = value
+    if base not in ROWS or (overrides and base not in LEAN_ROWS):
         raise KeyError(name)
-    return ROWS[name], {}
+    return ROWS[base], overrides

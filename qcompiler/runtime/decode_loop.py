@@ -18,7 +18,11 @@ code, which reads the mask on the host, is skipped) and explicit position ids; t
 2D mask and the position ids ``generate()`` would give it. Tokens equal ``generate()``'s
 (``tests/runtime/test_decode_loop.py``). ``StepMode.EAGER`` runs the same step without a graph
 (the CPU path); ``StepMode.COMPILED_CUDA_GRAPH`` runs a ``torch.compile``'d step (Inductor, no
-CUDA graphs of its own, ``fullgraph=True``, ``dynamic=False``) inside the captured graph.
+CUDA graphs of its own, ``fullgraph=True``, ``dynamic=False``) inside the captured graph: its norms,
+rotary embedding, cache writes and token choice become a few fused kernels (1.1B shape, 22 layers,
+H200: 2.68 -> 1.58 ms of GPU time per fp16 token). ``StepMode.AUTO`` (the default) is that on CUDA,
+falling back to ``CUDA_GRAPH`` with a warning when compiling fails or after ``max_compiled_slots``
+compiled (batch size, cache length) slots, and ``EAGER`` elsewhere.
 
 >>> loop = DecodeLoop(model)                      # a Hugging Face causal LM or a QuantizedModel
 >>> ids = loop.generate(input_ids, max_new_tokens=64, choice=TokenChoice(eos=(2,), pad=2))
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -42,6 +47,7 @@ __all__ = ["StepMode", "DecodeLoopConfig", "DecodeLoop"]
 class StepMode(enum.Enum):
     """How one decode step runs."""
 
+    AUTO = "auto"  # COMPILED_CUDA_GRAPH on CUDA (CUDA_GRAPH if compiling fails), EAGER elsewhere
     EAGER = "eager"  # the model's forward per token, no graph (what the CPU gets)
     CUDA_GRAPH = "cuda-graph"  # the eager step captured in one CUDA graph: no compile time
     COMPILED_CUDA_GRAPH = "compiled-cuda-graph"  # a torch.compile'd step captured in one CUDA graph
@@ -56,14 +62,18 @@ class DecodeLoopConfig:
     multiple of this many positions, so prompts of other lengths reuse one captured graph;
     ``eos_check_every``: decode steps between reads of the finished flags (one host sync each);
     ``compiled_prefill``: run the prompt through the model's ``forward`` attribute (the fast
-    path's compiled prompt when that is on) instead of the plain forward."""
+    path's compiled prompt when that is on) instead of the plain forward; ``None``: on CUDA (the
+    compiled prompt has no per-op host time: 22 layers of eager prompt are host-bound);
+    ``max_compiled_slots``: compiled steps kept before ``AUTO`` captures eager steps (each compile
+    takes seconds, and Dynamo recompiles one code object a bounded number of times)."""
 
-    step: StepMode = StepMode.CUDA_GRAPH
+    step: StepMode = StepMode.AUTO
     compile_backend: str = "inductor"
     compile_mode: str = "default"
     cache_bucket: int = 256
     eos_check_every: int = 16
-    compiled_prefill: bool = False
+    compiled_prefill: Optional[bool] = None
+    max_compiled_slots: int = 4
 
 
 def _hf(model: nn.Module) -> nn.Module:
@@ -96,6 +106,7 @@ class _Slot:
         self.eos = torch.tensor(choice.eos, dtype=torch.long, device=device)
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.step_fn: Optional[Callable] = None
+        self.mode: Optional[StepMode] = None  # what the captured graph holds
 
 
 class DecodeLoop:
@@ -114,6 +125,7 @@ class DecodeLoop:
         self._logits_to_keep = "logits_to_keep" in params
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"  # transformers >= 5.20 / before
         self.last_mode: Optional[StepMode] = None  # what the last generate() ran
+        self.compile_failure: Optional[str] = None  # why AUTO stopped compiling steps, if it did
 
     # -- what it supports ------------------------------------------------------------------
     def unsupported_reason(self) -> Optional[str]:
@@ -138,9 +150,18 @@ class DecodeLoop:
         self._slots.clear()
 
     def step_mode(self, device: torch.device) -> StepMode:
-        """The mode a call on ``device`` runs: no CUDA graph off CUDA (a compiled step stays compiled)."""
-        if device.type == "cuda" or self.config.step is StepMode.COMPILED_CUDA_GRAPH:
-            return self.config.step
+        """The mode a new slot on ``device`` runs: no CUDA graph off CUDA (an explicitly compiled
+        step stays compiled); ``AUTO`` resolved as its docstring says."""
+        step = self.config.step
+        if step is StepMode.AUTO:
+            if device.type != "cuda":
+                return StepMode.EAGER
+            compiled = sum(s.mode is StepMode.COMPILED_CUDA_GRAPH for s in self._slots.values())
+            if self.compile_failure is None and compiled < self.config.max_compiled_slots:
+                return StepMode.COMPILED_CUDA_GRAPH
+            return StepMode.CUDA_GRAPH
+        if device.type == "cuda" or step is StepMode.COMPILED_CUDA_GRAPH:
+            return step
         return StepMode.EAGER
 
     # -- the loop --------------------------------------------------------------------------
@@ -156,16 +177,16 @@ class DecodeLoop:
         bucket = max(1, self.config.cache_bucket)
         cache_len = -(-(prompt + max_new_tokens) // bucket) * bucket
         slot = self._slot(batch, cache_len, choice, input_ids.device)
-        mode = self.step_mode(input_ids.device)
-        self.last_mode = mode
+        if slot.mode is None:
+            slot.mode = self.step_mode(input_ids.device)
         steps = max_new_tokens - 1  # the prompt's forward gives the first token
-        graphed = steps > 0 and mode is not StepMode.EAGER and input_ids.device.type == "cuda"
+        graphed = steps > 0 and slot.mode is not StepMode.EAGER and input_ids.device.type == "cuda"
         if graphed and slot.graph is None:
-            self._prefill(slot, input_ids, attention_mask, min_new_tokens)  # warm-up needs a filled cache
-            slot.graph = self._capture(slot)
+            slot.graph = self._capture_with_fallback(slot, input_ids, attention_mask, min_new_tokens)
+        self.last_mode = slot.mode
         self._prefill(slot, input_ids, attention_mask, min_new_tokens)
         if steps > 0:
-            run = slot.graph.replay if graphed else self._step_fn(slot, mode)
+            run = slot.graph.replay if graphed else self._step_fn(slot, slot.mode)
             check = self.config.eos_check_every if slot.eos.numel() else 0
             for i in range(steps):
                 run()
@@ -204,7 +225,9 @@ class DecodeLoop:
         slot.finished.zero_()
         slot.out.fill_(slot.choice.pad)
         model_mask = None if bool((mask == 1).all()) else mask  # generate() drops an all-ones mask too
-        fwd = self.hf.forward if self.config.compiled_prefill else _plain_forward(self.hf)
+        compiled = self.config.compiled_prefill
+        compiled = ids.device.type == "cuda" if compiled is None else compiled
+        fwd = self.hf.forward if compiled else _plain_forward(self.hf)
         logits = fwd(input_ids=ids, attention_mask=model_mask, position_ids=pos, **self._model_kwargs(slot)).logits
         self._advance(slot, logits[:, -1, :])
 
@@ -242,10 +265,30 @@ class DecodeLoop:
             slot.step_fn = step
         return slot.step_fn
 
+    def _capture_with_fallback(self, slot: _Slot, ids: torch.Tensor, mask: torch.Tensor,
+                               min_new: int) -> "torch.cuda.CUDAGraph":
+        """Capture ``slot``'s step (each warm-up needs a filled cache: the prompt runs first). A
+        compiled step that fails to compile under ``AUTO`` is replaced by the eager step, with a
+        warning, and ``AUTO`` compiles no more steps."""
+        self._prefill(slot, ids, mask, min_new)
+        if self.config.step is not StepMode.AUTO or slot.mode is not StepMode.COMPILED_CUDA_GRAPH:
+            return self._capture(slot)
+        try:
+            return self._capture(slot)
+        except Exception as e:  # noqa: BLE001 - generate() must keep working: fall back, say so
+            self.compile_failure = f"{type(e).__name__}: {str(e)[:300]}"
+            warnings.warn("qcompiler decode loop: compiling the decode step failed, this and later steps are "
+                          f"captured uncompiled (StepMode.CUDA_GRAPH): {self.compile_failure}",
+                          RuntimeWarning, stacklevel=3)
+            torch.cuda.synchronize()
+            slot.mode, slot.step_fn = StepMode.CUDA_GRAPH, None
+            self._prefill(slot, ids, mask, min_new)
+            return self._capture(slot)
+
     def _capture(self, slot: _Slot) -> "torch.cuda.CUDAGraph":
         """Warm up (compiles, autotunes, lazy inits) on a side stream, then capture one step. The
         warm-up steps write the cache and move the indices: the caller runs the prompt again."""
-        step = self._step_fn(slot, self.config.step)
+        step = self._step_fn(slot, slot.mode)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):

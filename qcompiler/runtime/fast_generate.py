@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from qcompiler.runtime.decode_loop import DecodeLoopConfig
+from qcompiler.runtime.decode_loop import DecodeLoopConfig, StepMode
 from qcompiler.runtime.lean_generate import install_lean_generate, uninstall_lean_generate
 
 __all__ = ["FastGenerateConfig", "enable_fast_generate", "disable_fast_generate", "fast_generate_status"]
@@ -167,7 +167,10 @@ def enable_fast_generate(model: nn.Module, config: FastGenerateConfig = FastGene
     lean = "off"
     if config.lean_decode is not None:
         why_not = install_lean_generate(hf, config.lean_decode)
-        lean = f"not used ({why_not})" if why_not else f"{config.lean_decode.step.value} step for supported requests"
+        step = config.lean_decode.step
+        step = ("compiled-cuda-graph step (cuda-graph if compiling fails)" if step is StepMode.AUTO
+                else f"{step.value} step")
+        lean = f"not used ({why_not})" if why_not else f"{step} for supported requests"
     setattr(hf, _STATE, saved)
     prefill = f"prompts through torch.compile(mode={config.prefill_mode!r})" if config.compile_prefill \
         else "prompts eager"

@@ -32,3 +32,17 @@ def test_tiny_bench_runs_and_resumes(tmp_path):
         assert results[row]["path"].startswith("lean decode loop"), results[row]
         assert results[row]["eager_tokens_equal"] == "5/5"
     assert "| qc-w8-weight-only | lean decode loop" in printed
+
+
+def test_row_suffixes_pick_the_lean_loop_settings():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from generate_rows import ROWS, row_builder
+    build, over = row_builder("qc-w4-weight-only+graph-step+eager-prompt")
+    assert build is ROWS["qc-w4-weight-only"] and over == {"lean_step": "cuda-graph", "lean_prefill": "eager"}
+    assert row_builder("fp16-lean+compiled-step")[1] == {"lean_step": "compiled-cuda-graph"}
+    for bad in ("fp16-eager+graph-step", "qc-w4+compiled-step", "nope"):  # not a lean row / not a row
+        try:
+            row_builder(bad)
+        except KeyError:
+            continue
+        raise AssertionError(f"{bad} was accepted")

@@ -123,3 +123,46 @@ def test_cuda_graph_loop_matches_generate(scheme, step, make_tiny_hf, make_token
     # tokens must agree; greedy may drift later on near-ties.
     assert torch.equal(runs[0][:, :9 + 4], ref[:, :9 + 4])
     torch._dynamo.reset()
+
+
+def test_auto_step_policy(make_tiny_hf):
+    # AUTO: eager off CUDA; on CUDA a compiled step per slot up to max_compiled_slots, then the
+    # uncompiled graph; none once compiling has failed. (The policy only: no CUDA needed.)
+    loop = DecodeLoop(make_tiny_hf("llama"), DecodeLoopConfig(max_compiled_slots=2))
+    cuda = torch.device("cuda")
+    assert loop.step_mode(torch.device("cpu")) is StepMode.EAGER
+    assert loop.step_mode(cuda) is StepMode.COMPILED_CUDA_GRAPH
+    for key in ("a", "b"):
+        loop._slots[key] = type("S", (), {"mode": StepMode.COMPILED_CUDA_GRAPH})()
+    assert loop.step_mode(cuda) is StepMode.CUDA_GRAPH
+    loop._slots.clear()
+    loop.compile_failure = "RuntimeError: x"
+    assert loop.step_mode(cuda) is StepMode.CUDA_GRAPH
+    explicit = DecodeLoop(make_tiny_hf("llama"), DecodeLoopConfig(step=StepMode.CUDA_GRAPH))
+    assert explicit.step_mode(cuda) is StepMode.CUDA_GRAPH and explicit.step_mode(torch.device("cpu")) is StepMode.EAGER
+
+
+def test_auto_step_runs_eager_on_cpu(make_tiny_hf):
+    model = make_tiny_hf("llama")
+    ids = _prompt(batch=2, seq=6, seed=7)
+    loop = DecodeLoop(model)
+    out = loop.generate(ids, max_new_tokens=5, choice=TokenChoice(eos=(1,), pad=2))
+    assert loop.last_mode is StepMode.EAGER
+    assert torch.equal(out, _hf_generate(model, ids, 5, pad_token_id=2))
+
+
+@_CUDA
+def test_auto_step_compiles_on_cuda_and_falls_back_when_compiling_fails(make_tiny_hf):
+    model = make_tiny_hf("llama").half().cuda()
+    ids = _prompt(batch=1, seq=7, device="cuda")
+    ref = _hf_generate(model, ids, 8, pad_token_id=2)
+    loop = DecodeLoop(model)
+    out = loop.generate(ids, max_new_tokens=8, choice=TokenChoice(eos=(1,), pad=2))
+    assert loop.last_mode is StepMode.COMPILED_CUDA_GRAPH and torch.equal(out[:, :7 + 4], ref[:, :7 + 4])
+    torch._dynamo.reset()
+    broken = DecodeLoop(model, DecodeLoopConfig(compile_backend="qcompiler_no_such_backend"))
+    with pytest.warns(RuntimeWarning, match="compiling the decode step failed"):
+        out = broken.generate(ids, max_new_tokens=8, choice=TokenChoice(eos=(1,), pad=2))
+    assert broken.last_mode is StepMode.CUDA_GRAPH and broken.compile_failure
+    assert torch.equal(out[:, :7 + 4], ref[:, :7 + 4])
+    torch._dynamo.reset()
