@@ -34,16 +34,21 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from gemv_before import before_modules  # noqa: E402 - sibling module
 from timing import graph_replay_us  # noqa: E402 - sibling module
 
 SHAPES = {"q/o": (4096, 4096), "k/v": (1024, 4096), "gate/up": (14336, 4096), "down": (4096, 14336),
           "1.1B q/o": (2048, 2048), "1.1B k/v": (256, 2048), "1.1B gate/up": (5632, 2048),
-          "1.1B down": (2048, 5632)}  # N, K
+          "1.1B down": (2048, 5632),
+          # Sibling linears fused into one call (q/k/v, gate/up: the sib11 rewrite).
+          "qkv fused": (6144, 4096), "gate+up fused": (28672, 4096),
+          "1.1B qkv fused": (2560, 2048), "1.1B gate+up fused": (11264, 2048)}  # N, K
 PRODUCTION = os.environ.get("SWEEP_GEMV_PRODUCTION", "0") == "1"  # set by --production (workers too)
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: --dry under TRITON_INTERPRET=1 only
 FORMATS = ["w8", "w4", "nf4", "int8-outlier"]
 ROW_TILES = [(128, 64, 4), (64, 64, 4), (256, 64, 8), (64, 64, 2), (128, 128, 4), (64, 128, 4), (32, 256, 4),
              (128, 32, 4), (256, 32, 8)]  # BLOCK_N, BLOCK_KB, warps
+
 
 
 def _bytes(ts) -> int:
@@ -117,12 +122,19 @@ def production_variants(fmt: str, m: int, n: int, k: int):
             res.append((",".join(f"{a}={b}" for a, b in cfg.items()), lambda x, w, cfg=cfg: call(x, w, cfg)))
         return res
 
+    before_row, before_gemv = before_modules()
     if m == 1:
         out.append(("row-shipped", explicit(R._LAUNCH.autotuner.configs, lambda x, w, cfg: R.weight_only_gemv_row(
             x, w["op"], None, *oi(w), config=cfg))))
+        if before_row is not None:
+            out.append(("before", explicit(before_row._LAUNCH.autotuner.configs, lambda x, w, cfg: before_row.
+                                           weight_only_gemv_row(x, w["op"], None, *oi(w), config=cfg))))
     elif m <= 16:
         out.append(("dot-shipped", explicit(G._LAUNCH["dot"].autotuner.configs, lambda x, w, cfg: G.weight_only_gemv(
             x, w["op"], None, *oi(w), dot=True, config=cfg))))
+        if before_gemv is not None:
+            out.append(("before", explicit(before_gemv._LAUNCH["dot"].autotuner.configs, lambda x, w, cfg: before_gemv.
+                                           weight_only_gemv(x, w["op"], None, *oi(w), dot=True, config=cfg))))
     elif not i8o:
         gemm = [c for c in G._LAUNCH["gemm"].autotuner.configs]
         out.append(("matmul-asm2", explicit(gemm, lambda x, w, cfg: G.weight_only_matmul(x, w["op"], None, config=cfg),

@@ -21,7 +21,9 @@ nf4_linear (+ double-quant absmax)     weight_only_nf4_linear (M-dispatched)
 
 Above M = 16 the int8 linears quantize X with a separate one-pass kernel, or, with
 ``lower-triton{act_quant=fused}``, inside the GEMM (a row-absmax prologue, then X tiles quantized
-in registers: :mod:`.act_quant`, :mod:`.int8_linear_fused_quant`); same outputs bit for bit.
+in registers: :mod:`.act_quant`, :mod:`.int8_linear_fused_quant`); same outputs bit for bit. The
+int8 GEMM itself runs on the pointer-load kernel, or from M = 2048 (N >= 4096) on the TMA +
+persistent kernel (:mod:`.int8_gemm_engine`).
 
 The weight-only ops run a split-K GEMV that unpacks W in registers for M <= 16
 (:mod:`.weight_only_gemv`), the same kernel tiled over M (a mixed-input GEMM) up to M = 256, and

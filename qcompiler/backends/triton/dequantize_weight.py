@@ -14,6 +14,8 @@ stores stay contiguous.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -97,12 +99,17 @@ def _dequantize_weight_kernel(
 _LAUNCH = TunedLauncher(_dequantize_weight_kernel)
 
 
-def dequantize_weight(w: WeightOperand, dtype: torch.dtype) -> Tensor:
+def dequantize_weight(w: WeightOperand, dtype: torch.dtype, out: Optional[Tensor] = None) -> Tensor:
     """The dense ``[N, K]`` weight in ``dtype`` (float16/bfloat16): ``(q - z) * s`` or
-    ``NF4_CODEBOOK[q] * absmax``, computed in float32 and rounded once."""
+    ``NF4_CODEBOOK[q] * absmax``, computed in float32 and rounded once. ``out``: a ``[N, K]``
+    tensor of ``dtype`` with unit column stride to write into (e.g. a reused chunk buffer)."""
     if dtype not in (torch.float16, torch.bfloat16):
         raise TypeError(f"dequantize_weight: dtype must be float16/bfloat16, got {dtype}")
-    out = torch.empty((w.n, w.k), dtype=dtype, device=w.qweight.device)
+    if out is None:
+        out = torch.empty((w.n, w.k), dtype=dtype, device=w.qweight.device)
+    elif out.dtype != dtype or tuple(out.shape) != (w.n, w.k) or (out.numel() and out.stride(1) != 1):
+        raise ValueError(f"dequantize_weight: out must be {dtype} [{w.n}, {w.k}] with unit column stride, "
+                         f"got {out.dtype} {tuple(out.shape)} strides {out.stride()}")
     if out.numel() == 0:
         return out
     kb = w.qweight.shape[1]

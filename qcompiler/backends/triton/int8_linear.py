@@ -25,6 +25,9 @@ from qcompiler.backends.triton._config import (TunedLauncher, interpreting, make
                                                pick_configs)
 from qcompiler.backends.triton.int8_epilogue import (OUTLIERS_DENSE, OUTLIERS_GATHER, OUTLIERS_NONE,
                                                      int8_epilogue)
+from qcompiler.backends.triton.int8_gemm_engine import GEMM_AUTO, GEMM_INT_MM, GEMM_TMA, GEMM_TRITON, pick_gemm
+from qcompiler.backends.triton.int8_linear_int_mm import launch_int8_linear_int_mm
+from qcompiler.backends.triton.int8_linear_tma import launch_int8_linear_tma
 # The weight-only kernels import the 16-bit dot from here.
 from qcompiler.backends.triton.int8_epilogue import outlier_dot as _outlier_dot  # noqa: F401
 
@@ -102,11 +105,13 @@ _LAUNCH = TunedLauncher(_int8_linear_kernel)
 def launch_int8_linear(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tensor,
                        xo: Optional[Tensor], wo: Optional[Tensor], idx: Optional[Tensor],
                        cnt: Optional[Tensor], bias: Optional[Tensor], y: Tensor,
-                       outliers: int) -> Tensor:
+                       outliers: int, gemm: int = GEMM_AUTO) -> Tensor:
     """Launch on 2-D operands; ``y [M, N]`` preallocated.
 
     ``outliers``: ``OUTLIERS_DENSE`` uses ``xo [M, n]``/``wo [N, n]``; ``OUTLIERS_GATHER`` uses
     ``xo`` = the 16-bit X ``[M, K]`` and the columns ``idx[:cnt[0]]`` of it and of ``wq``.
+    ``gemm``: an engine of :mod:`.int8_gemm_engine` (``GEMM_AUTO``: by M; ``GEMM_TRITON``: this
+    kernel; ``GEMM_INT_MM``: cuBLASLt + the epilogue kernel; ``GEMM_TMA``: the TMA kernel).
     """
     m, k = xq.shape
     n = wq.shape[0]
@@ -117,6 +122,11 @@ def launch_int8_linear(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tensor,
         if bias is not None:
             y += bias.to(y.dtype)
         return y
+    engine = pick_gemm(gemm, xq, wq) if y.stride(1) == 1 else GEMM_TRITON
+    if engine == GEMM_INT_MM:
+        return launch_int8_linear_int_mm(xq, x_scale, wq, w_scale, xo, wo, idx, cnt, bias, y, outliers)
+    if engine == GEMM_TMA:
+        return launch_int8_linear_tma(xq, x_scale, wq, w_scale, xo, wo, idx, cnt, bias, y, outliers)
     n_out = xo.shape[1] if outliers == OUTLIERS_DENSE else 0
     dummy = y
     xs_stride = 0 if x_scale.numel() == 1 else 1
@@ -154,8 +164,9 @@ def _check_common(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tensor) -> N
 
 def int8_linear(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tensor,
                 x_outliers: Optional[Tensor], w_outliers: Optional[Tensor],
-                bias: Optional[Tensor], out_dtype: torch.dtype) -> Tensor:
-    """Triton ``int8_linear``: same semantics as ``torch.ops.qcompiler.int8_linear``."""
+                bias: Optional[Tensor], out_dtype: torch.dtype, gemm: int = GEMM_AUTO) -> Tensor:
+    """Triton ``int8_linear``: same semantics as ``torch.ops.qcompiler.int8_linear``; ``gemm`` as
+    for :func:`launch_int8_linear`."""
     _check_common(xq, x_scale, wq, w_scale)
     k = xq.shape[-1]
     lead = xq.shape[:-1]
@@ -169,5 +180,5 @@ def int8_linear(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tensor,
     xo = x_outliers.reshape(m, -1) if use_out else None
     launch_int8_linear(xq2, x_scale.reshape(-1), wq, w_scale.reshape(-1), xo,
                        w_outliers if use_out else None, None, None, bias, y,
-                       OUTLIERS_DENSE if use_out else OUTLIERS_NONE)
+                       OUTLIERS_DENSE if use_out else OUTLIERS_NONE, gemm)
     return y.reshape(*lead, n)

@@ -35,7 +35,11 @@ def _quantize_rowwise_configs() -> list[triton.Config]:
            make_config(TILE=8192, num_warps=4, num_stages=1),
            make_config(TILE=4096, num_warps=2, num_stages=1),
            make_config(TILE=8192, num_warps=8, num_stages=1),
-           make_config(TILE=16384, num_warps=16, num_stages=1)]
+           make_config(TILE=16384, num_warps=16, num_stages=1),
+           # More bytes in flight per SM: whole 4096-wide rows x 4 with 8 warps; two 14336-wide
+           # (down-proj) rows in one pass instead of two passes over 8192-wide tiles.
+           make_config(TILE=16384, num_warps=8, num_stages=1),
+           make_config(TILE=32768, num_warps=16, num_stages=1)]
     return pick_configs(gpu, make_config(TILE=4096, num_warps=4, num_stages=1))
 
 

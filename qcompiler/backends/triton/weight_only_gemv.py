@@ -4,11 +4,10 @@ is built to keep HBM busy (the same kernel tiled over M as well is :func:`weight
 mixed-input GEMM for moderate M):
 
 * **split-K**: the grid is ``(N / BLOCK_N, SPLIT_K)``; each program streams a ``[BLOCK_N, K /
-  SPLIT_K]`` slab, so even N = 4096 gives several programs (and several slabs of loads in flight)
-  per SM. The partial sums go to a float32 workspace; the program that arrives last at a per-tile
+  SPLIT_K]`` slab, several programs (and slabs of loads in flight) per SM. The partial sums go to a float32 workspace; the program that arrives last at a per-tile
   counter (one ``atomic_add``, acq_rel, after a CTA barrier: the grid-sync pattern) adds them up
-  in split order - deterministic, no zero-fill launch, no second kernel - writes y in x's dtype
-  and resets the counter to 0 for the next launch.
+  in split order (deterministic, no second kernel), writes y and resets the counter to 0: the
+  counters are a persistent buffer (:mod:`._split_k_counters`), so no zero-fill launch either.
 * **one scale per tile**: ``BLOCK_K`` divides the group size (or there is one group per row), so
   a tile's codes are turned into ``q - z`` (exact small integers) or NF4 levels, multiplied with x,
   and the group scale is applied once per row and tile. Group sizes no ``BLOCK_K`` divides (odd
@@ -19,9 +18,8 @@ mixed-input GEMM for moderate M):
 * **M = 1** (``DOT=False``): products on the CUDA cores into a ``[BLOCK_K/2, BLOCK_N]`` float32
   accumulator, reduced once at the end; **2 <= M <= 16** (``DOT=True``): ``tl.dot`` with
   ``BLOCK_M = 16`` (rows past M masked), W rounded to x's dtype (exact for ``q - z``).
-* NF4 levels come from a 16-entry table read through L1 (float32: 64 bytes, one cache line; on the
-  tensor-core path the same levels rounded to x's dtype, so no conversion). A register-only
-  lookup would be a 15-select tree per weight in Triton - several times the work of one L1 read.
+* NF4 levels: on CUDA (``ASM=2``) from a 16-entry table in registers, read with byte permutes
+  (:mod:`._nf4_register_table`), in x's dtype; elsewhere from a table in memory (through L1).
 """
 
 from __future__ import annotations
@@ -34,9 +32,12 @@ import triton.language as tl
 from torch import Tensor
 
 from qcompiler.backends.triton._config import TunedLauncher, interpreting
-from qcompiler.backends.triton.weight_only_gemv_configs import dot_configs, fma_configs, gemm_configs
+from qcompiler.backends.triton.weight_only_gemv_configs import (dot16_table_config, dot_configs, fma_configs,
+                                                                gemm_configs, weight_kind)
 from qcompiler.backends.triton._weight_operand import WeightOperand, code_value, group_scale, per_tile
 from qcompiler.backends.triton._magic_dequant import magic_bytes_f16, magic_nibbles_f16
+from qcompiler.backends.triton._nf4_register_table import nf4_nibbles_16_asm
+from qcompiler.backends.triton._split_k_counters import split_k_counters
 from qcompiler.backends.triton.int8_linear import _outlier_dot
 
 __all__ = ["weight_only_gemv", "weight_only_matmul", "GEMV_MAX_M"]
@@ -141,6 +142,8 @@ def _weight_only_gemv_kernel(
     # fp16 magic numbers straight into the tensor-core operand (UINT codes, x in fp16, one scale a tile).
     # ASM: 0 = codes via float32 (code_value), 1 = fp16 magic in Triton ops, 2 = the same via prmt.
     MAGIC16: tl.constexpr = DOT and PER_TILE and FMT == 0 and IS_F16 and ASM > 0
+    # NF4 on the tensor cores, levels from the register table (prmt: ASM=2, CUDA only).
+    NF4_REG: tl.constexpr = DOT and PER_TILE and FMT == 1 and ASM == 2
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -214,6 +217,12 @@ def _weight_only_gemv_kernel(
                 else:
                     part = _outlier_dot(x_lo, magic_bytes_f16(b, ASM == 2, FLIP) - zh,
                                         tl.zeros((BLOCK_M, BLOCK_N), tl.float32), DOT_F32)
+                acc += part * s[None, :]
+            elif NF4_REG:
+                # NF4 levels in x's dtype from a table in registers (prmt), no gather.
+                h_lo, h_hi = nf4_nibbles_16_asm(b, IS_F16)
+                part = _outlier_dot(x_lo, h_lo, tl.zeros((BLOCK_M, BLOCK_N), tl.float32), DOT_F32)
+                part = _outlier_dot(x_hi, h_hi, part, DOT_F32)
                 acc += part * s[None, :]
             elif DOT:
                 # NF4 levels straight from the table in x's dtype (what .to(wdt) of the float32
@@ -290,13 +299,22 @@ _LAUNCH = {
     for mode, make in _CONFIGS.items()
 }
 
+
 def _split_k_workspace(device: torch.device, parts: int, locks: int) -> tuple[Tensor, Tensor]:
-    """This launch's float32 partial sums (uninitialised) and int32 tile counters (zeroed: one
-    memset; every launch leaves them at 0 again). Allocated per call and freed when the op returns,
-    never cached: a workspace that outlived the call would sit in a CUDA graph's memory pool
-    untracked ("Detected 2 tensor(s) in the cudagraph pool not tracked as outputs")."""
-    return (torch.empty(max(parts, 1), dtype=torch.float32, device=device),
-            torch.zeros(max(locks, 1), dtype=torch.int32, device=device))
+    """This launch's float32 partial sums (uninitialised) and tile counters (:mod:`._split_k_counters`)."""
+    return torch.empty(max(parts, 1), dtype=torch.float32, device=device), split_k_counters(device, locks)
+
+
+_DOT16: dict[tuple, Optional[dict]] = {}
+
+
+def _dot16_config(w: WeightOperand) -> Optional[dict]:
+    """The measured tensor-core config at 16 rows for this layer shape (``weight_only_gemv_configs``)."""
+    key = w.key()
+    if key not in _DOT16:
+        cfg = dot16_table_config(weight_kind(w.fmt, w.pack, w.group, w.groups, w.signed), w.n, w.k)
+        _DOT16[key] = cfg if cfg is not None and per_tile(w.group, w.groups, cfg["BLOCK_K"]) else None
+    return _DOT16[key]
 
 
 def _m_bucket(m: int) -> int:
@@ -347,6 +365,8 @@ def _run(what: str, x: Tensor, w: WeightOperand, bias: Optional[Tensor], mode: s
         y.zero_()
         return (y + bias.to(y.dtype) if bias is not None else y).reshape(*lead, n)
     kb, mb = w.qweight.shape[1], _m_bucket(m)
+    if config is None and mode == "dot" and mb == GEMV_MAX_M:
+        config = _dot16_config(w)  # the measured config of a known layer shape, else autotune
     splits = config["SPLIT_K"] if config is not None else min(
         _max_split(mb, n), max(c.kwargs["SPLIT_K"] for c in _LAUNCH[mode].autotuner.configs))
     if splits > 1:

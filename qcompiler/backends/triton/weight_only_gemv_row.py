@@ -19,8 +19,14 @@ pays a product *and* a per-element scale FMA, and x's tile is re-split per nibbl
   runs through the same kernel with zero point 128 and ``S_DIV = 127`` (its scale is
   ``w_scale / 127``); its few fp16 outlier columns are added in the epilogue of the program that
   finishes each output tile (``HAS_OUTLIERS``), so the decomposition costs no extra launch;
+* NF4 levels on CUDA from a 16-entry table in registers (``prmt`` byte permutes,
+  :mod:`._nf4_register_table`), no gather per weight;
 * split-K as in :mod:`.weight_only_gemv`: partial sums in a per-call float32 workspace, the
-  last-arriving program reduces them in split order (deterministic) and resets its counter.
+  last-arriving program reduces them in split order (deterministic) and resets its counter (a
+  persistent buffer, :mod:`._split_k_counters`: no zero-fill launch). Most layers need no split:
+  narrow tiles (``BLOCK_N`` 2-16) give enough programs from N alone;
+* the measured config of known decode layer shapes (:mod:`.weight_only_gemv_configs`), else the
+  autotuner.
 """
 
 from __future__ import annotations
@@ -34,7 +40,10 @@ from torch import Tensor
 
 from qcompiler.backends.triton._magic_dequant import asm_available, magic_bytes_f32, magic_nibbles_f32
 from qcompiler.backends.triton._config import TunedLauncher, interpreting, make_config, pick_configs
+from qcompiler.backends.triton._nf4_register_table import nf4_nibbles_f32_asm
+from qcompiler.backends.triton._split_k_counters import split_k_counters
 from qcompiler.backends.triton._weight_operand import FMT_NF4, WeightOperand
+from qcompiler.backends.triton.weight_only_gemv_configs import row_table_config, weight_kind
 
 __all__ = ["weight_only_gemv_row", "row_supported", "row_tile_ok"]
 
@@ -43,14 +52,17 @@ def _row_configs() -> list[triton.Config]:
     # BLOCK_KB = bytes of a row per tile (64 = one g128 int4 group, 32 = one b64 NF4 block; the
     # pruner keeps only tiles that hold whole groups). 16 B per thread along K, the rest of the
     # threads along N: BLOCK_N / (32 * warps * 16 / BLOCK_KB) rows per thread share x's values.
-    # The winners of benchmarks/sweep_gemv.py on an H200 (2026-12-02; 8B and 1.1B Llama shapes):
-    # 32 x 256 B tiles for 8-bit and int4, 64 x 128 B for NF4; the split keeps ~2-8 programs per SM.
+    # The configs that won some layer in benchmarks/sweep_gemv.py on an H200 (2026-12-02; 8B and
+    # 1.1B Llama shapes and their fused q/k/v, gate/up; those shapes take the measured config from
+    # weight_only_gemv_configs and skip this list). Narrow tiles without a split (BLOCK_N 2-16,
+    # long K) win most layers: N alone gives one program per SM or more, and there are no partial
+    # sums, counters or last-arriver epilogue; 32 x 256 B split-K tiles win small-N long-K layers.
     c = make_config
     asm = asm_available()  # prmt dequantization: 5-20% faster than the Triton-op form on the H200
     gpu = [c(BLOCK_N=n, BLOCK_KB=kb, SPLIT_K=s, ASM=asm, num_warps=w, num_stages=1)
            for n, kb, w, s in [(32, 256, 4, 4), (32, 256, 4, 1), (32, 256, 4, 2), (32, 256, 4, 8),
-                               (64, 128, 4, 4), (64, 128, 4, 8), (64, 128, 4, 16), (128, 128, 4, 8),
-                               (64, 64, 2, 16), (64, 64, 4, 16), (64, 64, 4, 8)]]
+                               (64, 128, 4, 4), (64, 128, 4, 8), (8, 256, 2, 1),
+                               (2, 2048, 4, 1), (4, 1024, 4, 1), (8, 512, 4, 1), (16, 512, 4, 1), (16, 256, 4, 1)]]
     return pick_configs(gpu, c(BLOCK_N=16, BLOCK_KB=64, SPLIT_K=2, ASM=False, num_warps=4))
 
 
@@ -78,6 +90,17 @@ def _per_byte(zf, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, GB: tl.constexp
     if EXPAND:
         res = tl.reshape(tl.broadcast_to(zf[:, :, None], (BLOCK_N, NG, GB)), (BLOCK_N, BLOCK_KB))
     return res
+
+
+@triton.jit
+def _load_w(w_rows, t, offs_j, KB, BLOCK_KB: tl.constexpr, EVEN_KB: tl.constexpr):
+    """W's bytes of K tile ``t``, ``[BLOCK_N, BLOCK_KB]``."""
+    jb = t * BLOCK_KB + offs_j
+    if EVEN_KB:
+        b = tl.load(w_rows + jb[None, :])
+    else:
+        b = tl.load(w_rows + jb[None, :], mask=(jb < KB)[None, :], other=0)
+    return b
 
 
 @triton.jit
@@ -130,10 +153,7 @@ def _weight_only_gemv_row_kernel(
             zf1 = tl.load(z_ptr + rn * G).to(tl.float32)[:, None] + 8388608.0
     for t in range(t_lo, t_hi):
         jb = t * BLOCK_KB + offs_j
-        if EVEN_KB:
-            b = tl.load(w_rows + jb[None, :])
-        else:
-            b = tl.load(w_rows + jb[None, :], mask=(jb < KB)[None, :], other=0)
+        b = _load_w(w_rows, t, offs_j, KB, BLOCK_KB, EVEN_KB)
         # Group indices of this tile's groups (one per row for ONE_GROUP).
         if not ONE_GROUP:
             gi = (t * BLOCK_KB) // GB + offs_g
@@ -150,8 +170,12 @@ def _weight_only_gemv_row_kernel(
                 zfe = _per_byte(zf1, BLOCK_N, BLOCK_KB, GB, NG, HAS_ZEROS and NG > 1)
                 p = x_lo[None, :] * (f_lo - zfe) + x_hi[None, :] * (f_hi - zfe)
             else:
-                bi = b.to(tl.int32)
-                p = x_lo[None, :] * tl.load(cb_ptr + (bi & 0xF)) + x_hi[None, :] * tl.load(cb_ptr + (bi >> 4))
+                if ASM:  # the levels from a table in registers (float16-rounded), no gather
+                    v_lo, v_hi = nf4_nibbles_f32_asm(b)
+                else:
+                    bi = b.to(tl.int32)
+                    v_lo, v_hi = tl.load(cb_ptr + (bi & 0xF)), tl.load(cb_ptr + (bi >> 4))
+                p = x_lo[None, :] * v_lo + x_hi[None, :] * v_hi
         else:
             xv = tl.load(x_ptr + jb * stride_xk, mask=jb < K, other=0.0).to(tl.float32)
             f = magic_bytes_f32(b, ASM, FLIP)
@@ -233,10 +257,35 @@ _LAUNCH = TunedLauncher(triton.autotune(configs=_row_configs(), key=_KEY,
 
 
 def _workspace(device: torch.device, parts: int, locks: int) -> tuple[Tensor, Tensor]:
-    """Per-call split-K partials (uninitialised) and zeroed tile counters; never cached (a
-    workspace that outlived the call would sit untracked in a CUDA graph's memory pool)."""
-    return (torch.empty(max(parts, 1), dtype=torch.float32, device=device),
-            torch.zeros(max(locks, 1), dtype=torch.int32, device=device))
+    """Per-call split-K partials (uninitialised; freed when the op returns) and tile counters from
+    the persistent self-resetting ring (:mod:`._split_k_counters`): no zero-fill launch."""
+    return torch.empty(max(parts, 1), dtype=torch.float32, device=device), split_k_counters(device, locks)
+
+
+def _explicit(w: WeightOperand, kb: int, config: dict) -> tuple[dict, dict]:
+    """(constexprs with the heuristics filled in, launch options) of an explicit config."""
+    cfg = dict(config)
+    launch = dict(num_warps=cfg.pop("num_warps", 4), num_stages=cfg.pop("num_stages", 1))
+    cfg.setdefault("ASM", False)
+    if not row_tile_ok(w.group, w.groups, w.pack, cfg["BLOCK_KB"]):
+        raise ValueError(f"weight_only_gemv_row: BLOCK_KB={cfg['BLOCK_KB']} does not hold whole groups "
+                         f"of {w.group}")
+    named = {"G": w.groups, "KB": kb, "GROUP": w.group, "PACK": w.pack, **cfg}
+    cfg.update({name: fn(named) for name, fn in _HEURISTICS.items()})
+    return cfg, launch
+
+
+_TABLED: dict[tuple, Optional[tuple[dict, dict]]] = {}
+
+
+def _tabled(w: WeightOperand, kb: int) -> Optional[tuple[dict, dict]]:
+    """The measured config of this layer shape (``weight_only_gemv_configs``), resolved once."""
+    key = w.key()
+    if key not in _TABLED:
+        cfg = row_table_config(weight_kind(w.fmt, w.pack, w.group, w.groups, w.signed), w.n, w.k)
+        ok = cfg is not None and row_tile_ok(w.group, w.groups, w.pack, cfg["BLOCK_KB"])
+        _TABLED[key] = _explicit(w, kb, cfg) if ok else None
+    return _TABLED[key]
 
 
 def weight_only_gemv_row(x: Tensor, w: WeightOperand, bias: Optional[Tensor],
@@ -244,7 +293,8 @@ def weight_only_gemv_row(x: Tensor, w: WeightOperand, bias: Optional[Tensor],
                          config: Optional[dict] = None) -> Tensor:
     """``x [..., K]`` (float16/bfloat16, exactly one row) times the weight-only ``w``, plus
     ``x[..., outlier_idx] @ w_outliers.T`` when given (int8-outlier's fp16 columns, ``[N, n]``).
-    ``config`` (``BLOCK_N``, ``BLOCK_KB``, ``SPLIT_K``, ``ASM``, ``num_warps``) skips the autotuner."""
+    ``config`` (``BLOCK_N``, ``BLOCK_KB``, ``SPLIT_K``, ``ASM``, ``num_warps``) skips the autotuner, as
+    the measured config of a known layer shape does (``weight_only_gemv_configs``)."""
     if x.dtype not in (torch.float16, torch.bfloat16):
         raise TypeError(f"weight_only_gemv_row: x must be float16/bfloat16, got {x.dtype}")
     k, n = x.shape[-1], w.n
@@ -263,8 +313,13 @@ def weight_only_gemv_row(x: Tensor, w: WeightOperand, bias: Optional[Tensor],
     if n_out and (w_outliers.shape[0] != n or w_outliers.shape[1] != n_out):
         raise ValueError(f"weight_only_gemv_row: w_outliers must be [{n}, {n_out}], got {tuple(w_outliers.shape)}")
     kb = w.qweight.shape[1]
-    splits = config["SPLIT_K"] if config is not None else max(c.kwargs["SPLIT_K"] for c in _LAUNCH.autotuner.configs)
-    part, lock = _workspace(x.device, splits * n, triton.cdiv(n, 16)) if splits > 1 else (y, y)
+    # An explicit config, else the measured one for this layer shape, else the autotuner.
+    chosen = _explicit(w, kb, config) if config is not None else _tabled(w, kb)
+    cands = [chosen[0]] if chosen is not None else [c.kwargs for c in _LAUNCH.autotuner.configs]
+    splits = max(c["SPLIT_K"] for c in cands)
+    # One counter per N tile of the narrowest tile that splits K.
+    bn = min([c["BLOCK_N"] for c in cands if c["SPLIT_K"] > 1] or [16])
+    part, lock = _workspace(x.device, splits * n, triton.cdiv(n, bn)) if splits > 1 else (y, y)
     cb = w.codebook if w.codebook is not None else y
     args = (x1, w.qweight, w.scales, w.zeros if w.zeros is not None else y, cb,
             w.dq_scale if w.dq_scale is not None else y, w.dq_offset if w.dq_offset is not None else y,
@@ -275,15 +330,8 @@ def weight_only_gemv_row(x: Tensor, w: WeightOperand, bias: Optional[Tensor],
                 DQ_BLOCK=w.dq_block, FLIP=w.signed, S_DIV=w.scale_div, HAS_BIAS=bias is not None,
                 HAS_OUTLIERS=n_out > 0, BLOCK_O=16)
     grid = lambda c: (triton.cdiv(n, c["BLOCK_N"]), c["SPLIT_K"])  # noqa: E731
-    if config is not None:
-        cfg = dict(config)
-        launch = dict(num_warps=cfg.pop("num_warps", 4), num_stages=cfg.pop("num_stages", 1))
-        cfg.setdefault("ASM", False)
-        if not row_tile_ok(w.group, w.groups, w.pack, cfg["BLOCK_KB"]):
-            raise ValueError(f"weight_only_gemv_row: BLOCK_KB={cfg['BLOCK_KB']} does not hold whole groups "
-                             f"of {w.group}")
-        named = {"G": w.groups, "KB": kb, "GROUP": w.group, "PACK": w.pack, **cfg}
-        cfg.update({name: fn(named) for name, fn in _HEURISTICS.items()})
+    if chosen is not None:
+        cfg, launch = chosen
         _weight_only_gemv_row_kernel[grid(cfg)](*args, **meta, **cfg, **launch)
     else:
         _LAUNCH((x.dtype, bias is not None, n_out > 0, *w.key()), grid, *args, **meta)

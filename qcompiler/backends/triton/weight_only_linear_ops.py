@@ -6,8 +6,8 @@
 * ``16 < M <= WEIGHT_ONLY_GEMM_MAX_M``: :func:`weight_only_matmul` - the same kernel tiled over M
   (mixed-input GEMM): reads the packed W once, where dequantize + cuBLAS would write and re-read a
   16-bit copy of it;
-* otherwise: :func:`dequantize_weight` (W to x's dtype, one pass) then ``F.linear`` (cuBLAS), which
-  wins once the GEMM is compute-bound.
+* otherwise: :func:`.weight_only_prefill.prefill_linear`: :func:`dequantize_weight` (W to x's
+  dtype) then cuBLAS, which wins once the GEMM is compute-bound (whole, or in L2-sized chunks).
 
 The two thresholds are module constants; ``benchmarks/bench_weight_only.py`` measures both sides.
 
@@ -21,22 +21,21 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from qcompiler.backends.triton._weight_operand import WeightOperand, nf4_operand, uint_operand
-from qcompiler.backends.triton.dequantize_weight import dequantize_weight
 from qcompiler.backends.triton.weight_only_gemv import GEMV_MAX_M, weight_only_gemv, weight_only_matmul
 from qcompiler.backends.triton.weight_only_gemv_row import row_supported, weight_only_gemv_row
+from qcompiler.backends.triton.weight_only_prefill import prefill_linear
 
 __all__ = ["weight_only_uint_linear", "weight_only_nf4_linear", "WEIGHT_ONLY_SMALL_M",
            "WEIGHT_ONLY_GEMM_MAX_M"]
 
 # Rows up to which the GEMV runs.
 WEIGHT_ONLY_SMALL_M = GEMV_MAX_M
-# Rows up to which the mixed-input GEMM runs; above, dequantize + cuBLAS. An estimate, not yet a
-# measurement: at M = 2048 cuBLAS's fp16 GEMM is compute-bound and beats a Triton GEMM without
-# TMA / warp specialisation, while at M <= ~256 reading 4x fewer bytes of W should win.
+# Rows up to which the mixed-input GEMM runs; above, dequantize + cuBLAS. At M = 2048 the mixed GEMM
+# ran at 0.16-0.30x cuBLAS fp16 on the 8B shapes (H200, benchmarks/bench_weight_only_prefill.py);
+# between 16 and 2048 rows the crossing point is still an estimate.
 WEIGHT_ONLY_GEMM_MAX_M = 256
 
 
@@ -53,8 +52,7 @@ def _linear(x: Tensor, w: WeightOperand, bias: Optional[Tensor]) -> Tensor:
         return weight_only_gemv(x, w, bias)
     if rows <= WEIGHT_ONLY_GEMM_MAX_M:
         return weight_only_matmul(x, w, bias)
-    wd = dequantize_weight(w, x.dtype)
-    return F.linear(x, wd, bias.to(x.dtype) if bias is not None else None)
+    return prefill_linear(x, w, bias)  # dequantize + cuBLAS, whole or in L2-sized chunks, or mixed GEMM
 
 
 def weight_only_uint_linear(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tensor],

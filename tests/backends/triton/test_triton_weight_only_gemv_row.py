@@ -48,6 +48,7 @@ def test_row_matches_reference(fmt, dtype):
     dict(BLOCK_N=16, BLOCK_KB=64, SPLIT_K=1),    # no split: direct store
     dict(BLOCK_N=32, BLOCK_KB=64, SPLIT_K=3),    # 3 splits over 3 tiles
     dict(BLOCK_N=64, BLOCK_KB=128, SPLIT_K=4),   # 2 groups per tile, more splits than tiles
+    dict(BLOCK_N=2, BLOCK_KB=256, SPLIT_K=1),    # narrow tile, whole K in one program, no split
 ], ids=lambda c: "n{BLOCK_N}kb{BLOCK_KB}s{SPLIT_K}".format(**c))
 @pytest.mark.parametrize("fmt", ["w4-g128", "w8-g64-asym", "nf4-b64-dq"], ids=str)
 def test_row_configs(fmt, config):
