@@ -117,6 +117,9 @@ def test_member_with_another_input_or_alone_computes_its_own_slice(make_tiny_hf,
         assert pending.x is h  # k never took its slice of h's output
         _assert_same(attn.k_proj(h), own(attn.k_proj, h))
         assert pending.x is None and pending.y is None  # every member took its slice: released
+        attn.q_proj(h)
+        h.mul_(2)  # changed in place after the leader's call: the kept output is stale
+        assert torch.equal(attn.k_proj(h), own(attn.k_proj, h))
 
 
 def test_groups_whose_x_quantization_differs_are_not_fused(make_tiny_hf, make_token_batches):

@@ -71,7 +71,13 @@ class PendingOutput:
     def __init__(self):
         self.x: Optional[torch.Tensor] = None
         self.y: Optional[torch.Tensor] = None
+        self.version = 0  # x._version when y was computed: an in-place change of x in between shows
         self.taken = 0
+
+    def holds(self, x: torch.Tensor) -> bool:
+        """Whether the kept output was computed from ``x`` as it is now. Under Dynamo the version
+        is not compared (a traced step has no in-place write between the siblings' calls)."""
+        return self.x is x and (torch.compiler.is_compiling() or self.version == x._version)
 
 
 class SiblingGroup(nn.Module):
@@ -113,7 +119,7 @@ class SiblingMember(nn.Module):
 
     def forward(self, x: torch.Tensor):
         group, pending = self.group, self.group.pending
-        if pending.x is x:
+        if pending.holds(x):
             y = pending.y
             pending.taken = pending.taken | self.bit
             if pending.taken == group.everyone:  # the last one: nothing stays held
@@ -126,6 +132,8 @@ class SiblingMember(nn.Module):
             pending.x = x
             pending.y = y
             pending.taken = self.bit
+            if not torch.compiler.is_compiling():
+                pending.version = x._version
             return (y[..., self.start:self.end],)
         return self.own(x)  # another input, or called alone: just its own slice of the weights
 
