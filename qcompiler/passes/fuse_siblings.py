@@ -257,8 +257,7 @@ def _fuse_across(members: list[_Member]) -> FusedGroup:
         v = fused.get(arg.name, ops[arg.name])
         if isinstance(v, torch.Tensor):
             tensors[i] = v
-            v = None
-        args.append(v)
+        args.append(None if isinstance(v, (torch.Tensor, fx.Node)) else v)  # x (a Node) comes per call
     group = SiblingGroup(lead.node.target, args, tensors, bounds)
     for i, m in enumerate(members):
         fuse_region(m.region, SiblingMember(group, i, m.region.gm), group)

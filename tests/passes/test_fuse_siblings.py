@@ -5,6 +5,7 @@ compressed-tensors, ONNX) unchanged. The kernels run in the CPU interpreter (tin
 
 from __future__ import annotations
 
+import copy
 import glob
 
 import pytest
@@ -177,6 +178,13 @@ def test_moving_the_model_unfuses_it(make_tiny_hf, make_token_batches):
     _, qm = _compile(make_tiny_hf, make_token_batches)
     ids = _ids()
     ref, _ = _run(qm, ids)
+    twin = copy.deepcopy(qm)  # a copy stays fused, on its own storage
+    assert isinstance(_attn(twin).q_proj, SiblingRegionModule)
+    group, twin_group = _attn(qm).q_proj._qc_fast.group, _attn(twin).q_proj._qc_fast.group
+    assert twin_group.arg1.data_ptr() != group.arg1.data_ptr()  # arg1: the concatenated codes
+    assert next(_attn(twin).k_proj.gm.buffers()).untyped_storage().data_ptr() == \
+        twin_group.arg1.untyped_storage().data_ptr()  # the copy's members are views of the copy's storage
+    assert torch.equal(_run(twin, ids)[0], ref)
     qm.to(_DEVICE)  # a move (here to where it is already) is what un-fuses
     assert not any(isinstance(m, SiblingRegionModule) for m in qm.modules())
     assert all(type(r.module) is RegionModule for r in qm.program.regions)
