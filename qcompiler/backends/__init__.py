@@ -24,6 +24,9 @@ class Backend:
     # Called by compile after the pipeline: (QuantizedModel, example call (args, kwargs)) ->
     # the QuantizedModel to return, e.g. one whose model runs in another runtime. None: as is.
     finalize: Callable[[Any, tuple[tuple, dict]], Any] | None = None
+    # Whether ``finalize`` also runs on a model ``qcompiler.load(dir)`` rebuilt without its float
+    # model (the saved example call stands in for the one compile had).
+    finalize_standalone: bool = False
 
 
 # Backends whose code lives in a subpackage that registers them on import.

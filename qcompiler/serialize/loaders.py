@@ -109,6 +109,8 @@ def _load_qcompiler(path, model=None, *, device=None, check_versions=True, verif
         if device is not None:
             raise LoadError("load got both device= and device_map=", hint="pass one of them")
         qm = _load_qcompiler(path, model, check_versions=check_versions, verify=verify)
+        from qcompiler.passes.fuse_siblings import unfuse_siblings
+        unfuse_siblings(qm)  # a fused group is one storage: members placed on different devices would split it
         return dispatch_loaded(qm, Path(path), read_description(Path(path)), device_map, max_memory=max_memory)
     if model is not None:
         qm = load_with_model(path, model, check_versions=check_versions, verify=verify)

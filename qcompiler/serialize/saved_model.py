@@ -35,7 +35,7 @@ from qcompiler.serialize.directory_writer import parse_size, plan_shards, write_
 from qcompiler.serialize.graph_codec import decode_graph, encode_graph
 from qcompiler.serialize.hf_config import calling_convention, hf_config_of, write_generation_config
 from qcompiler.serialize.record import CompileRecord, WeightsDigest, weights_digest
-from qcompiler.serialize.tensors import (TensorEntry, TensorTable, drop_unlisted, outer_tensors, region_tensors,
+from qcompiler.serialize.tensors import (TensorEntry, computed_buffer_dtypes, TensorTable, drop_unlisted, outer_tensors, region_tensors,
                                          set_tensor)
 from qcompiler.serialize.values import decode_arg, encode_arg, from_json, to_json
 
@@ -140,9 +140,11 @@ def describe(qm: nn.Module, metadata: dict[str, Any] | None = None) -> tuple[dic
     doc = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "versions": versions(),
         "compile": {"scheme": rec.scheme, "options": _options_json(rec.options), "backend": rec.backend,
-                    "capture": rec.capture, "whole_graph": rec.whole_graph, "pipeline": rec.pipeline},
+                    "capture": rec.capture, "whole_graph": rec.whole_graph, "pipeline": rec.pipeline,
+                    "fuse_siblings": bool(qm.__dict__.get("fuse_siblings", True))},
         "base_model": to_json(rec.base),
         "example": example, "regions": regions, "outer": outer, "calibration_absmax": absmax,
+        "computed_buffers": computed_buffer_dtypes(qm.program.root, RegionModule),
         "tensors": {k: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
                     for k, t in table.tensors.items()},
         "aliases": table.aliases,
@@ -221,6 +223,7 @@ def load_with_model(path: str | os.PathLike, model: nn.Module, *, check_versions
                             for r in doc["regions"] if r.get("before")},
                            {layer: tensors[key] for layer, key in doc["calibration_absmax"].items()})  # on cpu
     qm = QuantizedModel(qmodel, program, report, record)
+    qm.fuse_siblings = comp.get("fuse_siblings", True)  # as compile was told (read by the triton finalize)
     if backend.finalize is not None:  # e.g. onnxruntime: the model runs in another runtime
         qm = backend.finalize(qm, (tuple(args), dict(kwargs)))
         qm._report = from_json(Report, doc["report"])  # as saved: finalize notes its own temp files

@@ -108,7 +108,7 @@ def load_standalone(root: Path, doc: dict[str, Any], tensors: dict[str, torch.Te
 
     comp = doc["compile"]
     backend = get_backend(comp["backend"])  # registers the backend's ops, which the graphs may call
-    if backend.finalize is not None:
+    if backend.finalize is not None and not backend.finalize_standalone:
         raise LoadError(f"a model compiled for backend {comp['backend']!r} needs its float model to load",
                         hint="qcompiler.load(dir, model)")
     model = _build_skeleton(root)
@@ -132,8 +132,24 @@ def load_standalone(root: Path, doc: dict[str, Any], tensors: dict[str, torch.Te
         raise IntegrityError(f"the saved model has no values for {left[:4]}",
                              hint="config.json does not match the saved tensors")
     model.to(device)  # computed buffers (rotary) made by the skeleton; saved tensors are there already
+    _match_computed_buffers(model, doc.get("computed_buffers", {}))
     report, record = record_of(doc, tensors)
-    return QuantizedModel(model, Program(regions, model), report, record)
+    qm = QuantizedModel(model, Program(regions, model), report, record)
+    if backend.finalize is not None:  # triton: sibling fusion and the fast generate(), as compile set them up
+        qm.fuse_siblings = comp.get("fuse_siblings", True)
+        qm = backend.finalize(qm, (tuple(record.example_args), dict(record.example_kwargs)))
+        qm._report = report  # as saved (it holds compile's finalize notes already)
+    return qm
+
+
+def _match_computed_buffers(model: nn.Module, dtypes: dict[str, str]) -> None:
+    """The skeleton's recomputed buffers in the dtypes the saved model held them in."""
+    for name, dt in dtypes.items():
+        parent, _, attr = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        buf = owner._buffers.get(attr)
+        if buf is not None and str(buf.dtype).removeprefix("torch.") != dt:
+            owner._buffers[attr] = buf.to(getattr(torch, dt))
 
 
 def record_of(doc: dict[str, Any], tensors: dict[str, torch.Tensor]):

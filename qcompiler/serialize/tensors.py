@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 from torch import fx, nn
 
-__all__ = ["TensorEntry", "region_tensors", "outer_tensors", "TensorTable", "set_tensor", "drop_unlisted"]
+__all__ = ["computed_buffer_dtypes", "TensorEntry", "region_tensors", "outer_tensors", "TensorTable", "set_tensor", "drop_unlisted"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,19 @@ def region_tensors(gm: fx.GraphModule) -> dict[str, tuple[torch.Tensor, TensorEn
                 obj = getattr(obj, part)
             if isinstance(obj, torch.Tensor):
                 out[node.target] = (obj, TensorEntry("attribute"))
+    return out
+
+
+def computed_buffer_dtypes(root: nn.Module, region_type: type) -> dict[str, str]:
+    """The dtype of every non-persistent buffer outside the regions (rotary ``inv_freq``...): not
+    saved, the skeleton recomputes them, in the dtype its config gives; a model that was
+    ``.half()``'d holds them in float16, and the loaded model must compute as it did."""
+    out = {}
+    for prefix, mod in _walk(root, (region_type,)):
+        dot = prefix + "." if prefix else ""
+        for n, b in mod._buffers.items():
+            if b is not None and n in mod._non_persistent_buffers_set:
+                out[dot + n] = str(b.dtype).removeprefix("torch.")
     return out
 
 

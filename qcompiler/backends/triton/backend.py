@@ -45,4 +45,5 @@ def _finalize(qm, example):
 
 TRITON = register_backend(Backend(
     "triton", "lower-triton,dce", _check,
-    "Triton kernels: fused int8 GEMM + fp16 outliers, weight-only int8 for M <= 16", _finalize))
+    "Triton kernels: fused int8 GEMM + fp16 outliers, weight-only int8 for M <= 16", _finalize,
+    finalize_standalone=True))
