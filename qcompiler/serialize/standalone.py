@@ -136,6 +136,12 @@ def load_standalone(root: Path, doc: dict[str, Any], tensors: dict[str, torch.Te
     report, record = record_of(doc, tensors)
     qm = QuantizedModel(model, Program(regions, model), report, record)
     if backend.finalize is not None:  # triton: sibling fusion and the fast generate(), as compile set them up
+        from qcompiler.errors import UnsupportedError
+        try:
+            backend.check()  # its finalize runs the saved example call through the backend's kernels
+        except UnsupportedError as e:
+            raise LoadError(f"{root} holds a model compiled for backend {comp['backend']!r}: {e.message}",
+                            hint=e.hint) from e
         qm.fuse_siblings = comp.get("fuse_siblings", True)
         qm = backend.finalize(qm, (tuple(record.example_args), dict(record.example_kwargs)))
         qm._report = report  # as saved (it holds compile's finalize notes already)

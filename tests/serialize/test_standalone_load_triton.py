@@ -42,3 +42,15 @@ def test_half_model_recomputed_buffers_keep_their_dtype(make_tiny_hf, make_token
     assert inv and all(b.dtype == torch.float16 for b in inv)
     ids = cal[0]["input_ids"]
     assert torch.equal(_logits(loaded, ids), _logits(qm, ids))
+
+
+def test_triton_model_where_triton_cannot_run_is_refused_clearly(make_tiny_hf, make_token_batches, tmp_path,
+                                                                 monkeypatch):
+    model = make_tiny_hf("llama").half().to(_DEVICE)
+    cal = [{k: v.to(_DEVICE) for k, v in b.items()} for b in make_token_batches(n=2)]
+    qcompiler.save(qcompiler.compile(model, "w8-weight-only", cal, backend="triton", progress=False), tmp_path / "q")
+    import qcompiler.backends.triton.backend as triton_backend
+    monkeypatch.setattr(triton_backend, "is_available", lambda: (False, "no CUDA GPU (test)"))
+    from qcompiler.serialize import LoadError
+    with pytest.raises(LoadError, match=r"compiled for backend 'triton'.*no CUDA GPU \(test\)"):
+        qcompiler.load(tmp_path / "q", device=_DEVICE)
