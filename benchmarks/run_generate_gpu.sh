@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The issue #11 tables on the GPU machine, one stage per `run` call (each stays inside the 600 s limit):
-#   bash benchmarks/run_generate_gpu.sh tests   # GPU tests not yet run on a GPU (~120 s)
+#   bash benchmarks/run_generate_gpu.sh tests   # GPU tests not yet run on a GPU (~300 s)
+#   bash benchmarks/run_generate_gpu.sh user    # compile -> generate -> save, load(dir) -> generate, fresh processes
 #   bash benchmarks/run_generate_gpu.sh 8b      # every row, Llama-3-8B layer shapes, 2 layers (~560 s)
 #   bash benchmarks/run_generate_gpu.sh 1.1b    # every row, TinyLlama-1.1B shape, 8 of 22 layers (~560 s;
 #                                               # LAYERS=22: ~70 s a row with the compiled step, ~7 rows fit)
 # Carry `.whl` (peers: /work/shared/tools/device-wheels.sh peers). Logs and JSON go to $OUT; a stage cut
 # by its limit keeps the rows it finished (bench_generate.py --out is written after every row).
 set -o pipefail
-stage=${1:?tests, 8b or 1.1b}
+stage=${1:?tests, user, 8b or 1.1b}
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD:$PWD/benchmarks PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/card.txt"
@@ -15,11 +16,14 @@ rows_qc=qc-w4-weight-only,qc-int8-outlier,qc-w8-weight-only,qc-gptq-w4,qc-w8a8-s
 rows_peers=torchao-int4wo-lean,torchao-int8wo-lean,bnb-nf4,bnb-int8,fp16-eager,fp16-compiled,torchao-int4wo,torchao-int8wo
 case $stage in
   tests)
-    QCOMPILER_TRITON_AUTOTUNE=0 timeout 150 python3 -m pytest -q -p no:cacheprovider -p no:logging -rfE \
+    QCOMPILER_TRITON_AUTOTUNE=0 timeout 320 python3 -m pytest --durations=15 -q -p no:cacheprovider -p no:logging -rfE \
       tests/backends/triton/test_sibling_group.py tests/passes/test_fuse_siblings.py \
       tests/backends/triton/test_triton_split_k_counters.py tests/backends/triton/test_triton_nf4_register_table.py \
-      tests/backends/triton/test_triton_weight_only_gemv_magic.py tests/runtime/test_decode_loop.py \
+      tests/backends/triton/test_triton_weight_only_gemv_magic.py tests/runtime/test_decode_loop.py tests/serialize/test_standalone_load_triton.py \
       > "$OUT/tests.log" 2>&1; echo "tests rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -20 ;;
+  user)
+    timeout 250 python3 benchmarks/gpu_user_path.py --out "$OUT/gpu_user_path.json" > "$OUT/gpu_user_path.log" 2>&1
+    echo "user rc=$?"; tail -40 "$OUT/gpu_user_path.log" ;;
   8b|1.1b)
     layers=2; [ "$stage" = 1.1b ] && layers=${LAYERS:-8}
     timeout 570 python3 benchmarks/bench_generate.py --shape "$stage" --layers $layers \
