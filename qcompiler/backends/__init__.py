@@ -4,9 +4,12 @@ passes that lower a compiled program for it, and checking up front that it can r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from qcompiler.registry import Registry
+
+if TYPE_CHECKING:
+    from qcompiler.backends.saved_state import SavedState
 
 __all__ = ["Backend", "BACKENDS", "register_backend", "get_backend", "list_backends"]
 
@@ -27,6 +30,9 @@ class Backend:
     # Whether ``finalize`` also runs on a model ``qcompiler.load(dir)`` rebuilt without its float
     # model (the saved example call stands in for the one compile had).
     finalize_standalone: bool = False
+    # What ``qcompiler.save`` keeps besides tensors and graphs, and ``load`` gives back before
+    # ``finalize`` (see :mod:`qcompiler.backends.saved_state`). None: nothing.
+    saved_state: SavedState | None = None
 
 
 # Backends whose code lives in a subpackage that registers them on import.

@@ -23,7 +23,7 @@ from qcompiler.serialize.errors import IntegrityError, VersionMismatchError
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "READABLE_VERSIONS", "INDEX_FILE", "weight_files", "WEIGHTS_FILE", "DESCRIPTION_FILE", "DESCRIPTION_SHA", "versions",
            "canonical_sha", "file_sha256", "read_description", "check_versions", "read_weights", "verify_files",
-           "read_tensors", "check_weight_files"]
+           "read_tensors", "check_weight_files", "check_file", "STATE_ENTRY", "check_state_file"]
 
 FORMAT = "qcompiler.saved_model"
 FORMAT_VERSION = 2
@@ -32,6 +32,7 @@ INDEX_FILE = "model.safetensors.index.json"
 WEIGHTS_FILE = "model.safetensors"
 DESCRIPTION_FILE = "qcompiler.json"
 DESCRIPTION_SHA = "qcompiler.description_sha256"  # safetensors metadata: ties the two files together
+STATE_ENTRY = "backend_state"  # description entry {file, bytes, sha256} of the backend's saved state, if any
 
 
 def versions() -> dict[str, str]:
@@ -96,7 +97,8 @@ def weight_files(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"file": str(w.get("file", WEIGHTS_FILE)), "bytes": w.get("bytes"), "sha256": w.get("sha256")}]
 
 
-def _check_file(p: Path, w: dict[str, Any], verify: bool) -> None:
+def check_file(p: Path, w: dict[str, Any], verify: bool) -> None:
+    """``p`` exists, has the size ``w["bytes"]`` and (with ``verify``) the sha256 ``w["sha256"]``."""
     if not p.is_file():
         raise IntegrityError(f"{p} does not exist", hint="copy the whole saved directory")
     size = p.stat().st_size
@@ -112,7 +114,18 @@ def _check_file(p: Path, w: dict[str, Any], verify: bool) -> None:
 def check_weight_files(root: Path, doc: dict[str, Any], verify: bool = True) -> None:
     """Every shard the description lists is there, of the size written (and, with ``verify``, its sha256)."""
     for w in weight_files(doc):
-        _check_file(root / str(w["file"]), w, verify)
+        check_file(root / str(w["file"]), w, verify)
+
+
+def check_state_file(root: Path, doc: dict[str, Any], verify: bool = True) -> Path | None:
+    """The backend-state file the description names (checked like the shards), or None."""
+    w = doc.get(STATE_ENTRY)
+    if w is None:
+        return None
+    if not isinstance(w, dict) or not isinstance(w.get("file"), str) or Path(w["file"]).name != w["file"]:
+        raise IntegrityError(f"{DESCRIPTION_FILE} has a malformed {STATE_ENTRY!r} entry: {w!r:.80}")
+    check_file(root / w["file"], w, verify)
+    return root / w["file"]
 
 
 def read_weights(root: Path, doc: dict[str, Any], *, device: str | torch.device = "cpu",
@@ -152,6 +165,7 @@ def verify_files(path: str | os.PathLike) -> dict[str, Any]:
     with, every tensor's dtype and shape) without the base model; returns the description."""
     doc = read_description(path)
     read_weights(Path(path), doc)
+    check_state_file(Path(path), doc)
     return doc
 
 

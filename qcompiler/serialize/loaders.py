@@ -125,6 +125,6 @@ def _load_qcompiler(path, model=None, *, device=None, check_versions=True, verif
     dev = torch.device(device) if device is not None else torch.device("cpu")
     try:
         tensors = read_weights(root, doc, device=dev, verify=verify)
-        return load_standalone(root, doc, tensors, dev)
+        return load_standalone(root, doc, tensors, dev, verify=verify)
     except (KeyError, TypeError) as e:
         raise IntegrityError(f"{root / DESCRIPTION_FILE} is missing or has a malformed entry: {e}") from None

@@ -26,9 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from qcompiler.serialize.backend_state import collect_state, restore_state
 from qcompiler.serialize.errors import BaseModelMismatchError, IntegrityError, LoadError, SaveError
 from qcompiler.serialize.files import check_versions as _check_versions
-from qcompiler.serialize.files import (DESCRIPTION_FILE, DESCRIPTION_SHA, FORMAT, FORMAT_VERSION, WEIGHTS_FILE,
+from qcompiler.serialize.files import (DESCRIPTION_FILE, DESCRIPTION_SHA, FORMAT, FORMAT_VERSION, STATE_ENTRY, WEIGHTS_FILE,
                                        canonical_sha, file_sha256, read_description, read_weights,
                                        versions)
 from qcompiler.serialize.directory_writer import parse_size, plan_shards, write_directory
@@ -94,6 +95,10 @@ def save(qm: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | N
     hf_config = hf_config_of(qm, rec)
     if hf_config is not None:
         doc["hf_config"] = True
+    from qcompiler.backends import get_backend
+    state = collect_state(get_backend(rec.backend), qm)  # e.g. triton's chosen kernel configs
+    if state is not None:
+        doc[STATE_ENTRY] = state[0]  # before the description is hashed: the hash covers the file's sha256
 
     def extra(tmp: Path) -> None:
         if hf_config is not None:
@@ -101,6 +106,8 @@ def save(qm: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | N
             write_generation_config(qm, tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        if state is not None:
+            (tmp / state[0]["file"]).write_bytes(state[1])
 
     write_directory(out, tensors, where, doc, canonical_sha(doc), extra)
     return out
@@ -224,9 +231,12 @@ def load_with_model(path: str | os.PathLike, model: nn.Module, *, check_versions
                            {layer: tensors[key] for layer, key in doc["calibration_absmax"].items()})  # on cpu
     qm = QuantizedModel(qmodel, program, report, record)
     qm.fuse_siblings = comp.get("fuse_siblings", True)  # as compile was told (read by the triton finalize)
+    note = restore_state(root, doc, backend, device, verify)  # e.g. triton's kernel configs: before any kernel runs
     if backend.finalize is not None:  # e.g. onnxruntime: the model runs in another runtime
         qm = backend.finalize(qm, (tuple(args), dict(kwargs)))
         qm._report = from_json(Report, doc["report"])  # as saved: finalize notes its own temp files
+    if note:
+        qm.report().notes.append(note)
     return qm
 
 

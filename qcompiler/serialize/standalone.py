@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from qcompiler.serialize.backend_state import restore_state
 from qcompiler.serialize.errors import IntegrityError, LoadError
 from qcompiler.serialize.graph_codec import decode_graph
 from qcompiler.serialize.tensors import TensorEntry, region_tensors, set_tensor
@@ -100,8 +101,10 @@ def _build_skeleton(root: Path) -> nn.Module:
     return model
 
 
-def load_standalone(root: Path, doc: dict[str, Any], tensors: dict[str, torch.Tensor], device: torch.device):
-    """The saved model of ``root`` (description ``doc``, tensors already on ``device``)."""
+def load_standalone(root: Path, doc: dict[str, Any], tensors: dict[str, torch.Tensor], device: torch.device,
+                    verify: bool = True):
+    """The saved model of ``root`` (description ``doc``, tensors already on ``device``; ``verify``:
+    check the sha256 of the backend's state file too)."""
     from qcompiler.api import QuantizedModel
     from qcompiler.backends import get_backend
     from qcompiler.pass_manager import Program, Region
@@ -143,8 +146,12 @@ def load_standalone(root: Path, doc: dict[str, Any], tensors: dict[str, torch.Te
             raise LoadError(f"{root} holds a model compiled for backend {comp['backend']!r}: {e.message}",
                             hint=e.hint) from e
         qm.fuse_siblings = comp.get("fuse_siblings", True)
+    note = restore_state(root, doc, backend, device, verify)  # e.g. triton's kernel configs: before any kernel runs
+    if backend.finalize is not None:
         qm = backend.finalize(qm, (tuple(record.example_args), dict(record.example_kwargs)))
         qm._report = report  # as saved (it holds compile's finalize notes already)
+    if note:
+        qm.report().notes.append(note)
     return qm
 
 

@@ -42,10 +42,14 @@ class TunedLauncher:
     Why: on the GPU machine the Autotuner and Heuristics wrappers cost ~50 µs of host time per
     call (measured on an H200 box: 83 µs through them vs 31 µs direct for the same launch) - more
     than a whole decode-size kernel runs on the GPU. ``key`` must determine every autotune key
-    and heuristic input (shapes that pick configs, dtypes).
+    and heuristic input (shapes that pick configs, dtypes), and be a tuple of ints, floats, bools,
+    strs, ``None`` and torch dtypes (``qcompiler.save`` writes the chosen configs by key).
+
+    ``name`` (``"<module>"``, ``"<module>.<variant>"``) registers the launcher in
+    :mod:`.kernel_config_record`, so a saved model keeps the configs it chose.
     """
 
-    def __init__(self, kernel: Any):
+    def __init__(self, kernel: Any, name: str | None = None):
         self.kernel = kernel
         self.autotuner = None
         self.heuristics: dict[str, Callable] = {}
@@ -59,6 +63,10 @@ class TunedLauncher:
         self.jit = fn
         self.arg_names = fn.arg_names
         self.meta: dict[Hashable, dict] = {}
+        self.name = name
+        if name is not None:
+            from qcompiler.backends.triton.kernel_config_record import register_launcher
+            register_launcher(name, self)
 
     def __call__(self, key: Hashable, grid, *args, **kwargs) -> None:
         meta = self.meta.get(key)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import qcompiler.passes.lower_triton  # noqa: F401 - registers the lower-triton pass
 from qcompiler.backends import Backend, register_backend
+from qcompiler.backends.saved_state import SavedState
+from qcompiler.backends.triton import kernel_config_record
 from qcompiler.backends.triton import is_available
 from qcompiler.errors import UnsupportedError
 from qcompiler.runtime.fast_generate import enable_fast_generate
@@ -46,4 +48,7 @@ def _finalize(qm, example):
 TRITON = register_backend(Backend(
     "triton", "lower-triton,dce", _check,
     "Triton kernels: fused int8 GEMM + fp16 outliers, weight-only int8 for M <= 16", _finalize,
-    finalize_standalone=True))
+    finalize_standalone=True,
+    # The configs the autotuner chose: load puts them back, so outputs stay bit for bit the saved ones.
+    saved_state=SavedState(kernel_config_record.RECORD_FILE, kernel_config_record.collect_for_save,
+                           kernel_config_record.restore_for_load)))

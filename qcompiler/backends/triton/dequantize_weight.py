@@ -96,7 +96,7 @@ def _dequantize_weight_kernel(
     tl.store(out_ptrs, w.to(out_ptr.dtype.element_ty), mask=n_ok[:, None] & (kk < K)[None, :])
 
 
-_LAUNCH = TunedLauncher(_dequantize_weight_kernel)
+_LAUNCH = TunedLauncher(_dequantize_weight_kernel, "dequantize_weight")
 
 
 def dequantize_weight(w: WeightOperand, dtype: torch.dtype, out: Optional[Tensor] = None) -> Tensor:

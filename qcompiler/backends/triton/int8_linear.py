@@ -99,7 +99,7 @@ def _int8_linear_kernel(
              mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
-_LAUNCH = TunedLauncher(_int8_linear_kernel)
+_LAUNCH = TunedLauncher(_int8_linear_kernel, "int8_linear")
 
 
 def launch_int8_linear(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tensor,

@@ -106,7 +106,7 @@ def _int8_linear_fused_quant_kernel(
              mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
-_LAUNCH = TunedLauncher(_int8_linear_fused_quant_kernel)
+_LAUNCH = TunedLauncher(_int8_linear_fused_quant_kernel, "int8_linear_fused_quant")
 
 
 def launch_int8_linear_fused_quant(x2: Tensor, x_scale: Tensor, mask: Optional[Tensor], wq: Tensor,

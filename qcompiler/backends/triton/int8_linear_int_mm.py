@@ -72,7 +72,7 @@ def _int8_epilogue_kernel(
     tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
-_LAUNCH = TunedLauncher(_int8_epilogue_kernel)
+_LAUNCH = TunedLauncher(_int8_epilogue_kernel, "int8_linear_int_mm")
 
 
 def launch_int8_linear_int_mm(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tensor,

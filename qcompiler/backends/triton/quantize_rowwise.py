@@ -123,7 +123,7 @@ def _quantize_rowwise_kernel(
             tl.store(xo_ptr + offs_m[:, None] * stride_om + offs_o[None, :] * stride_ok, v, mask=ok)
 
 
-_LAUNCH = TunedLauncher(_quantize_rowwise_kernel)
+_LAUNCH = TunedLauncher(_quantize_rowwise_kernel, "quantize_rowwise")
 
 
 def outlier_mask_from_idx(outlier_idx: Tensor, k: int) -> Tensor:

@@ -62,7 +62,7 @@ def _outlier_columns_kernel(colmax_ptr, mask_ptr, idx_ptr, cnt_ptr, K, threshold
     tl.store(cnt_ptr, cnt)
 
 
-_COL_ABSMAX = TunedLauncher(_col_absmax_kernel)
+_COL_ABSMAX = TunedLauncher(_col_absmax_kernel, "quantize_rowwise_dynamic.col_absmax")
 
 
 def find_outlier_columns(x2: Tensor, threshold: float) -> tuple[Tensor, Tensor, Tensor]:

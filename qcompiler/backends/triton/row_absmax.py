@@ -51,7 +51,7 @@ def _row_absmax_kernel(x_ptr, mask_ptr, scale_ptr, M, K, stride_xm, stride_xk,
     tl.store(scale_ptr + offs_m, tl.maximum(amax, 1e-12), mask=row_ok)
 
 
-_LAUNCH = TunedLauncher(_row_absmax_kernel)
+_LAUNCH = TunedLauncher(_row_absmax_kernel, "row_absmax")
 
 
 def row_absmax_into(x2: Tensor, mask: Optional[Tensor], scale: Tensor) -> None:

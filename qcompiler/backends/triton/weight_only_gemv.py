@@ -295,7 +295,7 @@ _KEY = ["M_BUCKET", "N", "K", "GROUP", "FMT", "PACK", "HAS_ZEROS", "DQ", "FLIP",
 _CONFIGS = {"fma": fma_configs, "dot": dot_configs, "gemm": gemm_configs}
 _LAUNCH = {
     mode: TunedLauncher(triton.autotune(configs=make(), key=_KEY, prune_configs_by={"early_config_prune": _prune})(
-        triton.heuristics(values=_HEURISTICS)(_weight_only_gemv_kernel)))
+        triton.heuristics(values=_HEURISTICS)(_weight_only_gemv_kernel)), f"weight_only_gemv.{mode}")
     for mode, make in _CONFIGS.items()
 }
 

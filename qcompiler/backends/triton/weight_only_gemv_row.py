@@ -253,7 +253,7 @@ _HEURISTICS = {
 _KEY = ["N", "K", "GROUP", "FMT", "PACK", "HAS_ZEROS", "DQ", "FLIP", "HAS_OUTLIERS"]
 _LAUNCH = TunedLauncher(triton.autotune(configs=_row_configs(), key=_KEY,
                                         prune_configs_by={"early_config_prune": _prune})(
-    triton.heuristics(values=_HEURISTICS)(_weight_only_gemv_row_kernel)))
+    triton.heuristics(values=_HEURISTICS)(_weight_only_gemv_row_kernel)), "weight_only_gemv_row")
 
 
 def _workspace(device: torch.device, parts: int, locks: int) -> tuple[Tensor, Tensor]:

@@ -99,7 +99,7 @@ def _weight_only_linear_kernel(
     tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & (offs_n[None, :] < N))
 
 
-_LAUNCH = TunedLauncher(_weight_only_linear_kernel)
+_LAUNCH = TunedLauncher(_weight_only_linear_kernel, "weight_only_linear")
 
 
 def weight_only_linear(x: Tensor, wq: Tensor, w_scale: Tensor, outlier_idx: Optional[Tensor],
