@@ -39,14 +39,21 @@ def fresh_process():
         l.meta.update(kept.get(name, {}))
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
+_SAVED: dict = {}  # compiled and saved once for the module (the root conftest's helpers are fixtures)
+
+
+@pytest.fixture
+def saved(make_tiny_hf, make_token_batches, tmp_path_factory):
     """A w4-weight-only triton Llama saved as if on a GPU named "Fake GPU" (on a CPU machine the
     interpreter's configs stand in for tuned ones)."""
-    from conftest import tiny_hf_model, token_batches
+    if not _SAVED:
+        _SAVED["v"] = _compile_and_save(make_tiny_hf, make_token_batches, tmp_path_factory)
+    return _SAVED["v"]
 
-    model = tiny_hf_model("llama").half().to(_DEVICE)
-    cal = [{k: v.to(_DEVICE) for k, v in b.items()} for b in token_batches(n=2)]
+
+def _compile_and_save(make_tiny_hf, make_token_batches, tmp_path_factory):
+    model = make_tiny_hf("llama").half().to(_DEVICE)
+    cal = [{k: v.to(_DEVICE) for k, v in b.items()} for b in make_token_batches(n=2)]
     qm = qcompiler.compile(model, "w4-weight-only", cal, backend="triton", progress=False)
     ids = cal[0]["input_ids"]
     want = _logits(qm, ids)
