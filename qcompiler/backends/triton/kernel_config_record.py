@@ -73,13 +73,16 @@ class RestoreResult:
     restored: int = 0                                    # keys filled from the record
     same: int = 0                                        # keys this process had already chosen alike
     kept: int = 0                                        # keys this process had chosen differently: kept
+    foreign: int = 0                                     # configs not among this process's candidates: re-tune
     unknown: list[str] = field(default_factory=list)     # launcher names no kernel module registers
 
 
 def restore(configs: Configs) -> RestoreResult:
     """Fills each launcher's configs for the keys it has not chosen yet in this process. A key it
     already chose differently keeps this process's choice (kernels may have run with it) and is
-    counted in ``kept``."""
+    counted in ``kept``. A config that is none of the launcher's candidates here (another
+    ``QCOMPILER_TRITON_AUTOTUNE``, another config list) is not used (``foreign``): the launchers
+    size their split-K workspaces by their own candidates."""
     _import_kernels()
     out = RestoreResult()
     for name, entries in configs.items():
@@ -89,7 +92,9 @@ def restore(configs: Configs) -> RestoreResult:
             continue
         for key, meta in entries.items():
             have = launcher.meta.get(key)
-            if have is None:
+            if have is None and not _is_candidate(launcher, meta):
+                out.foreign += 1
+            elif have is None:
                 launcher.meta[key] = dict(meta)
                 out.restored += 1
             elif have == meta:
@@ -97,6 +102,14 @@ def restore(configs: Configs) -> RestoreResult:
             else:
                 out.kept += 1
     return out
+
+
+def _is_candidate(launcher: Any, meta: dict[str, Any]) -> bool:
+    """Whether ``meta`` is one of ``launcher``'s autotune configs (plus heuristic values)."""
+    tuner = getattr(launcher, "autotuner", None)
+    if tuner is None:
+        return True  # heuristics only: nothing was timed
+    return any(all(k in meta and meta[k] == v for k, v in c.all_kwargs().items()) for c in tuner.configs)
 
 
 def _import_kernels() -> None:
@@ -191,6 +204,9 @@ def restore_for_load(doc: Any, device: torch.device | None) -> str | None:
     if got.kept:
         parts.append(f"{got.kept} key(s) this process had already tuned otherwise kept their configs (outputs "
                      f"of those layers may differ from the saved model's in the last bits)")
+    if got.foreign:
+        parts.append(f"{got.foreign} config(s) are not among this process's candidates (QCOMPILER_TRITON_AUTOTUNE "
+                     f"set otherwise?): those keys re-tune (outputs may differ in the last bits)")
     if got.unknown:
         parts.append(f"launchers {', '.join(got.unknown[:4])} no longer exist: their configs were dropped")
     return f"kernel configs: {got.restored} restored; " + "; ".join(parts) if parts else None

@@ -59,6 +59,22 @@ def test_restore_fills_unchosen_keys_and_keeps_those_already_chosen(fake_launche
     assert fake_launchers["weight_only_gemv.dot"].meta[_GEMV_KEY[:-1] + (1.0,)] == _GEMV_META
 
 
+def test_a_config_outside_this_process_candidates_is_not_used(fake_launchers):
+    # E.g. saved with full autotuning, loaded with QCOMPILER_TRITON_AUTOTUNE=0 (one candidate): the
+    # GEMV sizes its split-K workspace by its own candidates, so a bigger SPLIT_K must not come in.
+    import triton
+
+    class _Tuner:
+        configs = [triton.Config({k: _GEMV_META[k] for k in ("BLOCK_N", "BLOCK_KB", "SPLIT_K", "ASM")},
+                                 num_warps=4, num_stages=3)]
+    launcher = fake_launchers["weight_only_gemv.dot"]
+    launcher.autotuner = _Tuner()
+    split8 = {**_GEMV_META, "SPLIT_K": 8}
+    got = kcr.restore({"weight_only_gemv.dot": {_GEMV_KEY: split8, _GEMV_KEY[:-1] + (1.0,): dict(_GEMV_META)}})
+    assert (got.restored, got.foreign) == (1, 1)
+    assert launcher.meta == {_GEMV_KEY[:-1] + (1.0,): _GEMV_META}
+
+
 def test_card_mismatch_restores_nothing_and_says_so(fake_launchers, monkeypatch):
     rec = kcr.encode_record(kcr.KernelConfigRecord("NVIDIA H200", "3.6.0",
                                                    {"int8_linear": {_INT8_KEY: dict(_INT8_META)}}))
