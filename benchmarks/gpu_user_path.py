@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-SCHEMES = ("w4-weight-only", "int8-outlier", "nf4")
+SCHEMES = tuple(os.environ.get("QC_USER_SCHEMES", "w4-weight-only,int8-outlier,nf4").split(","))
 CUDA = torch.cuda.is_available()  # off CUDA (a dry run of this script): eager backend, a tiny model
 DEVICE, BACKEND, HIDDEN = ("cuda", "triton", 1024) if CUDA else ("cpu", "eager", 128)
 

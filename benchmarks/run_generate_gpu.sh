@@ -19,7 +19,7 @@ case $stage in
     QCOMPILER_TRITON_AUTOTUNE=0 timeout 320 python3 -m pytest --durations=15 -q -p no:cacheprovider -p no:logging -rfE \
       tests/backends/triton/test_sibling_group.py tests/passes/test_fuse_siblings.py \
       tests/backends/triton/test_triton_split_k_counters.py tests/backends/triton/test_triton_nf4_register_table.py \
-      tests/backends/triton/test_triton_weight_only_gemv_magic.py tests/runtime/test_decode_loop.py tests/serialize/test_standalone_load_triton.py \
+      tests/backends/triton/test_triton_weight_only_gemv_magic.py tests/runtime/test_decode_loop.py tests/serialize/test_standalone_load_triton.py tests/serialize/test_backend_state.py \
       > "$OUT/tests.log" 2>&1; echo "tests rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -20 ;;
   user)
     timeout 250 python3 benchmarks/gpu_user_path.py --out "$OUT/gpu_user_path.json" > "$OUT/gpu_user_path.log" 2>&1

@@ -144,7 +144,6 @@ def test_double_quantized_nf4_is_not_fused_and_says_why(make_tiny_hf, make_token
 
 
 def test_save_load_and_exports_see_the_unfused_model(make_tiny_hf, make_token_batches, tmp_path):
-    from safetensors.torch import load_file
     model, qm = _compile(make_tiny_hf, make_token_batches)
     _, plain = _compile(make_tiny_hf, make_token_batches, fuse_siblings=False)
     ids = _ids()
@@ -153,6 +152,21 @@ def test_save_load_and_exports_see_the_unfused_model(make_tiny_hf, make_token_ba
     out, _ = _run(loaded, ids)
     assert torch.equal(out, ref)  # the same fused kernels on the same tensors
     assert isinstance(_attn(loaded).q_proj, SiblingRegionModule)  # load fuses again
+    errors = []
+    for m in (qm, plain):  # the triton ops have no ONNX translation: the same refusal either way
+        with pytest.raises(qcompiler.UnsupportedError) as e:
+            qcompiler.export_onnx(m, {"input_ids": ids}, tmp_path / "m.onnx")
+        errors.append(e.value.message)
+    assert errors[0] == errors[1]
+
+
+@pytest.mark.parametrize("what", ["hf", "ct"])
+def test_exports_write_the_unfused_tensors(make_tiny_hf, make_token_batches, tmp_path, what):
+    from safetensors.torch import load_file
+    if what == "ct":
+        pytest.importorskip("compressed_tensors", reason="the compressed-tensors writer needs compressed-tensors")
+    _, qm = _compile(make_tiny_hf, make_token_batches)
+    _, plain = _compile(make_tiny_hf, make_token_batches, fuse_siblings=False)
 
     def tensors(folder):
         out = {}
@@ -160,18 +174,12 @@ def test_save_load_and_exports_see_the_unfused_model(make_tiny_hf, make_token_ba
             out.update(load_file(f))
         return out
 
-    for what, write in (("hf", lambda m, p: m.save_pretrained(p)),
-                        ("ct", lambda m, p: qcompiler.save(m, p, format="compressed-tensors"))):
-        write(qm, tmp_path / f"{what}-fused")
-        write(plain, tmp_path / f"{what}-plain")
-        a, b = tensors(tmp_path / f"{what}-fused"), tensors(tmp_path / f"{what}-plain")
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), what
-    errors = []
-    for m in (qm, plain):  # the triton ops have no ONNX translation: the same refusal either way
-        with pytest.raises(qcompiler.UnsupportedError) as e:
-            qcompiler.export_onnx(m, {"input_ids": ids}, tmp_path / "m.onnx")
-        errors.append(e.value.message)
-    assert errors[0] == errors[1]
+    write = {"hf": lambda m, p: m.save_pretrained(p),
+             "ct": lambda m, p: qcompiler.save(m, p, format="compressed-tensors")}[what]
+    write(qm, tmp_path / "fused")
+    write(plain, tmp_path / "plain")
+    a, b = tensors(tmp_path / "fused"), tensors(tmp_path / "plain")
+    assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_moving_the_model_unfuses_it(make_tiny_hf, make_token_batches):
