@@ -2,32 +2,38 @@
 # The issue #11 tables on the GPU machine, one stage per `run` call (each stays inside the 600 s limit):
 #   bash benchmarks/run_generate_gpu.sh tests   # GPU tests not yet run on a GPU (~300 s)
 #   bash benchmarks/run_generate_gpu.sh user    # compile -> generate -> save, load(dir) -> generate, fresh processes
-#   bash benchmarks/run_generate_gpu.sh 8b      # every row, Llama-3-8B layer shapes, 2 layers (~560 s)
-#   bash benchmarks/run_generate_gpu.sh 1.1b    # every row, TinyLlama-1.1B shape, 8 of 22 layers (~560 s;
-#                                               # LAYERS=22: ~70 s a row with the compiled step, ~7 rows fit)
+#   bash benchmarks/run_generate_gpu.sh 8b      # fp16-lean + the qcompiler rows, Llama-3-8B layer shapes, 2 layers (~330 s)
+#   bash benchmarks/run_generate_gpu.sh 8b-peers  # fp16-lean again + torchao / bitsandbytes / transformers' fp16 rows
+#                                               # (~560 s; torchao's first compiled step alone takes ~100 s)
+#   bash benchmarks/run_generate_gpu.sh 1.1b    # the same two for the TinyLlama-1.1B shape, 8 of 22 layers
+#   bash benchmarks/run_generate_gpu.sh 1.1b-peers  # (LAYERS=22: ~70 s a row with the compiled step)
 # Carry `.whl` (peers: /work/shared/tools/device-wheels.sh peers). Logs and JSON go to $OUT; a stage cut
 # by its limit keeps the rows it finished (bench_generate.py --out is written after every row).
 set -o pipefail
-stage=${1:?tests, user, 8b or 1.1b}
+stage=${1:?tests, user, 8b, 8b-peers, 1.1b or 1.1b-peers}
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD:$PWD/benchmarks PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/card.txt"
 rows_qc=qc-w4-weight-only,qc-int8-outlier,qc-w8-weight-only,qc-gptq-w4,qc-w8a8-smoothquant,qc-nf4
-rows_peers=torchao-int4wo-lean,torchao-int8wo-lean,bnb-nf4,bnb-int8,fp16-eager,fp16-compiled,torchao-int4wo,torchao-int8wo
+rows_peers=torchao-int4wo-lean,torchao-int8wo-lean,bnb-nf4,bnb-int8,fp16-compiled,fp16-eager,torchao-int4wo,torchao-int8wo
 case $stage in
   tests)
     QCOMPILER_TRITON_AUTOTUNE=0 timeout 320 python3 -m pytest --durations=15 -q -p no:cacheprovider -p no:logging -rfE \
       tests/backends/triton/test_sibling_group.py tests/passes/test_fuse_siblings.py \
       tests/backends/triton/test_triton_split_k_counters.py tests/backends/triton/test_triton_nf4_register_table.py \
-      tests/backends/triton/test_triton_weight_only_gemv_magic.py tests/runtime/test_decode_loop.py tests/serialize/test_standalone_load_triton.py tests/serialize/test_backend_state.py \
-      > "$OUT/tests.log" 2>&1; echo "tests rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -20 ;;
+      tests/backends/triton/test_triton_weight_only_gemv_magic.py tests/runtime/test_decode_loop.py tests/serialize/test_standalone_load_triton.py \
+      > "$OUT/tests.log" 2>&1; echo "tests rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -20
+    # with the autotuner on: a fresh process's re-tuning is what the saved kernel configs must undo
+    timeout 200 python3 -m pytest -q -p no:cacheprovider -p no:logging -rfE tests/serialize/test_backend_state.py \
+      > "$OUT/tests_autotune.log" 2>&1; echo "autotune tests rc=$?"; tail -3 "$OUT/tests_autotune.log" ;;
   user)
     timeout 250 python3 benchmarks/gpu_user_path.py --out "$OUT/gpu_user_path.json" > "$OUT/gpu_user_path.log" 2>&1
     echo "user rc=$?"; tail -40 "$OUT/gpu_user_path.log" ;;
-  8b|1.1b)
-    layers=2; [ "$stage" = 1.1b ] && layers=${LAYERS:-8}
-    timeout 570 python3 benchmarks/bench_generate.py --shape "$stage" --layers $layers \
-      --rows fp16-lean,$rows_qc,$rows_peers --decode 33 --reps 3 --budget-s 480 \
+  8b|8b-peers|1.1b|1.1b-peers)
+    shape=${stage%-peers}; layers=2; [ "$shape" = 1.1b ] && layers=${LAYERS:-8}
+    rows=fp16-lean,$rows_qc; [ "$stage" != "$shape" ] && rows=fp16-lean,$rows_peers
+    timeout 570 python3 benchmarks/bench_generate.py --shape "$shape" --layers $layers \
+      --rows $rows --decode 33 --reps 3 --budget-s 450 \
       --out "$OUT/bench_generate_$stage.json" > "$OUT/bench_generate_$stage.log" 2>&1
     echo "bench rc=$?"; grep -E "^\| " "$OUT/bench_generate_$stage.log" | tail -20 ;;
   *) echo "unknown stage $stage"; exit 2 ;;
