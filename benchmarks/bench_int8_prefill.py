@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from timing import JsonResults, graph_replay_us, run_meta  # noqa: E402 - sibling module
+from timing import JsonResults, error_line, graph_replay_us, run_meta  # noqa: E402 - sibling module
 
 __all__ = ["main"]
 
@@ -156,7 +156,7 @@ def _row(variant, name, m, n, k, dev, fused=False):
             row[f"tops_{e_name}"] = 2 * m * n * k / (row[f"gemm_{e_name}_us"] * 1e-6) / 1e12
         except Exception as exc:  # noqa: BLE001 - one engine failing must not lose the row
             traceback.print_exc()
-            row[f"error_{e_name}"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+            row[f"error_{e_name}"] = error_line(exc)
     ops_us = {e: row[f"op_{e}_us"] for e in ENGINES if f"op_{e}_us" in row}
     row["best_engine"] = min(ops_us, key=ops_us.get)
     row["best_us"] = ops_us[row["best_engine"]]
@@ -251,7 +251,7 @@ def main() -> None:
             except Exception as e:  # noqa: BLE001 - one failing shape must not lose the others
                 traceback.print_exc()
                 row = {"variant": variant, "shape": name, "m": m, "n": n, "k": k,
-                       "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
+                       "error": error_line(e, 300)}
             results.add(row)
             print(_table([row]).splitlines()[-1], flush=True)
             if dev == "cuda":

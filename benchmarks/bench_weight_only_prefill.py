@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_int8_prefill import LAYER, SHAPES, TINY, _copies, graph_us  # noqa: E402 - sibling module
-from timing import JsonResults, run_meta  # noqa: E402
+from timing import JsonResults, error_line, run_meta  # noqa: E402
 
 __all__ = ["main"]
 
@@ -88,7 +88,7 @@ def _row(fmt, name, m, n, k, dev):
             row[f"{label}_err"] = ((y - y_ref).abs().max() / y_ref.abs().max()).item()
         except Exception as exc:  # noqa: BLE001 - one engine failing must not lose the row
             traceback.print_exc()
-            row[f"{label}_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+            row[f"{label}_error"] = error_line(exc)
     timed = {lab: row[f"{lab}_us"] for lab in runs if f"{lab}_us" in row}
     row["best"] = min(timed, key=timed.get)
     row["best_us"] = timed[row["best"]]
@@ -146,7 +146,7 @@ def main() -> None:
                 except Exception as e:  # noqa: BLE001 - one failing shape must not lose the others
                     traceback.print_exc()
                     row = {"format": fmt, "shape": name, "m": m, "n": n, "k": k,
-                           "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
+                           "error": error_line(e, 300)}
                 results.add(row)
                 print(_table([row], labels).splitlines()[-1], flush=True)
                 if dev == "cuda":

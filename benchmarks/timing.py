@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 
 __all__ = ["bench_ms", "gpu_ms", "host_us", "wall_ms", "warm_up", "sync", "card_name",
-           "run_meta", "JsonResults"]
+           "run_meta", "JsonResults", "error_line"]
 
 _FLUSH_BYTES = 256 * 1024 * 1024  # larger than any GPU's L2: zeroing it evicts the operands
 _SLEEP_CYCLES = 1_000_000  # ~0.5 ms of GPU cycles: the host gets well ahead of the GPU
@@ -127,6 +127,11 @@ def wall_ms(fn: Callable[[], Any], reps: int = 1) -> float:
         sync()
         times.append((time.perf_counter() - t) * 1e3)
     return statistics.median(times)
+
+
+def error_line(exc: BaseException, limit: int = 200) -> str:
+    """``exc`` as one short line for a results row ("TypeName: first line of the message")."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:limit]
 
 
 def card_name() -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 import triton
-from triton_problems import DEVICE, eps, make_static_weights, make_x
+from triton_problems import DEVICE, eps, make_static_weights, make_x, replay_in_cuda_graph
 
 from qcompiler.backends.triton import int8_gemm_engine as engine_mod
 from qcompiler.backends.triton.int8_gemm_engine import (GEMM_AUTO, GEMM_INT_MM, GEMM_TMA, GEMM_TRITON,
@@ -134,9 +134,4 @@ def test_engine_is_cuda_graph_safe(engine):
     _requires(engine, xq, wq)
     run = lambda: int8_linear(xq, xs, wq, ws, xo, wo, bias, dtype, gemm=engine)  # noqa: E731
     eager = run()  # tunes outside the capture
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = run()
-    g.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(out, eager)
+    assert torch.equal(replay_in_cuda_graph(run), eager)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from triton_problems import replay_in_cuda_graph
 from weight_only_problems import FORMATS, dequant_ref, make_problem, make_x16, rounding_tol, within
 
 from qcompiler.backends.triton import weight_only_prefill as wp
@@ -79,9 +80,4 @@ def test_chunked_is_cuda_graph_safe():
     x = make_x16(300, 512, dtype, seed=14)
     run = lambda: wp.prefill_linear(x, w, p.bias, engine=wp.ENGINE_CHUNKED, chunk_bytes=64 * 512 * 2)  # noqa: E731
     eager = run()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = run()
-    g.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(out, eager)
+    assert torch.equal(replay_in_cuda_graph(run), eager)

@@ -7,7 +7,7 @@ import torch
 
 from qcompiler.ops import quantize_weight
 
-__all__ = ["DEVICE", "make_x", "make_static_weights", "eps"]
+__all__ = ["DEVICE", "make_x", "make_static_weights", "eps", "replay_in_cuda_graph"]
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -37,3 +37,13 @@ def make_static_weights(n: int, k: int, idx: torch.Tensor, dtype: torch.dtype, s
 
 def eps(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps
+
+
+def replay_in_cuda_graph(run):
+    """``run()`` captured in a CUDA graph and replayed once: its output after the replay."""
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = run()
+    g.replay()
+    torch.cuda.synchronize()
+    return out
