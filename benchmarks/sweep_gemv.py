@@ -126,6 +126,9 @@ def production_variants(fmt: str, m: int, n: int, k: int):
     if m == 1:
         out.append(("row-shipped", explicit(R._LAUNCH.autotuner.configs, lambda x, w, cfg: R.weight_only_gemv_row(
             x, w["op"], None, *oi(w), config=cfg))))
+        if fmt == "w4":  # the same configs with 4-bit codes on the float32 form (no paired float16)
+            out.append(("row-f32", explicit(R._LAUNCH.autotuner.configs, lambda x, w, cfg: R.weight_only_gemv_row(
+                x, w["op"], None, config=cfg), HALF2=False)))
         if before_row is not None:
             out.append(("before", explicit(before_row._LAUNCH.autotuner.configs, lambda x, w, cfg: before_row.
                                            weight_only_gemv_row(x, w["op"], None, *oi(w), config=cfg))))
@@ -314,6 +317,7 @@ def main() -> None:
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--budget-s", type=float, default=200.0)
     ap.add_argument("--workers", type=int, default=14)
+    ap.add_argument("--formats", default=",".join(FORMATS), help="a subset of " + ",".join(FORMATS))
     ap.add_argument("--production", action="store_true", help="the shipped ops and config lists")
     ap.add_argument("--dry", action="store_true", help="CPU check: each variant once on tiny shapes")
     args = ap.parse_args()
@@ -331,16 +335,17 @@ def main() -> None:
     print(f"{card}: copy {copy0:.2f} TB/s (first)", flush=True)
     ms = [int(v) for v in args.ms.split(",")]
     shapes = [s for s in args.shapes.split(",") if s]
+    formats = [f for f in args.formats.split(",") if f]
     # Weights: one set per (format, shape), shared by all M.
     weights = {}
     for shape in shapes:
         n, k = SHAPES[shape]
-        for fmt in ["fp16", *FORMATS]:
+        for fmt in ["fp16", *formats]:
             one = make_weight(fmt, n, k, seed=0)
             copies = int(min(256, max(4, math.ceil((192 << 20) / one["bytes"]))))
             weights[fmt, shape] = [one] + [make_weight(fmt, n, k, seed=i) for i in range(1, copies)]
     print(f"weights made: {time.time() - t0:.0f} s", flush=True)
-    plan = [(m, shape, fmt, name, cfgs) for m in ms for shape in shapes for fmt in ["fp16", *FORMATS]
+    plan = [(m, shape, fmt, name, cfgs) for m in ms for shape in shapes for fmt in ["fp16", *formats]
             for name, cfgs in variants(fmt, m, *SHAPES[shape])]
     try:
         fails = precompile(plan, args.workers)

@@ -19,6 +19,8 @@ pays a product *and* a per-element scale FMA, and x's tile is re-split per nibbl
   runs through the same kernel with zero point 128 and ``S_DIV = 127`` (its scale is
   ``w_scale / 127``); its few fp16 outlier columns are added in the epilogue of the program that
   finishes each output tile (``HAS_OUTLIERS``), so the decomposition costs no extra launch;
+* **4-bit codes with a float16 x on CUDA**: paired float16 arithmetic (HFMA2), ~2.4 instructions
+  per weight instead of ~4 (:mod:`.weight_only_gemv_row_tiles`, its tolerance and overflow check);
 * NF4 levels on CUDA from a 16-entry table in registers (``prmt`` byte permutes,
   :mod:`._nf4_register_table`), no gather per weight;
 * split-K as in :mod:`.weight_only_gemv`: partial sums in a per-call float32 workspace, the
@@ -31,6 +33,7 @@ pays a product *and* a per-element scale FMA, and x's tile is re-split per nibbl
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -38,12 +41,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from qcompiler.backends.triton._magic_dequant import asm_available, magic_bytes_f32, magic_nibbles_f32
-from qcompiler.backends.triton._config import TunedLauncher, interpreting, make_config, pick_configs
-from qcompiler.backends.triton._nf4_register_table import nf4_nibbles_f32_asm
+from qcompiler.backends.triton._magic_dequant import asm_available
+from qcompiler.backends.triton._config import TunedLauncher, make_config, pick_configs
 from qcompiler.backends.triton._split_k_counters import split_k_counters
 from qcompiler.backends.triton._weight_operand import FMT_NF4, WeightOperand
 from qcompiler.backends.triton.weight_only_gemv_configs import row_table_config, weight_kind
+from qcompiler.backends.triton.weight_only_gemv_row_tiles import f32_tiles, group_scale, half2_tiles
 
 __all__ = ["weight_only_gemv_row", "row_supported", "row_tile_ok"]
 
@@ -82,35 +85,6 @@ def _prune(configs, named_args, **kwargs):
     return fit or [c for c in ok if c.kwargs["SPLIT_K"] == 1] or ok or list(configs)
 
 
-@triton.jit
-def _per_byte(zf, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, GB: tl.constexpr, NG: tl.constexpr,
-              EXPAND: tl.constexpr):
-    """``z + 2**23`` per group ``[BLOCK_N, NG]`` spread over the tile's bytes (or left to broadcast)."""
-    res = zf  # one return statement: triton 3.6 type-checks returns of both static branches
-    if EXPAND:
-        res = tl.reshape(tl.broadcast_to(zf[:, :, None], (BLOCK_N, NG, GB)), (BLOCK_N, BLOCK_KB))
-    return res
-
-
-@triton.jit
-def _load_w(w_rows, t, offs_j, KB, BLOCK_KB: tl.constexpr, EVEN_KB: tl.constexpr):
-    """W's bytes of K tile ``t``, ``[BLOCK_N, BLOCK_KB]``."""
-    jb = t * BLOCK_KB + offs_j
-    if EVEN_KB:
-        b = tl.load(w_rows + jb[None, :])
-    else:
-        b = tl.load(w_rows + jb[None, :], mask=(jb < KB)[None, :], other=0)
-    return b
-
-
-@triton.jit
-def _group_sums(p, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, GB: tl.constexpr):
-    """``[BLOCK_N, BLOCK_KB]`` -> per-group sums ``[BLOCK_N, BLOCK_KB / GB]`` (GB bytes a group)."""
-    if GB == BLOCK_KB:
-        return tl.sum(p, axis=1)[:, None]
-    return tl.sum(tl.reshape(p, (BLOCK_N, BLOCK_KB // GB, GB)), axis=2)
-
-
 # Ints that vary by shape but not the code: one compiled kernel for all of them.
 @triton.jit(do_not_specialize=["G", "GROUP", "n_out", "SPLIT_K"])
 def _weight_only_gemv_row_kernel(
@@ -120,6 +94,7 @@ def _weight_only_gemv_row_kernel(
     DQ: tl.constexpr, DQ_BLOCK: tl.constexpr, FLIP: tl.constexpr, S_DIV: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_OUTLIERS: tl.constexpr, BLOCK_O: tl.constexpr,
     SPLIT_K, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, SPLIT: tl.constexpr, ASM: tl.constexpr,
+    HALF2: tl.constexpr,
     ONE_GROUP: tl.constexpr, EVEN_KB: tl.constexpr, GB: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -127,74 +102,27 @@ def _weight_only_gemv_row_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
     rn = offs_n % N  # wrapped rows keep the W loads unmasked; the store drops them
-    offs_j = tl.arange(0, BLOCK_KB)
-    w_rows = w_ptr + rn.to(tl.int64)[:, None] * KB
-    # GB = bytes of a group (the whole tile when ONE_GROUP), NG = groups per tile.
-    NG: tl.constexpr = BLOCK_KB // GB
-    offs_g = tl.arange(0, NG)
     dq_off = 0.0
     if DQ:
         dq_off = tl.load(dqo_ptr)
-
     n_tiles = tl.cdiv(KB, BLOCK_KB)
     per_split = tl.cdiv(n_tiles, SPLIT_K)
     t_lo = pid_k * per_split
     t_hi = tl.minimum(t_lo + per_split, n_tiles)
-    if ONE_GROUP:
-        acc2 = tl.zeros((BLOCK_N, BLOCK_KB), dtype=tl.float32)
+    w_rows = w_ptr + rn.to(tl.int64)[:, None] * KB
+    if HALF2 and ASM and EVEN_KB:
+        out = half2_tiles(x_ptr, w_ptr, s_ptr, z_ptr, dqs_ptr, dq_off, rn, t_lo, t_hi, KB, G, ZERO, HAS_ZEROS, DQ,
+                          DQ_BLOCK, BLOCK_N, BLOCK_KB, ONE_GROUP, GB)
+        # A float16 lane overflowed (|x| in the thousands) or x is not finite: the float32 form
+        # decides (the same inf / nan when x itself is not finite).
+        if tl.max(((out != out) | (tl.abs(out) == float("inf"))).to(tl.int32), axis=0) > 0:
+            out = f32_tiles(x_ptr, w_rows, s_ptr, z_ptr, cb_ptr, dqs_ptr, dq_off, rn, t_lo, t_hi, K, KB, G,
+                            stride_xk, FMT, PACK, ZERO, HAS_ZEROS, DQ, DQ_BLOCK, FLIP, BLOCK_N, BLOCK_KB, ASM,
+                            ONE_GROUP, EVEN_KB, GB)
     else:
-        acc = tl.zeros((BLOCK_N, NG), dtype=tl.float32)
-    if FMT == 0:
-        if HAS_ZEROS:
-            zf1 = tl.zeros((BLOCK_N, NG), dtype=tl.float32)  # per-group, loaded below
-        else:
-            zf1 = tl.full((BLOCK_N, 1), ZERO + 8388608.0, tl.float32)
-        if ONE_GROUP and HAS_ZEROS:
-            zf1 = tl.load(z_ptr + rn * G).to(tl.float32)[:, None] + 8388608.0
-    for t in range(t_lo, t_hi):
-        jb = t * BLOCK_KB + offs_j
-        b = _load_w(w_rows, t, offs_j, KB, BLOCK_KB, EVEN_KB)
-        # Group indices of this tile's groups (one per row for ONE_GROUP).
-        if not ONE_GROUP:
-            gi = (t * BLOCK_KB) // GB + offs_g
-            g_ok = gi < G
-            gidx = rn[:, None] * G + gi[None, :]
-            if FMT == 0 and HAS_ZEROS:
-                zf1 = tl.load(z_ptr + gidx, mask=g_ok[None, :], other=0).to(tl.float32) + 8388608.0
-        if PACK == 2:
-            # x at even / odd k: the low / high nibble of byte j.
-            x_lo = tl.load(x_ptr + (2 * jb) * stride_xk, mask=2 * jb < K, other=0.0).to(tl.float32)
-            x_hi = tl.load(x_ptr + (2 * jb + 1) * stride_xk, mask=2 * jb + 1 < K, other=0.0).to(tl.float32)
-            if FMT == 0:
-                f_lo, f_hi = magic_nibbles_f32(b, ASM)
-                zfe = _per_byte(zf1, BLOCK_N, BLOCK_KB, GB, NG, HAS_ZEROS and NG > 1)
-                p = x_lo[None, :] * (f_lo - zfe) + x_hi[None, :] * (f_hi - zfe)
-            else:
-                if ASM:  # the levels from a table in registers (float16-rounded), no gather
-                    v_lo, v_hi = nf4_nibbles_f32_asm(b)
-                else:
-                    bi = b.to(tl.int32)
-                    v_lo, v_hi = tl.load(cb_ptr + (bi & 0xF)), tl.load(cb_ptr + (bi >> 4))
-                p = x_lo[None, :] * v_lo + x_hi[None, :] * v_hi
-        else:
-            xv = tl.load(x_ptr + jb * stride_xk, mask=jb < K, other=0.0).to(tl.float32)
-            f = magic_bytes_f32(b, ASM, FLIP)
-            p = xv[None, :] * (f - _per_byte(zf1, BLOCK_N, BLOCK_KB, GB, NG, HAS_ZEROS and NG > 1))
-        if ONE_GROUP:
-            acc2 += p
-        else:
-            # One scale per (row, group): applied to the group's sum.
-            if DQ:
-                code = tl.load(s_ptr + gidx, mask=g_ok[None, :], other=0).to(tl.float32)
-                s = code * tl.load(dqs_ptr + gidx // DQ_BLOCK, mask=g_ok[None, :], other=0.0) / 127.0 + dq_off
-            else:
-                s = tl.load(s_ptr + gidx, mask=g_ok[None, :], other=0.0)
-            acc += _group_sums(p, BLOCK_N, BLOCK_KB, GB) * s
-
-    if ONE_GROUP:
-        out = tl.sum(acc2, axis=1)
-    else:
-        out = tl.sum(acc, axis=1)
+        out = f32_tiles(x_ptr, w_rows, s_ptr, z_ptr, cb_ptr, dqs_ptr, dq_off, rn, t_lo, t_hi, K, KB, G, stride_xk,
+                        FMT, PACK, ZERO, HAS_ZEROS, DQ, DQ_BLOCK, FLIP, BLOCK_N, BLOCK_KB, ASM, ONE_GROUP, EVEN_KB,
+                        GB)
     if not SPLIT:
         _finish(out, x_ptr, s_ptr, dqs_ptr, dq_off, idx_ptr, wo_ptr, b_ptr, y_ptr, rn, offs_n, n_ok, G, n_out,
                 stride_xk, stride_won, stride_wok, ONE_GROUP, DQ, DQ_BLOCK, S_DIV, HAS_BIAS, HAS_OUTLIERS,
@@ -221,12 +149,7 @@ def _finish(out, x_ptr, s_ptr, dqs_ptr, dq_off, idx_ptr, wo_ptr, b_ptr, y_ptr, r
             BLOCK_O: tl.constexpr):
     """Per-channel scale (one group per row), outlier columns, bias, store in y's dtype."""
     if ONE_GROUP:
-        gidx = rn * G
-        if DQ:
-            code = tl.load(s_ptr + gidx).to(tl.float32)
-            s = code * tl.load(dqs_ptr + gidx // DQ_BLOCK) / 127.0 + dq_off
-        else:
-            s = tl.load(s_ptr + gidx)
+        s = group_scale(s_ptr, dqs_ptr, dq_off, rn * G, n_ok | True, DQ, DQ_BLOCK)
         if S_DIV != 1:
             s = s / S_DIV
         out = out * s
@@ -293,7 +216,8 @@ def weight_only_gemv_row(x: Tensor, w: WeightOperand, bias: Optional[Tensor],
                          config: Optional[dict] = None) -> Tensor:
     """``x [..., K]`` (float16/bfloat16, exactly one row) times the weight-only ``w``, plus
     ``x[..., outlier_idx] @ w_outliers.T`` when given (int8-outlier's fp16 columns, ``[N, n]``).
-    ``config`` (``BLOCK_N``, ``BLOCK_KB``, ``SPLIT_K``, ``ASM``, ``num_warps``) skips the autotuner, as
+    ``config`` (``BLOCK_N``, ``BLOCK_KB``, ``SPLIT_K``, ``ASM``, ``num_warps``; ``HALF2=False`` keeps 4-bit
+    codes on the float32 form) skips the autotuner, as
     the measured config of a known layer shape does (``weight_only_gemv_configs``)."""
     if x.dtype not in (torch.float16, torch.bfloat16):
         raise TypeError(f"weight_only_gemv_row: x must be float16/bfloat16, got {x.dtype}")
@@ -328,14 +252,30 @@ def weight_only_gemv_row(x: Tensor, w: WeightOperand, bias: Optional[Tensor],
             w_outliers.stride(0) if n_out else 0, w_outliers.stride(1) if n_out else 0)
     meta = dict(FMT=w.fmt, PACK=w.pack, ZERO=w.zero, HAS_ZEROS=w.zeros is not None, DQ=w.dq_scale is not None,
                 DQ_BLOCK=w.dq_block, FLIP=w.signed, S_DIV=w.scale_div, HAS_BIAS=bias is not None,
-                HAS_OUTLIERS=n_out > 0, BLOCK_O=16)
+                HAS_OUTLIERS=n_out > 0, BLOCK_O=16, HALF2=_half2_ok(x1, w))
     grid = lambda c: (triton.cdiv(n, c["BLOCK_N"]), c["SPLIT_K"])  # noqa: E731
     if chosen is not None:
         cfg, launch = chosen
+        if "HALF2" in cfg:  # an explicit config may keep 4-bit codes on the float32 form (A/B, tests)
+            meta["HALF2"] = meta["HALF2"] and bool(cfg["HALF2"])
+            cfg = {a: b for a, b in cfg.items() if a != "HALF2"}
         _weight_only_gemv_row_kernel[grid(cfg)](*args, **meta, **cfg, **launch)
     else:
         _LAUNCH((x.dtype, bias is not None, n_out > 0, *w.key()), grid, *args, **meta)
     return y.reshape(*lead, n)
+
+
+# QCOMPILER_TRITON_HALF2=0 keeps 4-bit codes on the float32 form (the A/B of benchmarks/sweep_gemv.py).
+_HALF2_ON = os.environ.get("QCOMPILER_TRITON_HALF2", "1") != "0"
+
+
+def _half2_ok(x1: Tensor, w: WeightOperand) -> bool:
+    """Whether the paired-float16 K loop (``half2_tiles``; used with ``ASM`` configs) holds this call:
+    4-bit UINT codes, a contiguous 16-byte aligned float16 x, K and the groups multiples of 8 codes, a
+    4-byte aligned W (and, in the kernel, whole K tiles)."""
+    return (_HALF2_ON and w.fmt == 0 and w.pack == 2 and x1.dtype == torch.float16 and w.k % 8 == 0
+            and (w.groups <= 1 or w.group % 8 == 0) and x1.stride(0) == 1 and x1.data_ptr() % 16 == 0
+            and w.qweight.data_ptr() % 4 == 0 and w.qweight.shape[1] * 2 == w.k)
 
 
 def row_supported(w: WeightOperand) -> bool:
