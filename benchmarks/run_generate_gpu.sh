@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The issue #11 tables on the GPU machine, one stage per `run` call (each stays inside the 600 s limit):
 #   bash benchmarks/run_generate_gpu.sh tests   # GPU tests not yet run on a GPU (~300 s)
+#   bash benchmarks/run_generate_gpu.sh gemv    # the 4-bit paired-float16 GEMV's GPU tests + its sweep vs float32 (~300 s)
 #   bash benchmarks/run_generate_gpu.sh user    # compile -> generate -> save, load(dir) -> generate, fresh processes
 #   bash benchmarks/run_generate_gpu.sh 8b      # fp16-lean + the qcompiler rows, Llama-3-8B layer shapes, 2 layers (~330 s)
 #   bash benchmarks/run_generate_gpu.sh 8b-peers  # fp16-lean again + torchao / bitsandbytes / transformers' fp16 rows
@@ -10,7 +11,7 @@
 # Carry `.whl` (peers: /work/shared/tools/device-wheels.sh peers). Logs and JSON go to $OUT; a stage cut
 # by its limit keeps the rows it finished (bench_generate.py --out is written after every row).
 set -o pipefail
-stage=${1:?tests, user, 8b, 8b-peers, 1.1b or 1.1b-peers}
+stage=${1:?tests, gemv, user, 8b, 8b-peers, 1.1b or 1.1b-peers}
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD:$PWD/benchmarks PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/card.txt"
@@ -26,6 +27,15 @@ case $stage in
     # with the autotuner on: a fresh process's re-tuning is what the saved kernel configs must undo
     timeout 200 python3 -m pytest -q -p no:cacheprovider -p no:logging -rfE tests/serialize/test_backend_state.py \
       > "$OUT/tests_autotune.log" 2>&1; echo "autotune tests rc=$?"; tail -3 "$OUT/tests_autotune.log" ;;
+  gemv)
+    # the 4-bit paired-float16 GEMV: its GPU tests, then the shipped kernels vs the float32 form, M = 1
+    QCOMPILER_TRITON_AUTOTUNE=0 timeout 120 python3 -m pytest -x -q -p no:cacheprovider -p no:logging -rfEs \
+      tests/backends/triton/test_triton_weight_only_gemv_row_half2.py tests/backends/triton/test_triton_weight_only_gemv_row.py \
+      tests/backends/triton/test_triton_weight_only_linear_ops.py > "$OUT/tests_gemv.log" 2>&1
+    echo "tests rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests_gemv.log" | tail -12
+    SWEEP_GEMV_BEFORE=/nonexistent timeout ${SWEEP_S:-240} python3 benchmarks/sweep_gemv.py --production --ms 1 --formats w4 \
+      --shapes "${SWEEP_SHAPES:-gate+up fused,qkv fused,down,q/o,1.1B gate+up fused,1.1B qkv fused,1.1B down,1.1B q/o}" --budget-s 150 \
+      > "$OUT/sweep_gemv.log" 2>&1; echo "sweep rc=$?"; grep -E "^M=|copy" "$OUT/sweep_gemv.log" ;;
   user)
     timeout 250 python3 benchmarks/gpu_user_path.py --out "$OUT/gpu_user_path.json" > "$OUT/gpu_user_path.log" 2>&1
     echo "user rc=$?"; tail -40 "$OUT/gpu_user_path.log" ;;
