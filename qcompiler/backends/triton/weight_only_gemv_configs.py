@@ -80,6 +80,8 @@ def gemm_configs() -> list[triton.Config]:
 # Best config per (weight kind, N, K) from benchmarks/sweep_gemv.py --production on an H200
 # (2026-12-02 20:01 UTC, GPU time per call under CUDA-graph replay, weights cold in L2).
 # Kinds: "w8" per-channel UINT8, "w4" UINT4 g128, "nf4" b64, "i8o" int8-outlier's signed int8.
+# w4 at 8B q/o and q/k/v fused: re-measured for the paired-float16 K loop (2026-12-03 06:02 UTC, same
+# card and script, --formats w4; its other w4 entries were still the best or within 1%, or not re-run).
 # Row kernel: (BLOCK_N, BLOCK_KB, SPLIT_K, num_warps); narrow tiles without a split win on
 # every small layer, split-K only where N is small and K long (down, k/v at 4-bit, NF4).
 _ROW_SHAPES = {  # (N, K): w8, w4, nf4, i8o
@@ -89,11 +91,11 @@ _ROW_SHAPES = {  # (N, K): w8, w4, nf4, i8o
     (2048, 5632): [(4, 1024, 1, 4), (32, 256, 8, 4), (32, 256, 8, 4), (4, 1024, 1, 4)],    # 1.1B down
     (2560, 2048): [(4, 1024, 1, 4), (8, 512, 1, 4), (32, 256, 4, 4), (4, 1024, 1, 4)],     # 1.1B q/k/v fused
     (11264, 2048): [(16, 256, 1, 4), (16, 512, 1, 4), (32, 256, 1, 4), (16, 256, 1, 4)],   # 1.1B gate+up fused
-    (4096, 4096): [(4, 1024, 1, 4), (32, 256, 4, 4), (32, 256, 4, 4), (8, 512, 1, 4)],     # 8B q/o
+    (4096, 4096): [(4, 1024, 1, 4), (8, 512, 1, 4), (32, 256, 4, 4), (8, 512, 1, 4)],      # 8B q/o
     (1024, 4096): [(2, 2048, 1, 4), (32, 256, 8, 4), (32, 256, 8, 4), (2, 2048, 1, 4)],    # 8B k/v
     (14336, 4096): [(16, 256, 1, 4), (64, 128, 4, 4), (32, 256, 2, 4), (16, 256, 1, 4)],   # 8B gate/up
     (4096, 14336): [(4, 1024, 1, 4), (32, 256, 8, 4), (32, 256, 4, 4), (32, 256, 4, 4)],   # 8B down
-    (6144, 4096): [(8, 512, 1, 4), (16, 512, 1, 4), (32, 256, 2, 4), (8, 512, 1, 4)],      # 8B q/k/v fused
+    (6144, 4096): [(8, 512, 1, 4), (8, 512, 1, 4), (32, 256, 2, 4), (8, 512, 1, 4)],       # 8B q/k/v fused
     (28672, 4096): [(16, 256, 1, 4), (16, 512, 1, 4), (32, 256, 1, 4), (16, 256, 1, 4)],   # 8B gate+up fused
 }
 # Tensor-core form at 16 rows (M_BUCKET 16), 1.1B shapes: (BLOCK_N, BLOCK_K, SPLIT_K, warps, stages).

@@ -17,7 +17,8 @@ from qcompiler.backends.triton._magic_dequant import asm_available
 from qcompiler.backends.triton.weight_only_gemv_row import _half2_ok, weight_only_gemv_row
 
 K, N = 1024, 72
-HALF2_FORMATS = {"w4-g128": FORMATS["w4-g128"], "w4-g64-asym": Format("w4-g64-asym", False, 4, 64, symmetric=False),
+HALF2_FORMATS = {"w4-g128": FORMATS["w4-g128"], "w4-g128-asym": Format("w4-g128-asym", False, 4, 128, symmetric=False),
+                 "w4-g64-asym": Format("w4-g64-asym", False, 4, 64, symmetric=False),
                  "w4-channel": Format("w4-channel", False, 4, 0)}
 CONFIGS = [dict(BLOCK_N=16, BLOCK_KB=512, SPLIT_K=1, ASM=True, num_warps=4),  # 4 groups a tile, no split
            dict(BLOCK_N=32, BLOCK_KB=128, SPLIT_K=4, ASM=True, num_warps=4),  # split-K, 1-2 groups a tile
@@ -31,9 +32,14 @@ def _half2_tol(x, p, ref):
     return rounding_tol(x, p, ref, torch.float16) + 2 * eps * mag
 
 
+# (format, config) pairs whose tiles hold whole groups (at most 8 a tile: row_tile_ok).
+CASES = [(f, c) for f in ["w4-g128", "w4-g128-asym", "w4-channel"] for c in CONFIGS] + [
+    ("w4-g64-asym", CONFIGS[1]), ("w4-g64-asym", CONFIGS[2])]
+
+
 @_GPU
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "n{BLOCK_N}kb{BLOCK_KB}s{SPLIT_K}".format(**c))
-@pytest.mark.parametrize("fmt", list(HALF2_FORMATS), ids=str)
+@pytest.mark.parametrize("fmt,config", CASES,
+                         ids=lambda v: v if isinstance(v, str) else "n{BLOCK_N}kb{BLOCK_KB}s{SPLIT_K}".format(**v))
 def test_half2_matches_reference(fmt, config):
     p = make_problem(HALF2_FORMATS[fmt], N, K, torch.float16, seed=5)
     x = make_x16(1, K, torch.float16, seed=6)
