@@ -70,8 +70,8 @@ def f32_tiles(x_ptr, w_rows, s_ptr, z_ptr, cb_ptr, dqs_ptr, dq_off, rn, t_lo, t_
     offs_j = tl.arange(0, BLOCK_KB)
     NG: tl.constexpr = BLOCK_KB // GB  # groups per tile
     offs_g = tl.arange(0, NG)
-    if ONE_GROUP:
-        acc2 = tl.zeros((BLOCK_N, BLOCK_KB), dtype=tl.float32)
+    if ONE_GROUP:  # elementwise (the epilogue scales), else per group, scaled here
+        acc = tl.zeros((BLOCK_N, BLOCK_KB), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_N, NG), dtype=tl.float32)
     if FMT == 0:
@@ -113,16 +113,12 @@ def f32_tiles(x_ptr, w_rows, s_ptr, z_ptr, cb_ptr, dqs_ptr, dq_off, rn, t_lo, t_
             f = magic_bytes_f32(b, ASM, FLIP)
             p = xv[None, :] * (f - _per_byte(zf1, BLOCK_N, BLOCK_KB, GB, NG, HAS_ZEROS and NG > 1))
         if ONE_GROUP:
-            acc2 += p
+            acc += p
         else:
             # One scale per (row, group): applied to the group's sum.
             acc += _group_sums(p, BLOCK_N, BLOCK_KB, GB) * group_scale(s_ptr, dqs_ptr, dq_off, gidx, g_ok[None, :],
                                                                        DQ, DQ_BLOCK)
-    if ONE_GROUP:
-        out = tl.sum(acc2, axis=1)
-    else:
-        out = tl.sum(acc, axis=1)
-    return out
+    return tl.sum(acc, axis=1)
 
 
 @triton.jit
@@ -170,7 +166,7 @@ def half2_tiles(x_ptr, w_ptr, s_ptr, z_ptr, dqs_ptr, dq_off, rn, t_lo, t_hi, KB,
     w_rows = w_ptr.to(tl.pointer_type(tl.int32)) + rn.to(tl.int64)[:, None] * KW
     x32 = x_ptr.to(tl.pointer_type(tl.int32))  # x pair j = (x[2j], x[2j+1]) = the codes of byte j
     if ONE_GROUP:
-        acc2 = tl.zeros((BLOCK_N, BW), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_N, BW), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_N, NG), dtype=tl.float32)
     if ONE_GROUP and HAS_ZEROS:
@@ -182,8 +178,7 @@ def half2_tiles(x_ptr, w_ptr, s_ptr, z_ptr, dqs_ptr, dq_off, rn, t_lo, t_hi, KB,
         w = tl.load(w_rows + jw[None, :])
         xa = (x32 + 4 * jw[None, :] + 0 * rn[:, None]).to(tl.int64, bitcast=True)
         if ONE_GROUP:
-            p = _word_dot_half2(w, xa, add1)
-            acc2 += p
+            acc += _word_dot_half2(w, xa, add1)
         else:
             gi = (t * BLOCK_KB) // GB + offs_g
             g_ok = gi < G
@@ -195,8 +190,4 @@ def half2_tiles(x_ptr, w_ptr, s_ptr, z_ptr, dqs_ptr, dq_off, rn, t_lo, t_hi, KB,
             p = _word_dot_half2(w, xa, add)
             acc += _group_sums(p, BLOCK_N, BW, GW) * group_scale(s_ptr, dqs_ptr, dq_off, gidx, g_ok[None, :],
                                                                  DQ, DQ_BLOCK)
-    if ONE_GROUP:
-        out = tl.sum(acc2, axis=1)
-    else:
-        out = tl.sum(acc, axis=1)
-    return out
+    return tl.sum(acc, axis=1)
