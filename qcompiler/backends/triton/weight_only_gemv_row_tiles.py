@@ -11,9 +11,9 @@
   (the byte into both 16-bit lanes), a LOP3 (``0x6400 | q0``, ``0x6400 | q1 << 4``: the floats
   ``1024 + q0``, ``1024 + 16 q1``), one HFMA2 with (1, 1/16) and ``-(1024 + z)``, ``-(64 + z)``
   (the exact ``q - z`` of both codes, zero point included) and one HFMA2 into a float16 pair of
-  products with x's two values (x read as int32 pairs, 16 bytes a word: no converts). A 32-bit word (8 codes) is
-  4 x 4 of those, then its two lanes are converted and added in float32: ~2.4 instructions per
-  weight. **Tolerance**: four products per lane are summed in float16 before the float32 sum, about
+  products with x's two values (x read as int32 pairs, 16 bytes a word: no converts). A 32-bit word
+  (8 codes) is 4 x 4 of those, then its two lanes are converted and added in float32: ~2.4
+  instructions per weight. **Tolerance**: four products per lane are summed in float16 before the float32 sum, about
   2 eps(fp16) of ``sum |x w|`` more than the float32 form. **Overflow**: a lane overflows only when
   |x| is in the thousands; the caller checks its sums and re-runs its tiles with the float32 form
   when any is not finite, so the answer never silently becomes inf.
