@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from qcompiler.runtime.next_token import TokenChoice, choose_next_token
+from qcompiler.runtime.prompt_attention import causal_prompt_attention
 
 __all__ = ["StepMode", "DecodeLoopConfig", "DecodeLoop"]
 
@@ -65,7 +66,10 @@ class DecodeLoopConfig:
     path's compiled prompt when that is on) instead of the plain forward; ``None``: on CUDA (the
     compiled prompt has no per-op host time: 22 layers of eager prompt are host-bound);
     ``max_compiled_slots``: compiled steps kept before ``AUTO`` captures eager steps (each compile
-    takes seconds, and Dynamo recompiles one code object a bounded number of times)."""
+    takes seconds, and Dynamo recompiles one code object a bounded number of times);
+    ``causal_prompt``: an unpadded prompt attends causally to its own keys only, without a mask
+    (:mod:`qcompiler.runtime.prompt_attention`; ``"sdpa"`` models), instead of masked attention
+    over the whole static cache."""
 
     step: StepMode = StepMode.AUTO
     compile_backend: str = "inductor"
@@ -74,6 +78,7 @@ class DecodeLoopConfig:
     eos_check_every: int = 16
     compiled_prefill: Optional[bool] = None
     max_compiled_slots: int = 4
+    causal_prompt: bool = True
 
 
 def _hf(model: nn.Module) -> nn.Module:
@@ -228,7 +233,9 @@ class DecodeLoop:
         compiled = self.config.compiled_prefill
         compiled = ids.device.type == "cuda" if compiled is None else compiled
         fwd = self.hf.forward if compiled else _plain_forward(self.hf)
-        logits = fwd(input_ids=ids, attention_mask=model_mask, position_ids=pos, **self._model_kwargs(slot)).logits
+        with causal_prompt_attention(self.hf, enabled=self.config.causal_prompt and model_mask is None):
+            logits = fwd(input_ids=ids, attention_mask=model_mask, position_ids=pos,
+                         **self._model_kwargs(slot)).logits
         self._advance(slot, logits[:, -1, :])
 
     def _advance(self, slot: _Slot, logits: torch.Tensor) -> None:

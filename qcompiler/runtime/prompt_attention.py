@@ -1,0 +1,64 @@
+"""Causal attention for the lean loop's prompt: flash-style SDPA over the prompt's own keys.
+
+A prompt written into a transformers ``StaticCache`` attends to the whole cache: the keys come back
+``max_cache_len`` long, so transformers builds a ``[q, max_cache_len]`` mask, repeats the KV heads
+for grouped-query attention, and SDPA runs masked attention over every cached position (under
+``torch.compile`` always: the mask cannot be skipped while tracing). The lean decode loop always
+writes its prompt from position 0 of a reset cache, so for an unpadded prompt the keys past the
+prompt are unwritten and the mask is plain causal: :func:`causal_prompt_attention` runs those
+forwards with an attention implementation that takes the first ``q`` keys and calls transformers'
+own SDPA attention without a mask (``is_causal=True``, grouped heads unrepeated), and builds no
+mask. Same result (masked keys add zero), less work: on an H200, 8 TinyLlama layers at 2048
+tokens spent 1.28 ms in compiled attention against 0.46 ms eager (``benchmarks/profile_prefill.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from torch import nn
+
+__all__ = ["PROMPT_ATTENTION", "causal_prompt_attention"]
+
+PROMPT_ATTENTION = "qcompiler_causal_prompt_sdpa"
+_registered = False
+
+
+def _prompt_sdpa(module: nn.Module, query, key, value, attention_mask, **kwargs):
+    """transformers' SDPA attention over the first ``q`` keys, causal, no mask (see the module doc)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    q = query.shape[2]
+    return sdpa_attention_forward(module, query, key[:, :, :q], value[:, :, :q], None, **kwargs)
+
+
+def _no_mask(**kwargs) -> None:
+    return None
+
+
+def _register() -> None:
+    global _registered
+    if not _registered:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface
+        AttentionInterface.register(PROMPT_ATTENTION, _prompt_sdpa)
+        AttentionMaskInterface.register(PROMPT_ATTENTION, _no_mask)
+        _registered = True
+
+
+@contextlib.contextmanager
+def causal_prompt_attention(hf: nn.Module, enabled: bool = True) -> Iterator[bool]:
+    """Within the block, ``hf`` (an ``"sdpa"`` model) attends causally to the first ``q`` cached
+    positions only: for a forward of an unpadded prompt into a reset static cache, nothing else.
+    Yields whether it is on (``enabled`` and the model uses ``"sdpa"``)."""
+    config = hf.config
+    on = enabled and getattr(config, "_attn_implementation", None) == "sdpa"
+    if not on:
+        yield False
+        return
+    _register()
+    config._attn_implementation = PROMPT_ATTENTION
+    try:
+        yield True
+    finally:
+        config._attn_implementation = "sdpa"
