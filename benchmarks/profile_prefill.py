@@ -38,17 +38,21 @@ def _set_prompt_mode(model, mode: str) -> None:
     loop.config = dataclasses.replace(loop.config, compiled_prefill=compiled, causal_prompt=causal)
 
 
-def _profile(model, ids, top: int) -> dict:
+def _profile(model, ids, top: int, cpu_top: int = 0) -> dict:
     from torch.profiler import ProfilerActivity, profile
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if cpu_top else [])) as prof:
         _generate(model, ids, 1)
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
     evs = [e for e in prof.key_averages() if getattr(e, "self_device_time_total", 0) > 0]
     heavy = sorted(evs, key=lambda e: -e.self_device_time_total)[:top]
-    return {"profiled_wall_ms": wall * 1e3, "kernel_ms": sum(e.self_device_time_total for e in evs) / 1e3,
+    host = {}
+    if cpu_top:  # host time by op / runtime call (cudaMalloc, syncs, Python-side ops), self time
+        cpu = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:cpu_top]
+        host = {"top_host_ms": [(e.key[:100], round(e.self_cpu_time_total / 1e3, 3), e.count) for e in cpu]}
+    return {**host, "profiled_wall_ms": wall * 1e3, "kernel_ms": sum(e.self_device_time_total for e in evs) / 1e3,
             "kernels": len(evs), "launches": sum(e.count for e in evs),
             "top_kernels_ms": [(e.key[:100], round(e.self_device_time_total / 1e3, 3), e.count) for e in heavy]}
 
@@ -65,6 +69,7 @@ def main() -> None:
     ap.add_argument("--prefill", type=int, default=2048)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--cpu-top", type=int, default=0, help="also profile the host: its N heaviest ops")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     base = build(args.shape, args.layers, None, "cuda", torch.float16)
@@ -93,13 +98,15 @@ def main() -> None:
             torch.cuda.synchronize()
             r = {"warmup_s": time.perf_counter() - t0}
             t = _timed(lambda: _generate(model, ids, 1), args.reps, "cuda")
-            r.update(prefill_ms=t * 1e3, prefill_tok_s=args.prefill / t, **_profile(model, ids, args.top))
+            r.update(prefill_ms=t * 1e3, prefill_tok_s=args.prefill / t, **_profile(model, ids, args.top, args.cpu_top))
             r["graphs"] = torch._dynamo.utils.counters["stats"].get("unique_graphs", 0)
             row[mode] = r
             print(f"== {name} {mode}: {r['prefill_ms']:.2f} ms ({r['prefill_tok_s']:.0f} tok/s), kernels "
                   f"{r['kernel_ms']:.2f} ms in {r['launches']} launches, warm-up {r['warmup_s']:.1f} s", flush=True)
             for key, ms, count in r["top_kernels_ms"]:
                 print(f"   {ms:8.3f} ms {count:5d}x  {key}")
+            for key, ms, count in r.get("top_host_ms", []):
+                print(f"   host {ms:8.3f} ms {count:5d}x  {key}")
         results.add({"row": name, **row})
         del model
         gc.collect()
