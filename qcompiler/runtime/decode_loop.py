@@ -41,6 +41,7 @@ from torch import nn
 
 from qcompiler.runtime.next_token import TokenChoice, choose_next_token
 from qcompiler.runtime.prompt_attention import causal_prompt_attention
+from qcompiler.runtime.prompt_graph import PromptGraphs
 
 __all__ = ["StepMode", "DecodeLoopConfig", "DecodeLoop"]
 
@@ -69,7 +70,9 @@ class DecodeLoopConfig:
     takes seconds, and Dynamo recompiles one code object a bounded number of times);
     ``causal_prompt``: an unpadded prompt attends causally to its own keys only, without a mask
     (:mod:`qcompiler.runtime.prompt_attention`; ``"sdpa"`` models), instead of masked attention
-    over the whole static cache."""
+    over the whole static cache; ``prompt_graphs``: prompt shapes per slot whose compiled
+    forward is captured as a CUDA graph the second time they run (:mod:`qcompiler.runtime.prompt_graph`;
+    0: never)."""
 
     step: StepMode = StepMode.AUTO
     compile_backend: str = "inductor"
@@ -79,6 +82,7 @@ class DecodeLoopConfig:
     compiled_prefill: Optional[bool] = None
     max_compiled_slots: int = 4
     causal_prompt: bool = True
+    prompt_graphs: int = 2
 
 
 def _hf(model: nn.Module) -> nn.Module:
@@ -94,7 +98,8 @@ def _plain_forward(hf: nn.Module) -> Callable:
 class _Slot:
     """Static buffers, cache and captured graph for one (batch, cache length, token choice)."""
 
-    def __init__(self, hf: nn.Module, batch: int, cache_len: int, choice: TokenChoice, device: torch.device):
+    def __init__(self, hf: nn.Module, batch: int, cache_len: int, choice: TokenChoice, device: torch.device,
+                 prompt_graphs: int):
         from transformers import StaticCache
 
         def zeros(*shape, dtype=torch.long):
@@ -112,6 +117,7 @@ class _Slot:
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.step_fn: Optional[Callable] = None
         self.mode: Optional[StepMode] = None  # what the captured graph holds
+        self.prompts = PromptGraphs(prompt_graphs)
 
 
 class DecodeLoop:
@@ -131,6 +137,7 @@ class DecodeLoop:
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"  # transformers >= 5.20 / before
         self.last_mode: Optional[StepMode] = None  # what the last generate() ran
         self.compile_failure: Optional[str] = None  # why AUTO stopped compiling steps, if it did
+        self.prompt_graph_failure: Optional[str] = None  # why prompts stopped being captured, if they did
 
     # -- what it supports ------------------------------------------------------------------
     def unsupported_reason(self) -> Optional[str]:
@@ -206,7 +213,7 @@ class DecodeLoop:
         if key not in self._slots:
             for old in [k for k in self._slots if k[0] == batch and k[2] == choice and k[3] == device]:
                 del self._slots[old]  # a longer cache replaces a shorter one: keep memory bounded
-            self._slots[key] = _Slot(self.hf, batch, cache_len, choice, device)
+            self._slots[key] = _Slot(self.hf, batch, cache_len, choice, device, self.config.prompt_graphs)
         return self._slots[key]
 
     def _model_kwargs(self, slot: _Slot) -> dict:
@@ -233,9 +240,19 @@ class DecodeLoop:
         compiled = self.config.compiled_prefill
         compiled = ids.device.type == "cuda" if compiled is None else compiled
         fwd = self.hf.forward if compiled else _plain_forward(self.hf)
-        with causal_prompt_attention(self.hf, enabled=self.config.causal_prompt and model_mask is None):
-            logits = fwd(input_ids=ids, attention_mask=model_mask, position_ids=pos,
-                         **self._model_kwargs(slot)).logits
+        causal = self.config.causal_prompt and model_mask is None
+        logits = None
+        if causal and compiled and prompt > 1 and self.prompt_graph_failure is None and \
+                getattr(fwd, "qcompiler_prompt_dispatch", False):  # the fast path's compiled prompt
+            def forward(i: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+                with causal_prompt_attention(self.hf):
+                    return fwd(input_ids=i, attention_mask=None, position_ids=p, **self._model_kwargs(slot)).logits
+            logits = slot.prompts.run(forward, ids, pos, slot.cache)
+            self.prompt_graph_failure = slot.prompts.failure
+        if logits is None:
+            with causal_prompt_attention(self.hf, enabled=causal):
+                logits = fwd(input_ids=ids, attention_mask=model_mask, position_ids=pos,
+                             **self._model_kwargs(slot)).logits
         self._advance(slot, logits[:, -1, :])
 
     def _advance(self, slot: _Slot, logits: torch.Tensor) -> None:
