@@ -59,12 +59,10 @@ def test_replayed_prompt_equals_uncaptured(scheme):
         base = qcompiler.compile(base, scheme, cal, backend="triton", progress=False)
     ids = torch.randint(3, 512, (1, 300), generator=g).cuda()  # M = 300: the prefill kernels, not the GEMVs
     other = torch.randint(3, 512, (1, 40), generator=g).cuda()
-    model = _fast(base, prompt_graphs=2)
-    ref = _fast(base, prompt_graphs=0)  # same weights, prompts never captured (a second loop on it)
+    ref = _fast(base, prompt_graphs=0)  # prompts never captured
     off = [_generate(ref, ids), _generate(ref, other)]
-    loop_off = _loop(ref)
-    assert not any(s.prompts.graphs for s in loop_off._slots.values())
-    model = _fast(base, prompt_graphs=2)
+    assert not any(s.prompts.graphs for s in _loop(ref)._slots.values())
+    model = _fast(base, prompt_graphs=2)  # the same model, its fast path set up again
     runs = [_generate(model, ids) for _ in range(3)] + [_generate(model, other) for _ in range(3)]
     loop = _loop(model)
     assert loop.prompt_graph_failure is None
@@ -85,12 +83,14 @@ def test_replayed_logits_equal_uncaptured():
     seen = []
     real = loop._advance
     loop._advance = lambda slot, logits: (seen.append(logits.float().clone()), real(slot, logits))[1]
-    for _ in range(3):
+    for _ in range(3):  # 1: eager (the cache allocates), 2: captured and replayed, 3: replayed
         _generate(model, ids, new=1)
     slot = next(iter(loop._slots.values()))
     assert tuple(ids.shape) in slot.prompts.graphs
-    torch.testing.assert_close(seen[1], seen[0], rtol=0, atol=0)  # same kernels, same buffers: bit-exact
-    torch.testing.assert_close(seen[2], seen[0], rtol=0, atol=0)
+    slot.prompts.limit = 0  # 4: the same compiled forward, uncaptured
+    _generate(model, ids, new=1)
+    torch.testing.assert_close(seen[2], seen[1], rtol=0, atol=0)  # one graph, replayed twice
+    torch.testing.assert_close(seen[1], seen[3], rtol=2e-3, atol=2e-3)  # same kernels (cuBLAS may pick others)
     torch._dynamo.reset()
 
 
