@@ -5,8 +5,9 @@ the kernels one prompt runs (``torch.profiler``, GPU time per kernel name).
         --rows fp16-lean,qc-w4-weight-only,qc-int8-outlier --out $OUT/profile_prefill.json
 
 Rows and model as in ``bench_generate.py`` (``generate_rows.py``). For each row and prompt mode
-(``--modes``: ``eager`` = the plain forward, ``compiled`` = the fast path's compiled prompt, each
-also ``-masked``: without the causal prompt attention of ``qcompiler.runtime.prompt_attention``): the
+(``--modes``: ``eager`` = the plain forward, ``compiled`` = the fast path's compiled prompt, captured
+as a CUDA graph once it repeats (``qm.generate()``'s default), ``compiled-nograph`` = not captured,
+``-masked``: also without the causal prompt attention of ``qcompiler.runtime.prompt_attention``): the
 fastest of ``--reps`` prompts of ``--prefill`` tokens (``generate(max_new_tokens=1)``), and for one
 prompt the wall time, the summed kernel time and the ``--top`` heaviest kernels.
 """
@@ -27,15 +28,18 @@ from timing import JsonResults, card_name
 __all__ = ["main"]
 
 
-MODES = {"eager": (False, True), "compiled": (True, True),  # (compiled prompt, causal prompt attention)
-         "eager-masked": (False, False), "compiled-masked": (True, False)}
+MODES = {"eager": (False, True, 0), "compiled": (True, True, 2),  # (compiled, causal attention, prompt graphs)
+         "compiled-nograph": (True, True, 0), "eager-masked": (False, False, 0), "compiled-masked": (True, False, 0)}
 
 
 def _set_prompt_mode(model, mode: str) -> None:
     hf = model._modules["model"] if hasattr(model, "program") else model
     loop = hf.__dict__["_qcompiler_lean_decode"]["loop"]
-    compiled, causal = MODES[mode]
-    loop.config = dataclasses.replace(loop.config, compiled_prefill=compiled, causal_prompt=causal)
+    compiled, causal, graphs = MODES[mode]
+    loop.config = dataclasses.replace(loop.config, compiled_prefill=compiled, causal_prompt=causal,
+                                      prompt_graphs=graphs)
+    for slot in loop._slots.values():
+        slot.prompts.limit = graphs
 
 
 def _profile(model, ids, top: int, cpu_top: int = 0) -> dict:
@@ -93,15 +97,15 @@ def main() -> None:
         for mode in args.modes.split(","):
             _set_prompt_mode(model, mode)
             t0 = time.perf_counter()
-            for _ in range(2):  # a fresh cache's first prompt runs eager; the second compiles
-                _generate(model, ids, 1)
+            for _ in range(2):  # a fresh cache's first prompt runs eager; the second compiles (and is captured)
+                out = _generate(model, ids, 1)
             torch.cuda.synchronize()
-            r = {"warmup_s": time.perf_counter() - t0}
+            r = {"warmup_s": time.perf_counter() - t0, "next_token": int(out[0, -1])}
             t = _timed(lambda: _generate(model, ids, 1), args.reps, "cuda")
             r.update(prefill_ms=t * 1e3, prefill_tok_s=args.prefill / t, **_profile(model, ids, args.top, args.cpu_top))
             r["graphs"] = torch._dynamo.utils.counters["stats"].get("unique_graphs", 0)
             row[mode] = r
-            print(f"== {name} {mode}: {r['prefill_ms']:.2f} ms ({r['prefill_tok_s']:.0f} tok/s), kernels "
+            print(f"== {name} {mode}: {r['prefill_ms']:.2f} ms ({r['prefill_tok_s']:.0f} tok/s), token {r['next_token']}, kernels "
                   f"{r['kernel_ms']:.2f} ms in {r['launches']} launches, warm-up {r['warmup_s']:.1f} s", flush=True)
             for key, ms, count in r["top_kernels_ms"]:
                 print(f"   {ms:8.3f} ms {count:5d}x  {key}")
