@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 __all__ = ["SHAPES", "build", "RowContext", "ROWS", "LEAN_ROWS", "COMPILED_STEP", "FP16_BASELINES", "TINY_ROWS",
-           "row_builder", "GRAPH_STEP", "EAGER_PROMPT"]
+           "row_builder", "GRAPH_STEP", "EAGER_PROMPT", "PROMPT_GRAPHS"]
 
 SHAPES = {  # hidden, MLP, heads, KV heads, full-model layers, vocab
     "8b": (4096, 14336, 32, 8, 32, 128256),
@@ -96,6 +96,7 @@ class RowContext:
     device: str
     hf_compile_prefill: bool = True
     lean_prefill: str = "auto"  # the lean loop's prompt: auto (compiled on CUDA) | eager | compiled
+    prompt_graphs: int = 0  # DecodeLoopConfig.prompt_graphs: repeating prompt shapes captured as CUDA graphs
 
 
 def _fast_config(ctx: RowContext, lean: bool):
@@ -104,7 +105,8 @@ def _fast_config(ctx: RowContext, lean: bool):
     return FastGenerateConfig(all_devices=cpu, backend="eager" if cpu else "inductor",
                               compile_prefill=ctx.hf_compile_prefill,
                               lean_decode=DecodeLoopConfig(step=StepMode(ctx.lean_step),
-                                                           compiled_prefill=_PREFILL[ctx.lean_prefill]) if lean else None)
+                                                           compiled_prefill=_PREFILL[ctx.lean_prefill],
+                                                           prompt_graphs=ctx.prompt_graphs) if lean else None)
 
 
 _PREFILL = {"auto": None, "eager": False, "compiled": True}
@@ -147,13 +149,14 @@ LEAN_ROWS = {"fp16-lean"} | {n for n in ROWS if n.startswith("qc-") or n.endswit
 COMPILED_STEP = "+compiled-step"  # row-name suffix: that lean row with StepMode.COMPILED_CUDA_GRAPH
 GRAPH_STEP = "+graph-step"  # row-name suffix: that lean row with StepMode.CUDA_GRAPH (the eager step, captured)
 EAGER_PROMPT = "+eager-prompt"  # row-name suffix: that lean row with its prompts run eagerly
+PROMPT_GRAPHS = "+prompt-graphs"  # row-name suffix: that lean row with repeating prompts captured (prompt_graph.py)
 FP16_BASELINES = ("fp16-compiled", "fp16-lean")
 TINY_ROWS = ["fp16-eager", "fp16-lean", "fp16-compiled", "qc-w4-weight-only", "qc-w8-weight-only", "qc-int8-outlier",
              "qc-nf4", "qc-gptq-w4", "qc-w8a8-smoothquant"]
 
 
 _SUFFIXES = {COMPILED_STEP: ("lean_step", "compiled-cuda-graph"), GRAPH_STEP: ("lean_step", "cuda-graph"),
-             EAGER_PROMPT: ("lean_prefill", "eager")}
+             EAGER_PROMPT: ("lean_prefill", "eager"), PROMPT_GRAPHS: ("prompt_graphs", 2)}
 
 
 def row_builder(name: str) -> tuple[Callable, dict]:

@@ -5,9 +5,10 @@ the kernels one prompt runs (``torch.profiler``, GPU time per kernel name).
         --rows fp16-lean,qc-w4-weight-only,qc-int8-outlier --out $OUT/profile_prefill.json
 
 Rows and model as in ``bench_generate.py`` (``generate_rows.py``). For each row and prompt mode
-(``--modes``: ``eager`` = the plain forward, ``compiled`` = the fast path's compiled prompt, captured
-as a CUDA graph once it repeats (``qm.generate()``'s default), ``compiled-nograph`` = not captured,
-``-masked``: also without the causal prompt attention of ``qcompiler.runtime.prompt_attention``): the
+(``--modes``: ``eager`` = the plain forward, ``compiled`` = the fast path's compiled prompt
+(``qm.generate()``'s default), ``compiled-graph`` = that, captured as a CUDA graph once the shape
+repeats (``qcompiler.runtime.prompt_graph``, opt-in), ``-masked`` = without the causal prompt
+attention of ``qcompiler.runtime.prompt_attention``): the
 fastest of ``--reps`` prompts of ``--prefill`` tokens (``generate(max_new_tokens=1)``), and for one
 prompt the wall time, the summed kernel time and the ``--top`` heaviest kernels.
 """
@@ -28,8 +29,8 @@ from timing import JsonResults, card_name
 __all__ = ["main"]
 
 
-MODES = {"eager": (False, True, 0), "compiled": (True, True, 2),  # (compiled, causal attention, prompt graphs)
-         "compiled-nograph": (True, True, 0), "eager-masked": (False, False, 0), "compiled-masked": (True, False, 0)}
+MODES = {"eager": (False, True, 0), "compiled": (True, True, 0),  # (compiled, causal attention, prompt graphs)
+         "compiled-graph": (True, True, 2), "eager-masked": (False, False, 0), "compiled-masked": (True, False, 0)}
 
 
 def _set_prompt_mode(model, mode: str) -> None:

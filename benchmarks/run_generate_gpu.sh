@@ -3,6 +3,7 @@
 #   bash benchmarks/run_generate_gpu.sh tests   # GPU tests not yet run on a GPU (~300 s)
 #   bash benchmarks/run_generate_gpu.sh gemv    # the 4-bit paired-float16 GEMV's GPU tests + its sweep vs float32 (~300 s)
 #   bash benchmarks/run_generate_gpu.sh user    # compile -> generate -> save, load(dir) -> generate, fresh processes
+#   bash benchmarks/run_generate_gpu.sh prefill # the prompt's GPU tests, then 1.1B prompts: compiled vs captured (~300 s)
 #   bash benchmarks/run_generate_gpu.sh 8b      # fp16-lean + the qcompiler rows, Llama-3-8B layer shapes, 2 layers (~330 s)
 #   bash benchmarks/run_generate_gpu.sh 8b-peers  # fp16-lean again + torchao / bitsandbytes / transformers' fp16 rows
 #                                               # (~560 s; torchao's first compiled step alone takes ~100 s)
@@ -11,7 +12,7 @@
 # Carry `.whl` (peers: /work/shared/tools/device-wheels.sh peers). Logs and JSON go to $OUT; a stage cut
 # by its limit keeps the rows it finished (bench_generate.py --out is written after every row).
 set -o pipefail
-stage=${1:?tests, gemv, user, 8b, 8b-peers, 1.1b or 1.1b-peers}
+stage=${1:?tests, gemv, user, prefill, 8b, 8b-peers, 1.1b or 1.1b-peers}
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD:$PWD/benchmarks PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/card.txt"
@@ -39,6 +40,13 @@ case $stage in
   user)
     timeout 250 python3 benchmarks/gpu_user_path.py --out "$OUT/gpu_user_path.json" > "$OUT/gpu_user_path.log" 2>&1
     echo "user rc=$?"; tail -40 "$OUT/gpu_user_path.log" ;;
+  prefill)
+    timeout 150 python3 -m pytest -q -p no:cacheprovider -p no:logging -rfEs tests/runtime/test_prompt_graph.py \
+      tests/runtime/test_prompt_attention.py > "$OUT/tests_prefill.log" 2>&1; echo "tests rc=$?"; tail -3 "$OUT/tests_prefill.log"
+    timeout 300 python3 benchmarks/profile_prefill.py --shape 1.1b --layers 8 --decode-first --top 6 \
+      --rows fp16-lean,qc-w4-weight-only,qc-int8-outlier --modes compiled,compiled-graph \
+      --out "$OUT/profile_prefill.json" > "$OUT/profile_prefill.log" 2>&1; echo "profile rc=$?"
+    grep -E "^==" "$OUT/profile_prefill.log" ;;
   8b|8b-peers|1.1b|1.1b-peers)
     shape=${stage%-peers}; layers=2; [ "$shape" = 1.1b ] && layers=${LAYERS:-8}
     rows=fp16-lean,$rows_qc; [ "$stage" != "$shape" ] && rows=fp16-lean,$rows_peers

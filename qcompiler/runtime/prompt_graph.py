@@ -8,6 +8,11 @@ the GPU time (H200: 16.1 ms wall for 3.35 ms of kernels, w4-weight-only, 8 layer
 unpadded prompt forward of one shape ``[batch, length]`` the second time that shape runs, and
 replays it from then on: one launch, the same kernels on the same buffers.
 
+**Off by default** (``DecodeLoopConfig(prompt_graphs=0)``): written after the session's GPU time
+was spent, so ``tests/runtime/test_prompt_graph.py``'s GPU tests and its benchmark
+(``profile_prefill.py --modes compiled-nograph,compiled``) have not run on a GPU yet. Turn it on
+with ``FastGenerateConfig(lean_decode=DecodeLoopConfig(prompt_graphs=2))``.
+
 * Only the fast path's compiled prompt is captured (Inductor's code has no host syncs; the plain
   forward's mask code reads the positions on the host), only unpadded prompts (the causal
   attention of :mod:`qcompiler.runtime.prompt_attention`: no mask tensor), only on CUDA, only
