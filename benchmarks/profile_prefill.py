@@ -104,7 +104,7 @@ def main() -> None:
             r = {"warmup_s": time.perf_counter() - t0, "next_token": int(out[0, -1])}
             t = _timed(lambda: _generate(model, ids, 1), args.reps, "cuda")
             r.update(prefill_ms=t * 1e3, prefill_tok_s=args.prefill / t, **_profile(model, ids, args.top, args.cpu_top))
-            r["graphs"] = torch._dynamo.utils.counters["stats"].get("unique_graphs", 0)
+            r["graphs"] = torch._dynamo.utils.counters["stats"].get("unique_graphs", 0)  # so far in the process
             row[mode] = r
             print(f"== {name} {mode}: {r['prefill_ms']:.2f} ms ({r['prefill_tok_s']:.0f} tok/s), token {r['next_token']}, kernels "
                   f"{r['kernel_ms']:.2f} ms in {r['launches']} launches, warm-up {r['warmup_s']:.1f} s", flush=True)
