@@ -154,6 +154,12 @@ class DecodeLoop:
             return f"attention implementation {attn!r} (the loop builds masks for 'sdpa' and 'eager')"
         if len(set(getattr(self.hf, "hf_device_map", {"": 0}).values())) > 1:
             return "model spread over several devices (device_map)"
+        layer_types = set(getattr(cfg, "layer_types", None) or ())
+        sliding = getattr(cfg, "sliding_window", None) is not None and \
+            (not layer_types or "sliding_attention" in layer_types)
+        if sliding or layer_types - {"full_attention"} or getattr(cfg, "attention_chunk_size", None) is not None:
+            return ("attention other than full causal (sliding window, chunks): the loop's decode mask covers "
+                    "full attention")
         return None
 
     def release(self) -> None:
@@ -245,12 +251,12 @@ class DecodeLoop:
         if causal and compiled and prompt > 1 and self.prompt_graph_failure is None and \
                 getattr(fwd, "qcompiler_prompt_dispatch", False):  # the fast path's compiled prompt
             def forward(i: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-                with causal_prompt_attention(self.hf):
+                with causal_prompt_attention(self.hf, prompt):
                     return fwd(input_ids=i, attention_mask=None, position_ids=p, **self._model_kwargs(slot)).logits
             logits = slot.prompts.run(forward, ids, pos, slot.cache)
             self.prompt_graph_failure = slot.prompts.failure
         if logits is None:
-            with causal_prompt_attention(self.hf, enabled=causal):
+            with causal_prompt_attention(self.hf, prompt, enabled=causal):
                 logits = fwd(input_ids=ids, attention_mask=model_mask, position_ids=pos,
                              **self._model_kwargs(slot)).logits
         self._advance(slot, logits[:, -1, :])

@@ -10,7 +10,7 @@ replays it from then on: one launch, the same kernels on the same buffers.
 
 **Off by default** (``DecodeLoopConfig(prompt_graphs=0)``): written after the session's GPU time
 was spent, so ``tests/runtime/test_prompt_graph.py``'s GPU tests and its benchmark
-(``profile_prefill.py --modes compiled-nograph,compiled``) have not run on a GPU yet. Turn it on
+(``profile_prefill.py --modes compiled,compiled-graph``) have not run on a GPU yet. Turn it on
 with ``FastGenerateConfig(lean_decode=DecodeLoopConfig(prompt_graphs=2))``.
 
 * Only the fast path's compiled prompt is captured (Inductor's code has no host syncs; the plain

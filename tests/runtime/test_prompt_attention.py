@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from qcompiler.runtime import DecodeLoop, DecodeLoopConfig, TokenChoice
-from qcompiler.runtime.prompt_attention import PROMPT_ATTENTION, causal_prompt_attention
+from qcompiler.runtime.prompt_attention import PROMPT_ATTENTION, causal_prompt_attention, plain_causal_reason
 
 
 def _prompt_forward(model, ids, fwd=None):
@@ -42,7 +42,7 @@ def test_equals_masked_attention_over_the_cache(make_tiny_hf, compiled, device):
     ids = _ids().to(device)
     ref_logits, ref_kv = _prompt_forward(model, ids)
     fwd = torch.compile(model.forward, backend="eager", dynamic=True, fullgraph=True) if compiled else None
-    with causal_prompt_attention(model) as on:
+    with causal_prompt_attention(model, ids.shape[1]) as on:
         assert on and model.config._attn_implementation == PROMPT_ATTENTION
         logits, kv = _prompt_forward(model, ids, fwd)
     assert model.config._attn_implementation == "sdpa"
@@ -56,17 +56,17 @@ def test_equals_masked_attention_over_the_cache(make_tiny_hf, compiled, device):
 
 def test_not_applied_when_disabled_or_not_sdpa(make_tiny_hf):
     model = make_tiny_hf("llama")
-    with causal_prompt_attention(model, enabled=False) as on:
+    with causal_prompt_attention(model, 8, enabled=False) as on:
         assert not on and model.config._attn_implementation == "sdpa"
     model.config._attn_implementation = "eager"
-    with causal_prompt_attention(model) as on:
+    with causal_prompt_attention(model, 8) as on:
         assert not on and model.config._attn_implementation == "eager"
 
 
 def test_setting_restored_after_an_error(make_tiny_hf):
     model = make_tiny_hf("llama")
     with pytest.raises(RuntimeError, match="boom"):
-        with causal_prompt_attention(model):
+        with causal_prompt_attention(model, 8):
             raise RuntimeError("boom")
     assert model.config._attn_implementation == "sdpa"
 
@@ -78,3 +78,34 @@ def test_decode_loop_tokens_same_with_and_without(make_tiny_hf):
     on = DecodeLoop(model).generate(ids, max_new_tokens=12, choice=choice)
     off = DecodeLoop(model, DecodeLoopConfig(causal_prompt=False)).generate(ids, max_new_tokens=12, choice=choice)
     assert torch.equal(on, off)
+
+
+def test_more_than_causal_attention_is_left_to_transformers(make_tiny_hf):
+    cfg = make_tiny_hf("llama").config
+    assert plain_causal_reason(cfg, 40) is None
+    cfg.sliding_window = 16
+    assert "sliding window of 16" in plain_causal_reason(cfg, 40)
+    assert plain_causal_reason(cfg, 16) is None  # a window as long as the prompt is causal
+    cfg.layer_types = ["full_attention"] * cfg.num_hidden_layers
+    assert plain_causal_reason(cfg, 40) is None  # the window is set but no layer uses it
+    cfg.layer_types = ["sliding_attention", "full_attention"]
+    assert "sliding window" in plain_causal_reason(cfg, 40)
+    cfg.sliding_window, cfg.layer_types = None, None
+    cfg.attention_chunk_size = 8
+    assert plain_causal_reason(cfg, 40) == "chunked attention"
+    cfg.attention_chunk_size, cfg.attn_logit_softcapping = None, 50.0
+    assert "soft-capping" in plain_causal_reason(cfg, 40)
+
+
+def test_sliding_window_model_is_left_to_transformers_generate():
+    # The loop's decode mask covers full attention: a sliding-window model keeps transformers'
+    # generate() (before, its decode step failed on the window-sized cache layers).
+    from transformers import MistralConfig, MistralForCausalLM
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                             sliding_window=8, bos_token_id=0, eos_token_id=1)).eval()
+    assert "sliding window" in DecodeLoop(model).unsupported_reason()
+    from qcompiler.runtime import install_lean_generate
+    assert "sliding window" in install_lean_generate(model)
+    assert "_qcompiler_lean_decode" not in model.__dict__
