@@ -39,6 +39,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from qcompiler.errors import UnsupportedError
 from qcompiler.runtime.next_token import TokenChoice, choose_next_token
 from qcompiler.runtime.prompt_attention import causal_prompt_attention
 from qcompiler.runtime.prompt_graph import PromptGraphs
@@ -155,11 +156,25 @@ class DecodeLoop:
         if len(set(getattr(self.hf, "hf_device_map", {"": 0}).values())) > 1:
             return "model spread over several devices (device_map)"
         layer_types = set(getattr(cfg, "layer_types", None) or ())
-        sliding = getattr(cfg, "sliding_window", None) is not None and \
-            (not layer_types or "sliding_attention" in layer_types)
-        if sliding or layer_types - {"full_attention"} or getattr(cfg, "attention_chunk_size", None) is not None:
-            return ("attention other than full causal (sliding window, chunks): the loop's decode mask covers "
-                    "full attention")
+        if layer_types - {"full_attention", "sliding_attention"} or getattr(cfg, "attention_chunk_size", None):
+            return "chunked or other non-causal attention layers (the loop's decode mask covers causal attention)"
+        return None
+
+    def cache_length(self, prompt: int, max_new_tokens: int) -> int:
+        """The static cache length a request of ``prompt`` + ``max_new_tokens`` positions gets."""
+        bucket = max(1, self.config.cache_bucket)
+        return -(-(prompt + max_new_tokens) // bucket) * bucket
+
+    def request_reason(self, prompt: int, max_new_tokens: int) -> Optional[str]:
+        """Why the loop cannot run this request on this model, or None: a sliding window shorter
+        than the request's cache (transformers then keeps window-sized cache layers, which the
+        loop's full-length decode mask does not fit)."""
+        cfg = self.hf.config
+        window = getattr(cfg, "sliding_window", None)
+        layer_types = set(getattr(cfg, "layer_types", None) or ())
+        cache_len = self.cache_length(prompt, max_new_tokens)
+        if window is not None and (not layer_types or "sliding_attention" in layer_types) and window < cache_len:
+            return f"sliding window of {window} positions < the {cache_len}-position cache of this request"
         return None
 
     def release(self) -> None:
@@ -190,10 +205,13 @@ class DecodeLoop:
         ``generate()`` returns them: rows that ended (an ``eos`` id) are padded with ``choice.pad``,
         and the output stops once every row has ended."""
         batch, prompt = input_ids.shape
+        why = self.request_reason(prompt, max_new_tokens)
+        if why is not None:
+            raise UnsupportedError(f"DecodeLoop.generate: {why}",
+                                   hint="use transformers' generate() (qm.generate() does so for such requests)")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        bucket = max(1, self.config.cache_bucket)
-        cache_len = -(-(prompt + max_new_tokens) // bucket) * bucket
+        cache_len = self.cache_length(prompt, max_new_tokens)
         slot = self._slot(batch, cache_len, choice, input_ids.device)
         if slot.mode is None:
             slot.mode = self.step_mode(input_ids.device)

