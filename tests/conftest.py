@@ -12,6 +12,12 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 # --- end Triton backend
 
+# --- pytest-xdist (the README's test command runs `-n auto`): the workers share the cores, so each
+# gets its share of torch's intra-op threads instead of one thread per core each (oversubscribed).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+# --- end pytest-xdist
+
 # --- shared models and data (core)
 import pytest  # noqa: E402
 from torch import nn  # noqa: E402

