@@ -41,7 +41,7 @@ from torch import nn
 
 from qcompiler.errors import UnsupportedError
 from qcompiler.runtime.next_token import TokenChoice, choose_next_token
-from qcompiler.runtime.prompt_attention import causal_prompt_attention
+from qcompiler.runtime.prompt_attention import causal_prompt_attention, sliding_window
 from qcompiler.runtime.prompt_graph import PromptGraphs
 
 __all__ = ["StepMode", "DecodeLoopConfig", "DecodeLoop"]
@@ -169,11 +169,9 @@ class DecodeLoop:
         """Why the loop cannot run this request on this model, or None: a sliding window shorter
         than the request's cache (transformers then keeps window-sized cache layers, which the
         loop's full-length decode mask does not fit)."""
-        cfg = self.hf.config
-        window = getattr(cfg, "sliding_window", None)
-        layer_types = set(getattr(cfg, "layer_types", None) or ())
+        window = sliding_window(self.hf.config)
         cache_len = self.cache_length(prompt, max_new_tokens)
-        if window is not None and (not layer_types or "sliding_attention" in layer_types) and window < cache_len:
+        if window is not None and window < cache_len:
             return f"sliding window of {window} positions < the {cache_len}-position cache of this request"
         return None
 

@@ -21,7 +21,7 @@ from typing import Iterator, Optional
 
 from torch import nn
 
-__all__ = ["PROMPT_ATTENTION", "causal_prompt_attention", "plain_causal_reason"]
+__all__ = ["PROMPT_ATTENTION", "causal_prompt_attention", "plain_causal_reason", "sliding_window"]
 
 PROMPT_ATTENTION = "qcompiler_causal_prompt_sdpa"
 _registered = False
@@ -48,6 +48,14 @@ def _register() -> None:
         _registered = True
 
 
+def sliding_window(config) -> Optional[int]:
+    """The sliding window some attention layer of a model with ``config`` uses, or None (no
+    window set, or ``layer_types`` lists no ``"sliding_attention"`` layer)."""
+    window = getattr(config, "sliding_window", None)
+    layer_types = set(getattr(config, "layer_types", None) or ())
+    return window if window is not None and (not layer_types or "sliding_attention" in layer_types) else None
+
+
 def plain_causal_reason(config, length: int) -> Optional[str]:
     """Why a ``length``-token prompt of a model with ``config`` is not plain causal attention
     (sliding windows shorter than the prompt, chunked attention, logit soft-capping, not
@@ -55,10 +63,10 @@ def plain_causal_reason(config, length: int) -> Optional[str]:
     attn = getattr(config, "_attn_implementation", None)
     if attn != "sdpa":
         return f"attention implementation {attn!r}"
-    window = getattr(config, "sliding_window", None)
-    layer_types = set(getattr(config, "layer_types", None) or ())
-    if window is not None and window < length and (not layer_types or layer_types - {"full_attention"}):
+    window = sliding_window(config)
+    if window is not None and window < length:
         return f"sliding window of {window} < {length} tokens"
+    layer_types = set(getattr(config, "layer_types", None) or ())
     if getattr(config, "attention_chunk_size", None) is not None:
         return "chunked attention"
     if layer_types - {"full_attention", "sliding_attention"}:
