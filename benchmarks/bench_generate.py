@@ -19,8 +19,9 @@ Rows (``--rows`` takes a comma list; all by default):
   and qcompiler's schemes with backend="triton" through ``qm.generate()`` (the lean loop, on by
   default on CUDA): int8-outlier, w8a8-smoothquant, w8-weight-only, w4-weight-only, gptq-w4, nf4.
   A lean row named ``<row>+graph-step`` captures the uncompiled (eager) step instead, ``<row>+compiled-step``
-  forces the compiled one, ``<row>+eager-prompt`` runs its prompts eagerly, ``<row>+prompt-graphs``
-  captures repeating prompt shapes as CUDA graphs (``qcompiler.runtime.prompt_graph``) (``--lean-step`` /
+  forces the compiled one, ``<row>+eager-prompt`` runs its prompts eagerly, ``<row>+uncaptured-prompt``
+  never captures a prompt (``qcompiler.runtime.prompt_graph`` off; by default a repeating prompt shape
+  is replayed as a CUDA graph) (``--lean-step`` /
   ``--lean-prefill`` set them for every lean row). The ratio columns divide by the stronger of
   fp16-compiled and fp16-lean, column by column.
 
@@ -234,7 +235,7 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--shape", default="8b", choices=sorted(SHAPES))
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--vocab", type=int, default=None)
-    ap.add_argument("--rows", default="all", help=f"comma list of {', '.join(ROWS)} (lean rows: +graph-step, +compiled-step, +eager-prompt, +prompt-graphs)")
+    ap.add_argument("--rows", default="all", help=f"comma list of {', '.join(ROWS)} (lean rows: +graph-step, +compiled-step, +eager-prompt, +uncaptured-prompt)")
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--prompt", type=int, default=16)
     ap.add_argument("--decode", type=int, default=33, help="new tokens per timed generate")
@@ -263,7 +264,7 @@ def main() -> None:
         try:
             row_builder(n)
         except KeyError:
-            raise SystemExit(f"unknown row {n!r}; known: {', '.join(ROWS)} (lean rows also with +graph-step, +compiled-step, +eager-prompt, +prompt-graphs)")
+            raise SystemExit(f"unknown row {n!r}; known: {', '.join(ROWS)} (lean rows also with +graph-step, +compiled-step, +eager-prompt, +uncaptured-prompt)")
     ctx0 = RowContext(backend="triton" if args.device == "cuda" else "eager", lean_step=args.lean_step,
                       lean_prefill=args.lean_prefill, device=args.device, hf_compile_prefill=bool(args.hf_compile_prefill))
 

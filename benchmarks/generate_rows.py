@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 __all__ = ["SHAPES", "build", "RowContext", "ROWS", "LEAN_ROWS", "COMPILED_STEP", "FP16_BASELINES", "TINY_ROWS",
-           "row_builder", "GRAPH_STEP", "EAGER_PROMPT", "PROMPT_GRAPHS"]
+           "row_builder", "GRAPH_STEP", "EAGER_PROMPT", "UNCAPTURED_PROMPT"]
 
 SHAPES = {  # hidden, MLP, heads, KV heads, full-model layers, vocab
     "8b": (4096, 14336, 32, 8, 32, 128256),
@@ -96,7 +96,7 @@ class RowContext:
     device: str
     hf_compile_prefill: bool = True
     lean_prefill: str = "auto"  # the lean loop's prompt: auto (compiled on CUDA) | eager | compiled
-    prompt_graphs: int = 0  # DecodeLoopConfig.prompt_graphs: repeating prompt shapes captured as CUDA graphs
+    prompt_graphs: int = 2  # DecodeLoopConfig.prompt_graphs (its default): repeating prompt shapes captured as CUDA graphs
 
 
 def _fast_config(ctx: RowContext, lean: bool):
@@ -149,14 +149,14 @@ LEAN_ROWS = {"fp16-lean"} | {n for n in ROWS if n.startswith("qc-") or n.endswit
 COMPILED_STEP = "+compiled-step"  # row-name suffix: that lean row with StepMode.COMPILED_CUDA_GRAPH
 GRAPH_STEP = "+graph-step"  # row-name suffix: that lean row with StepMode.CUDA_GRAPH (the eager step, captured)
 EAGER_PROMPT = "+eager-prompt"  # row-name suffix: that lean row with its prompts run eagerly
-PROMPT_GRAPHS = "+prompt-graphs"  # row-name suffix: that lean row with repeating prompts captured (prompt_graph.py)
+UNCAPTURED_PROMPT = "+uncaptured-prompt"  # row-name suffix: that lean row with no prompt captured (prompt_graph.py off)
 FP16_BASELINES = ("fp16-compiled", "fp16-lean")
 TINY_ROWS = ["fp16-eager", "fp16-lean", "fp16-compiled", "qc-w4-weight-only", "qc-w8-weight-only", "qc-int8-outlier",
              "qc-nf4", "qc-gptq-w4", "qc-w8a8-smoothquant"]
 
 
 _SUFFIXES = {COMPILED_STEP: ("lean_step", "compiled-cuda-graph"), GRAPH_STEP: ("lean_step", "cuda-graph"),
-             EAGER_PROMPT: ("lean_prefill", "eager"), PROMPT_GRAPHS: ("prompt_graphs", 2)}
+             EAGER_PROMPT: ("lean_prefill", "eager"), UNCAPTURED_PROMPT: ("prompt_graphs", 0)}
 
 
 def row_builder(name: str) -> tuple[Callable, dict]:

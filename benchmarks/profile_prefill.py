@@ -5,9 +5,9 @@ the kernels one prompt runs (``torch.profiler``, GPU time per kernel name).
         --rows fp16-lean,qc-w4-weight-only,qc-int8-outlier --out $OUT/profile_prefill.json
 
 Rows and model as in ``bench_generate.py`` (``generate_rows.py``). For each row and prompt mode
-(``--modes``: ``eager`` = the plain forward, ``compiled`` = the fast path's compiled prompt
-(``qm.generate()``'s default), ``compiled-graph`` = that, captured as a CUDA graph once the shape
-repeats (``qcompiler.runtime.prompt_graph``, opt-in), ``-masked`` = without the causal prompt
+(``--modes``: ``eager`` = the plain forward, ``compiled`` = the fast path's compiled prompt,
+never captured, ``compiled-graph`` = that, captured as a CUDA graph once the shape repeats
+(``qcompiler.runtime.prompt_graph``; ``qm.generate()``'s default), ``-masked`` = without the causal prompt
 attention of ``qcompiler.runtime.prompt_attention``): the
 fastest of ``--reps`` prompts of ``--prefill`` tokens (``generate(max_new_tokens=1)``), and for one
 prompt the wall time, the summed kernel time and the ``--top`` heaviest kernels.

@@ -73,7 +73,7 @@ class DecodeLoopConfig:
     (:mod:`qcompiler.runtime.prompt_attention`; ``"sdpa"`` models), instead of masked attention
     over the whole static cache; ``prompt_graphs``: prompt shapes per slot whose compiled
     forward is captured as a CUDA graph the second time they run (:mod:`qcompiler.runtime.prompt_graph`;
-    0, the default: never - its GPU tests have not run on a GPU yet)."""
+    2 by default, 0: never; each captured shape keeps its activations in a memory pool of its own)."""
 
     step: StepMode = StepMode.AUTO
     compile_backend: str = "inductor"
@@ -83,7 +83,7 @@ class DecodeLoopConfig:
     compiled_prefill: Optional[bool] = None
     max_compiled_slots: int = 4
     causal_prompt: bool = True
-    prompt_graphs: int = 0
+    prompt_graphs: int = 2
 
 
 def _hf(model: nn.Module) -> nn.Module:

@@ -170,7 +170,9 @@ def enable_fast_generate(model: nn.Module, config: FastGenerateConfig = FastGene
         step = config.lean_decode.step
         step = ("compiled-cuda-graph step (cuda-graph if compiling fails)" if step is StepMode.AUTO
                 else f"{step.value} step")
-        lean = f"not used ({why_not})" if why_not else f"{step} for supported requests"
+        prompts = config.lean_decode.prompt_graphs
+        prompts = f", prompt shapes seen twice replayed as CUDA graphs (up to {prompts})" if prompts > 0 else ""
+        lean = f"not used ({why_not})" if why_not else f"{step}{prompts} for supported requests"
     setattr(hf, _STATE, saved)
     prefill = f"prompts through torch.compile(mode={config.prefill_mode!r})" if config.compile_prefill \
         else "prompts eager"
