@@ -393,8 +393,7 @@ def _run(what: str, x: Tensor, w: WeightOperand, bias: Optional[Tensor], mode: s
         named = {"GROUP": w.group, "G": w.groups, "KB": kb, "PACK": w.pack, **cfg}
         cfg.update({name: fn(named) for name, fn in _HEURISTICS.items()})
         _weight_only_gemv_kernel[grid({**meta, **cfg})](*args, **meta, **cfg, **launch)
-    else:
-        # M_BUCKET only keys the autotuner (one tuning per power-of-two row count).
+    else:  # M_BUCKET only keys the autotuner (one tuning per power-of-two row count)
         _LAUNCH[mode]((mb, x.dtype, bias is not None, n_out > 0, *w.key()), lambda c: grid({**meta, **c}), *args,
                       **meta)
     return y.reshape(*lead, n)
