@@ -3,7 +3,7 @@
 #   bash benchmarks/run_generate_gpu.sh tests   # GPU tests not yet run on a GPU (~300 s)
 #   bash benchmarks/run_generate_gpu.sh gemv    # the 4-bit paired-float16 GEMV's GPU tests + its sweep vs float32 (~300 s)
 #   bash benchmarks/run_generate_gpu.sh user    # compile -> generate -> save, load(dir) -> generate, fresh processes
-#   bash benchmarks/run_generate_gpu.sh prefill # the prompt's GPU tests, then 1.1B prompts: compiled vs captured (~300 s)
+#   bash benchmarks/run_generate_gpu.sh prefill # the prompt's GPU tests (~150 s), then 1.1B prompts: compiled vs captured (~560 s in all)
 #   bash benchmarks/run_generate_gpu.sh 8b      # fp16-lean + the qcompiler rows, Llama-3-8B layer shapes, 2 layers (~330 s)
 #   bash benchmarks/run_generate_gpu.sh 8b-peers  # fp16-lean again + torchao / bitsandbytes / transformers' fp16 rows
 #                                               # (~560 s; torchao's first compiled step alone takes ~100 s)
@@ -41,9 +41,9 @@ case $stage in
     timeout 250 python3 benchmarks/gpu_user_path.py --out "$OUT/gpu_user_path.json" > "$OUT/gpu_user_path.log" 2>&1
     echo "user rc=$?"; tail -40 "$OUT/gpu_user_path.log" ;;
   prefill)
-    timeout 150 python3 -m pytest -q -p no:cacheprovider -p no:logging -rfEs tests/runtime/test_prompt_graph.py \
+    timeout 240 python3 -m pytest -q -p no:cacheprovider -p no:logging -rfEs tests/runtime/test_prompt_graph.py \
       tests/runtime/test_prompt_attention.py > "$OUT/tests_prefill.log" 2>&1; echo "tests rc=$?"; tail -3 "$OUT/tests_prefill.log"
-    timeout 300 python3 benchmarks/profile_prefill.py --shape 1.1b --layers 8 --decode-first --top 6 \
+    timeout 320 python3 benchmarks/profile_prefill.py --shape 1.1b --layers 8 --decode-first --top 6 \
       --rows fp16-lean,qc-w4-weight-only,qc-int8-outlier --modes compiled,compiled-graph \
       --out "$OUT/profile_prefill.json" > "$OUT/profile_prefill.log" 2>&1; echo "profile rc=$?"
     grep -E "^==" "$OUT/profile_prefill.log" ;;
