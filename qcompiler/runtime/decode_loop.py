@@ -43,6 +43,7 @@ from qcompiler.errors import UnsupportedError
 from qcompiler.runtime.next_token import TokenChoice, choose_next_token
 from qcompiler.runtime.prompt_attention import causal_prompt_attention, sliding_window
 from qcompiler.runtime.prompt_graph import PromptGraphs
+from qcompiler.runtime.tensor_places import TensorPlaces
 
 __all__ = ["StepMode", "DecodeLoopConfig", "DecodeLoop"]
 
@@ -132,6 +133,7 @@ class DecodeLoop:
         self.hf = _hf(model)
         self.config = config
         self._slots: dict[tuple, _Slot] = {}
+        self._places = TensorPlaces(self.hf)  # where the tensors the slots' graphs read were
         fwd = _plain_forward(self.hf)
         params = inspect.signature(fwd).parameters
         self._logits_to_keep = "logits_to_keep" in params
@@ -210,6 +212,10 @@ class DecodeLoop:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         cache_len = self.cache_length(prompt, max_new_tokens)
+        if self._slots and self._places.moved():
+            self._slots.clear()  # a weight, buffer or module was replaced: the graphs read the old ones
+        if not self._slots:
+            self._places.record()
         slot = self._slot(batch, cache_len, choice, input_ids.device)
         if slot.mode is None:
             slot.mode = self.step_mode(input_ids.device)
