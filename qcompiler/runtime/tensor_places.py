@@ -5,8 +5,8 @@ A CUDA graph replays its kernels on the memory it was captured with. Changing a 
 ``load_state_dict(sd, assign=True)``, ``module.float()``, ``param.data = t`` or a new submodule
 leave the graph reading the old tensor (or freed memory), a silent wrong answer.
 :class:`TensorPlaces` records, once, every module's parameter / buffer / child slots with what they
-held and each tensor's address; :meth:`moved` compares them again (~0.06 ms for 350 tensors on a
-2-core CPU), so :class:`~qcompiler.runtime.decode_loop.DecodeLoop` drops its captured graphs and
+held and each tensor's address; :meth:`moved` compares them again (~0.07 ms for a 22-layer Llama's 650
+slots on a 2-core CPU), so :class:`~qcompiler.runtime.decode_loop.DecodeLoop` drops its captured graphs and
 captures again when something moved.
 """
 
