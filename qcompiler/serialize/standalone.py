@@ -92,7 +92,8 @@ def _build_skeleton(root: Path) -> nn.Module:
     quant = getattr(config, "quantization_config", None)
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # transformers must not look for a quantizer of its own
-    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+    # newer transformers call it `dtype`, and reading `torch_dtype` there warns that it is deprecated
+    dtype = (config.dtype if hasattr(config, "dtype") else getattr(config, "torch_dtype", None)) or torch.float32
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     model = build_skeleton(root, dtype, config=config)
