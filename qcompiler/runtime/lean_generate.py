@@ -18,27 +18,19 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
 from qcompiler.runtime.decode_loop import DecodeLoop, DecodeLoopConfig
+from qcompiler.runtime.generation_settings import resolve_generation_settings
 from qcompiler.runtime.next_token import TokenChoice
 
 __all__ = ["LeanRequest", "plan_lean_request", "install_lean_generate", "uninstall_lean_generate", "generate_path"]
 
 _LOOP = "_qcompiler_lean_decode"  # attribute on the HF model: the DecodeLoop, the original generate, the last path
 
-_HANDLED = {"max_length", "max_new_tokens", "min_length", "min_new_tokens", "do_sample", "temperature", "top_k",
-            "top_p", "pad_token_id", "bos_token_id", "eos_token_id"}
-# Settings that do not change greedy / sampled tokens (cache and compile plumbing, beam-only,
-# assistant-only knobs, bookkeeping).
-_NO_EFFECT = {"use_cache", "cache_implementation", "cache_config", "max_cache_len", "compile_config",
-              "disable_compile", "early_stopping", "length_penalty", "num_assistant_tokens",
-              "num_assistant_tokens_schedule", "assistant_confidence_threshold", "assistant_lookbehind",
-              "target_lookbehind", "max_matching_ngram_size", "low_memory", "transformers_version",
-              "_from_model_config", "decoder_start_token_id", "continuous_batching_config"}
 # generate()'s own arguments besides the generation settings: the loop runs only when they are unset.
 _HOOKS = ("logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn", "synced_gpus", "assistant_model",
           "streamer", "negative_prompt_ids", "negative_prompt_attention_mask", "custom_generate")
@@ -53,14 +45,6 @@ class LeanRequest:
     max_new_tokens: int
     min_new_tokens: int
     choice: TokenChoice
-
-
-def _ids(value: Any) -> tuple[int, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, torch.Tensor):
-        return tuple(int(v) for v in value.flatten().tolist())
-    return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),)
 
 
 def _mask_for(ids: torch.Tensor, pad: Optional[int], eos: tuple[int, ...]) -> Optional[torch.Tensor]:
@@ -83,38 +67,21 @@ def plan_lean_request(hf: nn.Module, args: tuple, kwargs: dict) -> Union[LeanReq
             return f"{hook} is given"
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in (torch.long, torch.int) or not ids.numel():
         return "the prompt is not a [batch, length] tensor of token ids (inputs_embeds or none)"
-    try:
-        gc, model_kwargs = hf._prepare_generation_config(gen_config, **kwargs)
-    except Exception as e:  # noqa: BLE001 - generate() itself will raise what it raises
-        return f"transformers could not resolve the generation settings ({type(e).__name__}: {e})"
-    mask = model_kwargs.pop("attention_mask", None)
-    model_kwargs.pop("use_cache", None)
-    if model_kwargs:
-        return f"model argument(s) {sorted(model_kwargs)} (the loop passes only the prompt and its mask)"
-    defaults = gc._get_default_generation_params()
-    for key, value in gc.to_dict().items():
-        if key in _HANDLED or key in _NO_EFFECT or value is None or value is False:
-            continue
-        if key in defaults and value == defaults[key]:
-            continue
-        return f"{key}={value!r} (the loop implements greedy / sampling with temperature, top_k, top_p)"
-    if gc.use_cache is False:
-        return "use_cache=False"
+    settings = resolve_generation_settings(hf, gen_config, kwargs)
+    if isinstance(settings, str):
+        return settings
     prompt = ids.shape[1]
-    new = gc.max_new_tokens if gc.max_new_tokens is not None else (gc.max_length or 0) - prompt
+    new = settings.new_tokens(prompt)
     if new < 1:
-        return f"no new tokens to generate (max_new_tokens={gc.max_new_tokens}, max_length={gc.max_length})"
-    eos = _ids(gc.eos_token_id)
-    pad = gc.pad_token_id if gc.pad_token_id is not None else (eos[0] if eos else None)  # generate()'s choice
+        return (f"no new tokens to generate (max_new_tokens={settings.max_new_tokens}, "
+                f"max_length={settings.max_length})")
+    choice = settings.choice
+    mask = kwargs.get("attention_mask")
     if mask is None:
-        mask = _mask_for(ids, pad, eos)
+        mask = _mask_for(ids, settings.pad_token_id, choice.eos)
     elif not isinstance(mask, torch.Tensor) or mask.shape != ids.shape:
         return "attention_mask is not a 2D mask of the prompt's shape"
-    min_new = max(gc.min_new_tokens or 0, (gc.min_length or 0) - prompt)
-    top_k = int(gc.top_k or 0)
-    choice = TokenChoice(do_sample=bool(gc.do_sample), temperature=float(gc.temperature or 1.0) if gc.do_sample else 1.0,
-                         top_k=top_k if gc.do_sample else 0, top_p=float(gc.top_p or 1.0) if gc.do_sample else 1.0,
-                         eos=eos, pad=int(pad) if pad is not None else 0)
+    min_new = settings.min_new(prompt)
     return LeanRequest(ids, mask, int(new), int(min_new), choice)
 
 
