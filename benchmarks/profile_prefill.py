@@ -10,7 +10,9 @@ never captured, ``compiled-graph`` = that, captured as a CUDA graph once the sha
 (``qcompiler.runtime.prompt_graph``; ``qm.generate()``'s default), ``-masked`` = without the causal prompt
 attention of ``qcompiler.runtime.prompt_attention``): the
 fastest of ``--reps`` prompts of ``--prefill`` tokens (``generate(max_new_tokens=1)``), and for one
-prompt the wall time, the summed kernel time and the ``--top`` heaviest kernels.
+prompt the wall time, the summed kernel time and the ``--top`` heaviest kernels; for a captured
+prompt also the GPU time of one replay of its graph (what is left of the wall time is host work
+and the eager ops around the replay).
 """
 
 from __future__ import annotations
@@ -62,6 +64,25 @@ def _profile(model, ids, top: int, cpu_top: int = 0) -> dict:
             "top_kernels_ms": [(e.key[:100], round(e.self_device_time_total / 1e3, 3), e.count) for e in heavy]}
 
 
+def _graph_replay_ms(model, reps: int = 20) -> float | None:
+    """GPU time of one replay of the captured prompt graph (back-to-back replays, CUDA events), or
+    None when no prompt is captured: the rest of a call's wall time is host work around it."""
+    hf = model._modules["model"] if hasattr(model, "program") else model
+    loop = hf.__dict__["_qcompiler_lean_decode"]["loop"]
+    graphs = [g for slot in loop._slots.values() for g in slot.prompts.graphs.values()]
+    if not graphs:
+        return None
+    graph = graphs[-1].graph
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="1.1b")
@@ -103,11 +124,13 @@ def main() -> None:
             torch.cuda.synchronize()
             r = {"warmup_s": time.perf_counter() - t0, "next_token": int(out[0, -1])}
             t = _timed(lambda: _generate(model, ids, 1), args.reps, "cuda")
-            r.update(prefill_ms=t * 1e3, prefill_tok_s=args.prefill / t, **_profile(model, ids, args.top, args.cpu_top))
+            r.update(prefill_ms=t * 1e3, prefill_tok_s=args.prefill / t, graph_replay_ms=_graph_replay_ms(model),
+                     **_profile(model, ids, args.top, args.cpu_top))
             r["graphs"] = torch._dynamo.utils.counters["stats"].get("unique_graphs", 0)  # so far in the process
             row[mode] = r
             print(f"== {name} {mode}: {r['prefill_ms']:.2f} ms ({r['prefill_tok_s']:.0f} tok/s), token {r['next_token']}, kernels "
-                  f"{r['kernel_ms']:.2f} ms in {r['launches']} launches, warm-up {r['warmup_s']:.1f} s", flush=True)
+                  f"{r['kernel_ms']:.2f} ms in {r['launches']} launches, warm-up {r['warmup_s']:.1f} s"
+                  + (f", graph replay {r['graph_replay_ms']:.2f} ms" if r["graph_replay_ms"] else ""), flush=True)
             for key, ms, count in r["top_kernels_ms"]:
                 print(f"   {ms:8.3f} ms {count:5d}x  {key}")
             for key, ms, count in r.get("top_host_ms", []):
