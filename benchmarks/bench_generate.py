@@ -28,7 +28,8 @@ Rows (``--rows`` takes a comma list; all by default):
 Columns: decode tok/s at batch 1 and 16 (all sequences' new tokens per second:
 ``batch * (N - 1) / (t(N) - t(1))``, greedy, fastest of ``--reps``), GPU ms per decode step at batch 1
 and 16 (kernel time from ``torch.profiler``, host gaps left out: the steadier figure), prefill tok/s at ``--prefill`` tokens
-(``generate(max_new_tokens=1)``), weight GiB (CUDA memory the row's model holds), logits error vs
+(``generate(max_new_tokens=1)``), GPU ms per prompt (that call's kernel time, profiler: the wall time
+also holds the call's ~2 ms of host work), weight GiB (CUDA memory the row's model holds), logits error vs
 fp16 eager (relative Frobenius norm on one 128-token batch); "eager tokens" = how many of the first
 8 greedy tokens at batch 1 equal the row's own model decoded eagerly (plain forward, dynamic
 cache); "path" = what ``generate()`` ran (lean loop or transformers' generate()). JSON goes to
@@ -81,20 +82,21 @@ def _generate(model, ids, new: int):
                           do_sample=False)
 
 
+def _kernel_us(model, ids, new: int) -> tuple[float, list]:
+    """Summed GPU kernel time (us) of one ``generate()`` call and its kernels, from the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        _generate(model, ids, new)
+        torch.cuda.synchronize()
+    evs = [e for e in prof.key_averages() if getattr(e, "self_device_time_total", 0) > 0]
+    return sum(e.self_device_time_total for e in evs), evs
+
+
 def gpu_time_per_token(model, ids, new: int) -> dict:
     """GPU-only time per decode step (kernel time from the profiler, idle gaps left out: what the
     step costs once host overhead is hidden), and the kernels that take it."""
-    from torch.profiler import ProfilerActivity, profile
-
-    def kernels(n):
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            _generate(model, ids, n)
-            torch.cuda.synchronize()
-        evs = [e for e in prof.key_averages() if getattr(e, "self_device_time_total", 0) > 0]
-        return sum(e.self_device_time_total for e in evs), evs
-
-    t_n, evs = kernels(new)
-    t_1, _ = kernels(1)
+    t_n, evs = _kernel_us(model, ids, new)
+    t_1, _ = _kernel_us(model, ids, 1)
     top = sorted(evs, key=lambda e: -e.self_device_time_total)[:8]
     return {"gpu_ms_per_token": (t_n - t_1) / (new - 1) / 1e3,
             "top_kernels_us_per_token": [(e.key[:90], round(e.self_device_time_total / new, 2), e.count)
@@ -167,6 +169,11 @@ def measure(model, args, ref_logits: torch.Tensor | None, probe: torch.Tensor,
         out["warmup_prefill_s"] = time.perf_counter() - t0
         t = _timed(lambda: _generate(model, ids, 1), args.reps, dev)
         out["prefill_tok_s"] = args.prefill / t
+        if dev == "cuda":  # the prompt's kernels alone: its wall time above also holds the call's host work
+            try:
+                out["prefill_gpu_ms"] = _kernel_us(model, ids, 1)[0] / 1e3
+            except Exception as e:  # noqa: BLE001 - the profile is extra; the row stands without it
+                out["prefill_gpu_profile_error"] = f"{type(e).__name__}: {str(e)[:200]}"
     out["path"] = _path(model)
     return out
 
@@ -180,7 +187,7 @@ def _weight_gib(device: str, before: int) -> float:
 
 
 _HIGHER = ("decode_b1_tok_s", "decode_b16_tok_s", "prefill_tok_s")
-_LOWER = ("gpu_ms_per_token", "gpu_ms_per_step_b16")  # GPU time: smaller is better
+_LOWER = ("gpu_ms_per_token", "gpu_ms_per_step_b16", "prefill_gpu_ms")  # GPU time: smaller is better
 
 
 def strongest_fp16(results: dict) -> dict:
@@ -198,8 +205,9 @@ def strongest_fp16(results: dict) -> dict:
 def _table(results: dict, card: str) -> str:
     base = strongest_fp16(results)
     lines = [f"| method ({card}) | path | decode b1 tok/s | ×fp16 | GPU ms/token b1 | ×fp16 | decode b16 tok/s | ×fp16 "
-             "| GPU ms/step b16 | ×fp16 | prefill tok/s | ×fp16 | weight GiB | logits err | eager tokens |",
-             "|---" * 15 + "|"]
+             "| GPU ms/step b16 | ×fp16 | prefill tok/s | ×fp16 | GPU ms/prompt | ×fp16 | weight GiB | logits err "
+             "| eager tokens |",
+             "|---" * 17 + "|"]
 
     def cell(r, key):
         v = r.get(key)
@@ -211,11 +219,11 @@ def _table(results: dict, card: str) -> str:
 
     for name, r in results.items():
         if "error" in r or "skipped" in r:  # (an "incomplete" row shows what it measured)
-            lines.append(f"| {name} | {r.get('error', r.get('skipped'))[:100]} |" + " |" * 13)
+            lines.append(f"| {name} | {r.get('error', r.get('skipped'))[:100]} |" + " |" * 15)
             continue
         path = r.get("path", "").replace("transformers generate()", "HF generate()").split(":")[0]
         cells = [c for key in ("decode_b1_tok_s", "gpu_ms_per_token", "decode_b16_tok_s", "gpu_ms_per_step_b16",
-                               "prefill_tok_s") for c in cell(r, key)]
+                               "prefill_tok_s", "prefill_gpu_ms") for c in cell(r, key)]
         lines.append(f"| {name} | {path} | " + " | ".join(cells) + f" | {r.get('weight_gib', float('nan')):.2f} "
                      f"| {r.get('logits_rel_err', float('nan')):.4f} | {r.get('eager_tokens_equal', '–')} |")
     lines.append("ratios: to the stronger fp16 row per column (" + ", ".join(f"{k}: {n}" for k, (_, n) in base.items())
