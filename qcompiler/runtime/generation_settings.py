@@ -112,7 +112,7 @@ def _memo_key(hf: nn.Module, gen_config: Any, kwargs: dict) -> Optional[tuple]:
         model_config = tuple(_frozen(held.get(k)) for k in sorted(names))  # what transformers checks there
         return (args, _config_snapshot(gen_config), _config_snapshot(getattr(hf, "generation_config", None)),
                 model_config)
-    except _Unfrozen:
+    except (_Unfrozen, TypeError):  # TypeError: a generation_config without a __dict__ (transformers says why)
         return None
 
 

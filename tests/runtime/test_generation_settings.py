@@ -55,7 +55,7 @@ def test_a_generation_setting_on_the_model_config_is_refused_as_transformers_ref
     assert refused == fresh and isinstance(refused, str) and "could not resolve" in refused
 
 
-def test_tensor_arguments_count_by_name_and_tensor_settings_are_never_remembered(make_tiny_hf):
+def test_tensor_arguments_count_by_name_and_unfreezable_settings_are_never_remembered(make_tiny_hf):
     model = make_tiny_hf("llama")
     ids = torch.ones(1, 4, dtype=torch.long)
     resolve_generation_settings(model, None, dict(max_new_tokens=2, attention_mask=ids))
@@ -65,6 +65,8 @@ def test_tensor_arguments_count_by_name_and_tensor_settings_are_never_remembered
     tensor_eos, fresh = _both(model, dict(max_new_tokens=2, eos_token_id=torch.tensor([7])))
     assert tensor_eos == fresh and tensor_eos.choice.eos == (7,)
     assert len(_memo(model)) == before  # no frozen value for a tensor setting: resolved each time
+    not_a_config, fresh = _both(model, {}, {"max_new_tokens": 3})  # transformers' own error, not the memo's
+    assert not_a_config == fresh and isinstance(not_a_config, str) and "could not resolve" in not_a_config
 
 
 def test_the_memo_is_bounded(make_tiny_hf):
