@@ -24,7 +24,7 @@ case $stage in
       tests/backends/triton/test_sibling_group.py tests/passes/test_fuse_siblings.py \
       tests/backends/triton/test_triton_split_k_counters.py tests/backends/triton/test_triton_nf4_register_table.py \
       tests/backends/triton/test_triton_weight_only_gemv_magic.py tests/runtime/test_decode_loop.py tests/serialize/test_standalone_load_triton.py \
-      tests/runtime/test_tensor_places.py tests/runtime/test_generation_settings.py tests/runtime/test_lean_generate.py \
+      tests/runtime/test_tensor_places.py tests/runtime/test_generation_settings.py tests/runtime/test_lean_generate.py tests/runtime/test_cache_reset.py \
       > "$OUT/tests.log" 2>&1; echo "tests rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -20
     # with the autotuner on: a fresh process's re-tuning is what the saved kernel configs must undo
     timeout 200 python3 -m pytest -q -p no:cacheprovider -p no:logging -rfE tests/serialize/test_backend_state.py \

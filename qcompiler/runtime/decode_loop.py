@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from qcompiler.errors import UnsupportedError
+from qcompiler.runtime.cache_reset import reset_cache
 from qcompiler.runtime.next_token import TokenChoice, choose_next_token
 from qcompiler.runtime.prompt_attention import causal_prompt_attention, sliding_window
 from qcompiler.runtime.prompt_graph import PromptGraphs
@@ -252,19 +253,23 @@ class DecodeLoop:
 
     def _prefill(self, slot: _Slot, ids: torch.Tensor, mask: torch.Tensor, min_new: int) -> None:
         prompt = ids.shape[1]
-        slot.cache.reset()
+        # Every eager op here is a launch of host time around the (captured) prompt: few of them.
+        reset_cache(slot.cache, also_zero=(slot.generated, slot.finished))
         mask = mask.to(ids.device)
-        pos = mask.long().cumsum(-1) - 1
-        pos = pos.masked_fill(mask == 0, 0)  # generate()'s prompt positions (left padding -> 0)
-        slot.kv_valid.fill_(True)
-        slot.kv_valid[:, :prompt] = mask.bool()
-        slot.pos.copy_(pos[:, -1:])
-        slot.cache_idx.fill_(prompt - 1)
-        slot.generated.zero_()
-        slot.min_new.fill_(min_new)
-        slot.finished.zero_()
-        slot.out.fill_(slot.choice.pad)
         model_mask = None if bool((mask == 1).all()) else mask  # generate() drops an all-ones mask too
+        slot.kv_valid.fill_(True)
+        if model_mask is None:  # generate()'s positions of an unpadded prompt
+            pos = torch.arange(prompt, device=ids.device).view(1, prompt)  # strides as cumsum's: no recompile
+            pos = pos.expand(ids.shape[0], prompt).contiguous() if ids.shape[0] > 1 else pos
+            slot.pos.fill_(prompt - 1)
+        else:
+            pos = mask.long().cumsum(-1) - 1
+            pos = pos.masked_fill(mask == 0, 0)  # generate()'s prompt positions (left padding -> 0)
+            slot.kv_valid[:, :prompt] = mask.bool()
+            slot.pos.copy_(pos[:, -1:])
+        slot.cache_idx.fill_(prompt - 1)
+        slot.min_new.fill_(min_new)
+        slot.out.fill_(slot.choice.pad)
         compiled = self.config.compiled_prefill
         compiled = ids.device.type == "cuda" if compiled is None else compiled
         fwd = self.hf.forward if compiled else _plain_forward(self.hf)
