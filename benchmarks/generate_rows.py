@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 __all__ = ["SHAPES", "build", "RowContext", "ROWS", "LEAN_ROWS", "COMPILED_STEP", "FP16_BASELINES", "TINY_ROWS",
-           "row_builder", "GRAPH_STEP", "EAGER_PROMPT", "UNCAPTURED_PROMPT", "UNGATED"]
+           "row_builder", "GRAPH_STEP", "EAGER_PROMPT", "UNCAPTURED_PROMPT"]
 
 SHAPES = {  # hidden, MLP, heads, KV heads, full-model layers, vocab
     "8b": (4096, 14336, 32, 8, 32, 128256),
@@ -97,7 +97,6 @@ class RowContext:
     hf_compile_prefill: bool = True
     lean_prefill: str = "auto"  # the lean loop's prompt: auto (compiled on CUDA) | eager | compiled
     prompt_graphs: int = 2  # DecodeLoopConfig.prompt_graphs (its default): repeating prompt shapes captured as CUDA graphs
-    gated_mlp: bool = True  # False: sibling fusion leaves silu(gate) * up to the eager ops (passes/fuse_gated_mlp.py off)
 
 
 def _fast_config(ctx: RowContext, lean: bool):
@@ -121,13 +120,8 @@ def fast(model: nn.Module, ctx: RowContext, lean: bool = False) -> nn.Module:
 
 def qcompiled(scheme: str):
     def make(base: nn.Module, calib: list, ctx: RowContext) -> nn.Module:
-        import contextlib
-        import unittest.mock
-
         import qcompiler
-        off = unittest.mock.patch("qcompiler.passes.fuse_siblings.fuse_gated_mlp", new=lambda gm, rules=None: {})
-        with contextlib.nullcontext() if ctx.gated_mlp else off:
-            qm = qcompiler.compile(base, scheme, calib, backend=ctx.backend, progress=False)
+        qm = qcompiler.compile(base, scheme, calib, backend=ctx.backend, progress=False)
         return fast(qm, ctx, lean=True)  # what backend="triton" sets up on CUDA, with --lean-step's step
     return make
 
@@ -156,15 +150,13 @@ COMPILED_STEP = "+compiled-step"  # row-name suffix: that lean row with StepMode
 GRAPH_STEP = "+graph-step"  # row-name suffix: that lean row with StepMode.CUDA_GRAPH (the eager step, captured)
 EAGER_PROMPT = "+eager-prompt"  # row-name suffix: that lean row with its prompts run eagerly
 UNCAPTURED_PROMPT = "+uncaptured-prompt"  # row-name suffix: that lean row with no prompt captured (prompt_graph.py off)
-UNGATED = "+ungated"  # row-name suffix: a qc- row without silu(gate) * up in the gate/up kernel
 FP16_BASELINES = ("fp16-compiled", "fp16-lean")
 TINY_ROWS = ["fp16-eager", "fp16-lean", "fp16-compiled", "qc-w4-weight-only", "qc-w8-weight-only", "qc-int8-outlier",
              "qc-nf4", "qc-gptq-w4", "qc-w8a8-smoothquant"]
 
 
 _SUFFIXES = {COMPILED_STEP: ("lean_step", "compiled-cuda-graph"), GRAPH_STEP: ("lean_step", "cuda-graph"),
-             EAGER_PROMPT: ("lean_prefill", "eager"), UNCAPTURED_PROMPT: ("prompt_graphs", 0),
-             UNGATED: ("gated_mlp", False)}
+             EAGER_PROMPT: ("lean_prefill", "eager"), UNCAPTURED_PROMPT: ("prompt_graphs", 0)}
 
 
 def row_builder(name: str) -> tuple[Callable, dict]:

@@ -15,9 +15,6 @@ are handed the same tensor. Two kinds of group:
       %u = weight_only_uint_linear(%x, %up_qw, ...)    ->   %g = aten.slice(%y, -1, 0, 5632)
                                                             %u = aten.slice(%y, -1, 5632, 11264)
 
-  then :mod:`qcompiler.passes.fuse_gated_mlp` folds a following ``silu(%g) * %u`` into an int8
-  gate/up linear (one kernel writes the product at prompt sizes).
-
 Either way the weights are concatenated along N into one storage and each member's own tensors
 become row-slice views of it (weight bytes do not grow); the region's ``gm`` is left as it was
 (saved, exported and reported unfused). Members must agree on everything but the rows
@@ -31,7 +28,6 @@ kept apart, with the reason, in :class:`SiblingFusion`.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +37,6 @@ from torch import fx, nn
 from qcompiler.backends.triton.sibling_group import (FUSION_RULES, SiblingGroup, SiblingMember, fuse_region,
                                                      unfuse_region)
 from qcompiler.capture import RegionModule
-from qcompiler.passes.fuse_gated_mlp import fuse_gated_mlp
 from qcompiler.spec import get_spec
 
 __all__ = ["FusedGroup", "SiblingFusion", "fuse_siblings", "unfuse_siblings"]
@@ -53,13 +48,11 @@ class FusedGroup:
     op: str
     widths: tuple[int, ...]   # each member's N
     across_regions: bool
-    epilogue: str = ""        # a rewrite of passes.fuse_gated_mlp that folded the next ops in, if any
 
     def describe(self) -> str:
         where = "across regions" if self.across_regions else "in one region"
-        also = f"; {self.epilogue}: silu(gate) * up computed in the same kernel" if self.epilogue else ""
         return (f"{', '.join(self.layers)} -> one {self.op} call (N = {' + '.join(map(str, self.widths))}, "
-                f"{where}{also})")
+                f"{where})")
 
 
 @dataclass
@@ -286,7 +279,7 @@ def _fuse_within(region: RegionModule, groups: list[list[_Member]]) -> list[Fuse
     out = graph.graph_copy(region.gm.graph, env)
     graph.output(out)
     fast = fx.GraphModule(region.gm, graph)
-    done, fused_nodes = [], []
+    done = []
     for members, fused, bounds in plans:
         first = env[members[0].node]
         with graph.inserting_before(first):
@@ -299,7 +292,6 @@ def _fuse_within(region: RegionModule, groups: list[list[_Member]]) -> list[Fuse
                     args[i] = graph.get_attr(name)
             y = graph.call_function(first.target, tuple(args), dict(first.kwargs))
         y.meta.update({k: v for k, v in first.meta.items() if k != "val"})
-        fused_nodes.append(y)
         for m, (s, e) in zip(members, bounds):
             node = env[m.node]
             with graph.inserting_before(node):
@@ -308,8 +300,6 @@ def _fuse_within(region: RegionModule, groups: list[list[_Member]]) -> list[Fuse
             graph.erase_node(node)
         done.append(FusedGroup(tuple(m.layer for m in members), _op_name(first),
                                tuple(e - s for s, e in bounds), False))
-    gated = fuse_gated_mlp(fast)
-    done = [dataclasses.replace(g, epilogue=gated.get(y, "")) for g, y in zip(done, fused_nodes)]
     graph.eliminate_dead_code()
     used = {n.target for n in graph.nodes if n.op == "get_attr"}
     for name in [k for k in list(fast._buffers) + list(fast._parameters) if k not in used]:

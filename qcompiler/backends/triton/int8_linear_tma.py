@@ -27,7 +27,7 @@ from qcompiler.backends.triton._config import interpreting
 from qcompiler.backends.triton._tile_order import grouped_tile
 from qcompiler.backends.triton.int8_epilogue import OUTLIERS_DENSE, OUTLIERS_GATHER, int8_epilogue
 
-__all__ = ["tma_supported", "launch_int8_linear_tma", "tma_configs", "num_sms"]
+__all__ = ["tma_supported", "launch_int8_linear_tma", "tma_configs"]
 
 try:  # triton >= 3.4
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -92,8 +92,7 @@ _BEST: dict[Hashable, dict] = {}
 _SMS: dict[int, int] = {}
 
 
-def num_sms(device: torch.device) -> int:
-    """The SM count of ``device`` (a persistent grid's size; 4 off CUDA)."""
+def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 4
     i = device.index if device.index is not None else torch.cuda.current_device()
@@ -107,7 +106,7 @@ def _launch(cfg: dict, xq, x_scale, wq, w_scale, xo, wo, idx, cnt, bias, y, outl
     launch = dict(num_warps=meta.pop("num_warps"), num_stages=meta.pop("num_stages"))
     bm, bn, bk = meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
-    programs = min(tiles, num_sms(xq.device)) if meta["PERSISTENT"] else tiles
+    programs = min(tiles, _num_sms(xq.device)) if meta["PERSISTENT"] else tiles
     dummy = y
     _int8_linear_tma_kernel[(programs,)](
         TensorDescriptor.from_tensor(xq, [bm, bk]), TensorDescriptor.from_tensor(wq, [bn, bk]),

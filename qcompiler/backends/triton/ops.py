@@ -33,8 +33,6 @@ from qcompiler.backends.triton.int8_linear_dynamic_outlier import \
 from qcompiler.backends.triton.outlier_linear import \
     int8_dynamic_outlier_linear as _int8_dynamic_outlier_linear
 from qcompiler.backends.triton.outlier_linear import int8_outlier_linear as _int8_outlier_linear
-from qcompiler.backends.triton.outlier_linear import \
-    int8_outlier_linear_silu_mul as _int8_outlier_linear_silu_mul
 from qcompiler.backends.triton.quantize_rowwise import quantize_rowwise as _quantize_rowwise
 from qcompiler.backends.triton.quantize_rowwise_dynamic import \
     quantize_rowwise_dynamic as _quantize_rowwise_dynamic
@@ -51,7 +49,6 @@ __all__ = [
     "int8_linear_dynamic_outlier",
     "weight_only_int8_linear",
     "int8_outlier_linear",
-    "int8_outlier_linear_silu_mul",
     "int8_dynamic_outlier_linear",
     "weight_only_uint_linear",
     "weight_only_nf4_linear",
@@ -116,15 +113,6 @@ def int8_outlier_linear(x: Tensor, wq: Tensor, w_scale: Tensor, outlier_idx: Ten
     return _int8_outlier_linear(x, wq, w_scale, outlier_idx, outlier_mask, w_outliers, bias, act_quant)
 
 
-def int8_outlier_linear_silu_mul(x: Tensor, wq: Tensor, w_scale: Tensor, outlier_idx: Tensor,
-                                 outlier_mask: Optional[Tensor], w_outliers: Optional[Tensor],
-                                 bias: Optional[Tensor], split: int, act_quant: int = 0) -> Tensor:
-    """A gated MLP's fused gate/up int8-outlier linear, then ``silu(gate) * up`` (``split`` = H,
-    ``wq`` has 2H rows); put in place by sibling fusion (``qcompiler.passes.fuse_gated_mlp``)."""
-    return _int8_outlier_linear_silu_mul(x, wq, w_scale, outlier_idx, outlier_mask, w_outliers, bias, split,
-                                         act_quant)
-
-
 def int8_dynamic_outlier_linear(x: Tensor, wq: Tensor, w_scale: Tensor, threshold: float,
                                 bias: Optional[Tensor], act_quant: int = 0) -> Tensor:
     """Dynamic int8-outlier linear from the 16-bit X, dispatched on M; ``act_quant`` as above."""
@@ -166,11 +154,6 @@ _define("int8_outlier_linear(Tensor x, Tensor wq, Tensor w_scale, Tensor outlier
         int8_outlier_linear,
         lambda x, wq, w_scale, outlier_idx, outlier_mask, w_outliers, bias, act_quant=0:
         _linear_out(x, wq, x.dtype))
-_define("int8_outlier_linear_silu_mul(Tensor x, Tensor wq, Tensor w_scale, Tensor outlier_idx, "
-        "Tensor? outlier_mask, Tensor? w_outliers, Tensor? bias, int split, int act_quant=0) -> Tensor",
-        int8_outlier_linear_silu_mul,
-        lambda x, wq, w_scale, outlier_idx, outlier_mask, w_outliers, bias, split, act_quant=0:
-        x.new_empty((*x.shape[:-1], split)))
 _define("int8_dynamic_outlier_linear(Tensor x, Tensor wq, Tensor w_scale, float threshold, "
         "Tensor? bias, int act_quant=0) -> Tensor", int8_dynamic_outlier_linear,
         lambda x, wq, w_scale, threshold, bias, act_quant=0: _linear_out(x, wq, x.dtype))

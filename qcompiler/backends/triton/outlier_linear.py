@@ -9,11 +9,6 @@
   then the int8 GEMM, or the row scales only and the GEMM quantizing X in registers
   (:mod:`.fused_quant_linear`); both give the same output bit for bit.
 
-:func:`int8_outlier_linear_silu_mul` is the gate/up linear of a gated MLP followed by
-``silu(gate) * up``: where the int8 GEMM runs on the TMA engine, one kernel
-(:mod:`.int8_linear_gated_tma`) writes only the product; elsewhere the linear above, then
-:func:`.silu_mul.silu_mul` (one launch on CUDA). Same 16-bit values either way.
-
 These are what ``lower-triton`` puts in the graph in place of a ``quantize_rowwise ->
 int8_linear`` pair, since M is only known at run time (prefill vs decode).
 """
@@ -28,19 +23,16 @@ from torch import Tensor
 from qcompiler.backends.triton.act_quant import ActQuant, fuses_act_quant
 from qcompiler.backends.triton.fused_quant_linear import (int8_dynamic_outlier_linear_fused,
                                                           int8_outlier_linear_fused)
-from qcompiler.backends.triton.int8_gemm_engine import GEMM_AUTO, GEMM_TMA, pick_gemm
 from qcompiler.backends.triton.int8_linear import int8_linear
-from qcompiler.backends.triton.int8_linear_gated_tma import launch_int8_gated_tma
 from qcompiler.backends.triton.int8_linear_dynamic_outlier import int8_linear_dynamic_indexed
 from qcompiler.backends.triton.quantize_rowwise import quantize_rowwise
 from qcompiler.backends.triton.quantize_rowwise_dynamic import quantize_rowwise_dynamic_indexed
-from qcompiler.backends.triton.silu_mul import silu_mul
 from qcompiler.backends.triton._weight_operand import int8_signed_operand
 from qcompiler.backends.triton.weight_only_gemv import weight_only_gemv
 from qcompiler.backends.triton.weight_only_gemv_row import weight_only_gemv_row
 from qcompiler.backends.triton.weight_only_linear import SMALL_M, weight_only_linear
 
-__all__ = ["int8_outlier_linear", "int8_outlier_linear_silu_mul", "int8_dynamic_outlier_linear"]
+__all__ = ["int8_outlier_linear", "int8_dynamic_outlier_linear"]
 
 
 def _rows(x: Tensor) -> int:
@@ -77,29 +69,6 @@ def int8_outlier_linear(x: Tensor, wq: Tensor, w_scale: Tensor, outlier_idx: Ten
         return int8_outlier_linear_fused(x, wq, w_scale, outlier_idx, outlier_mask, w_outliers, bias)
     xq, xs, xo = quantize_rowwise(x, outlier_idx, outlier_mask)
     return int8_linear(xq, xs, wq, w_scale, xo, w_outliers, bias, x.dtype)
-
-
-def int8_outlier_linear_silu_mul(x: Tensor, wq: Tensor, w_scale: Tensor, outlier_idx: Tensor,
-                                 outlier_mask: Optional[Tensor], w_outliers: Optional[Tensor],
-                                 bias: Optional[Tensor], split: int, act_quant: int = ActQuant.AUTO) -> Tensor:
-    """``silu(y[..., :split]) * y[..., split:]`` for ``y = int8_outlier_linear(x, wq, ...)``, ``wq``
-    = ``[W_gate; W_up]`` (``2 * split`` rows), rounded as the eager ops round it."""
-    if wq.shape[0] != 2 * split:
-        raise ValueError(f"int8_outlier_linear_silu_mul: W has {wq.shape[0]} rows, not 2 x {split}")
-    m, k = _rows(x), x.shape[-1]
-    if m > SMALL_M and k and x.dtype in (torch.float16, torch.bfloat16) and _per_row_scale(x, wq, w_scale) \
-            and not fuses_act_quant(act_quant, m, wq.shape[0], k):
-        xq, xs, xo = quantize_rowwise(x, outlier_idx, outlier_mask)
-        xq2 = xq.reshape(m, k)
-        if pick_gemm(GEMM_AUTO, xq2, wq) == GEMM_TMA:
-            y = torch.empty((m, split), dtype=x.dtype, device=x.device)
-            use_out = w_outliers is not None and xo.shape[-1] > 0
-            launch_int8_gated_tma(xq2, xs.reshape(-1), wq, w_scale.reshape(-1), xo.reshape(m, -1) if use_out else None,
-                                  w_outliers if use_out else None, bias, y)
-            return y.reshape(*x.shape[:-1], split)
-        return silu_mul(int8_linear(xq, xs, wq, w_scale, xo, w_outliers, bias, x.dtype), split)
-    return silu_mul(int8_outlier_linear(x, wq, w_scale, outlier_idx, outlier_mask, w_outliers, bias, act_quant),
-                    split)
 
 
 def int8_dynamic_outlier_linear(x: Tensor, wq: Tensor, w_scale: Tensor, threshold: float,
