@@ -26,6 +26,7 @@ import torch
 
 from bench_generate import _generate, _timed
 from generate_rows import RowContext, build, row_builder
+from prefill_host_phases import host_phases
 from timing import JsonResults, card_name
 
 __all__ = ["main"]
@@ -126,12 +127,14 @@ def main() -> None:
             r = {"warmup_s": time.perf_counter() - t0, "next_token": int(out[0, -1])}
             t = _timed(lambda: _generate(model, ids, 1), args.reps, "cuda")
             r.update(prefill_ms=t * 1e3, prefill_tok_s=args.prefill / t, graph_replay_ms=_graph_replay_ms(model),
+                     host_phases_ms=host_phases(lambda: _generate(model, ids, 1)),
                      **_profile(model, ids, args.top, args.cpu_top))
             r["graphs"] = torch._dynamo.utils.counters["stats"].get("unique_graphs", 0)  # so far in the process
             row[mode] = r
             print(f"== {name} {mode}: {r['prefill_ms']:.2f} ms ({r['prefill_tok_s']:.0f} tok/s), token {r['next_token']}, kernels "
                   f"{r['kernel_ms']:.2f} ms in {r['launches']} launches, warm-up {r['warmup_s']:.1f} s"
                   + (f", graph replay {r['graph_replay_ms']:.2f} ms" if r["graph_replay_ms"] else ""), flush=True)
+            print("   host phases (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in r["host_phases_ms"].items()))
             for key, ms, count in r["top_kernels_ms"]:
                 print(f"   {ms:8.3f} ms {count:5d}x  {key}")
             for key, ms, count in r.get("top_host_ms", []):
