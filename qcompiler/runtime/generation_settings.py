@@ -18,6 +18,8 @@ no memo for that call: it is resolved every time, as before.
 
 from __future__ import annotations
 
+import dataclasses
+
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -81,6 +83,8 @@ def _frozen(value: Any) -> Any:
         return tuple(_frozen(v) for v in value)
     if isinstance(value, dict):
         return tuple(sorted((str(k), _frozen(v)) for k, v in value.items()))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # the fast path's CompileConfig
+        return (type(value).__qualname__, _frozen(vars(value)))
     raise _Unfrozen(type(value).__name__)
 
 

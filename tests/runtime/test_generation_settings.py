@@ -75,3 +75,20 @@ def test_the_memo_is_bounded(make_tiny_hf):
         settings = resolve_generation_settings(model, None, dict(max_new_tokens=n))
         assert settings.max_new_tokens == n
     assert len(_memo(model)) == generation_settings._MEMO_SIZE
+
+
+def test_the_fast_paths_compile_config_does_not_turn_the_memo_off(make_tiny_hf, monkeypatch):
+    # enable_fast_generate puts a CompileConfig (a dataclass) on model.generation_config: it is
+    # part of the key by value, so a fast-path model is remembered and a change is still seen.
+    from qcompiler.runtime import FastGenerateConfig, enable_fast_generate
+    model = make_tiny_hf("llama")
+    enable_fast_generate(model, FastGenerateConfig(all_devices=True, backend="eager"))
+    calls = []
+    real = generation_settings._resolve
+    monkeypatch.setattr(generation_settings, "_resolve", lambda *a: calls.append(1) or real(*a))
+    kwargs = dict(max_new_tokens=3, attention_mask=torch.ones(1, 4, dtype=torch.long))
+    first = resolve_generation_settings(model, None, dict(kwargs))
+    assert resolve_generation_settings(model, None, dict(kwargs)) is first and len(calls) == 1
+    model.generation_config.compile_config.fullgraph = False
+    again, fresh = _both(model, kwargs)
+    assert len(calls) == 3 and again == fresh  # the key changed: resolved again (then the memo=False call)
