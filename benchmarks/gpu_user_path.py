@@ -102,6 +102,8 @@ def main() -> None:
         if args.out:
             args.out.write_text(json.dumps(record, indent=1))
     print(json.dumps(record, indent=1))
+    if any("rc" in r for r in record.values()):
+        sys.exit(1)  # a stage failed: run_generate_gpu.sh's "user rc" says so
 
 
 if __name__ == "__main__":
