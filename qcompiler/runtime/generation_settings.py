@@ -12,14 +12,14 @@ arguments, the names of its tensor arguments, snapshots of the ``__dict__`` of
 ``model.generation_config`` and of a ``generation_config`` argument, and the generation-setting
 names as ``model.config`` holds them (what transformers checks there); ~20 us in all.
 Change any of them (``model.generation_config.do_sample = True``, a new ``eos_token_id``) and the
-next call resolves again. A value the snapshot cannot freeze (a tensor setting, an object) means
-no memo for that call: it is resolved every time, as before.
+next call resolves again. Dataclass values (the ``CompileConfig`` the fast path sets) are frozen by
+their fields; a value the snapshot cannot freeze (a tensor setting, another object) means no memo
+for that call: it is resolved every time, as before (on the H200's host, 1.4-2.2 ms a call).
 """
 
 from __future__ import annotations
 
 import dataclasses
-
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
