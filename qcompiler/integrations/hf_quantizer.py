@@ -90,6 +90,7 @@ class QCompilerHfQuantizer(HfQuantizer):
         self._renamings: list = []
         self._streamed = None   # StreamedLoad: the checkpoint quantized while streamed
         self._device_map = None
+        self._kernels_skipped = False  # transformers asked for hub kernels, which this load does not apply
 
     def update_device_map(self, device_map):
         if self.pre_quantized:
@@ -109,10 +110,29 @@ class QCompilerHfQuantizer(HfQuantizer):
                                        "from_pretrained found none", hint="qcompiler.load(dir)")
             self._saved = prepare_skeleton(model, list(checkpoint_files))
             self._renamings = weight_renamings()
-        elif checkpoint_files:
-            from qcompiler.integrations.streaming_quantize import hide_state
-            self._streamed = hide_state(model, checkpoint_files, self._device_map)
+        else:
+            self._skip_hub_kernels(model)
+            if checkpoint_files:
+                from qcompiler.integrations.streaming_quantize import hide_state
+                self._streamed = hide_state(model, checkpoint_files, self._device_map)
         return model
+
+    def _skip_hub_kernels(self, model) -> None:
+        """transformers >= 5.25 kernelizes a model (hub kernels, ``use_kernels`` on by default) after
+        loading its weights but before this quantizer's after-loading step. Here the weights are still
+        on ``meta`` then (qcompiler streams them in afterwards), so kernelizing fails ("Unsupported
+        device type 'meta'"), and qcompiler captures and replaces those layers anyway: the one
+        ``set_use_kernels`` call of this load runs with ``False``; the report says so."""
+        if not callable(getattr(type(model), "set_use_kernels", None)):
+            return
+        own = type(model).set_use_kernels
+
+        def set_use_kernels(use_kernels, *args, **kwargs):
+            model.__dict__.pop("set_use_kernels", None)  # once: later calls are the model's own
+            self._kernels_skipped = bool(use_kernels)
+            return own(model, False, *args, **kwargs)
+
+        model.set_use_kernels = set_use_kernels
 
     def get_weight_conversions(self):
         return list(self._renamings)  # saved keys -> the rebuilt regions' state names
@@ -121,9 +141,10 @@ class QCompilerHfQuantizer(HfQuantizer):
         if self.pre_quantized:
             from qcompiler.integrations.saved_dir_loading import finish_loading
             return finish_loading(model, self._saved, self._renamings)
+        model.__dict__.pop("set_use_kernels", None)  # not called by this transformers version: nothing to skip
         if self._streamed is not None:
             from qcompiler.integrations.streaming_quantize import stream_into
-            return stream_into(model, self._streamed, self.quantization_config)
+            return self._note_kernels(stream_into(model, self._streamed, self.quantization_config))
         import qcompiler  # a state_dict passed to from_pretrained: no files to stream, compile what loaded
         cfg: QCompilerConfig = self.quantization_config
         vocab = int(getattr(model.config, "vocab_size", 16))
@@ -134,6 +155,13 @@ class QCompilerHfQuantizer(HfQuantizer):
         for name, child in list(qm.model.named_children()):
             setattr(model, name, child)  # the compiled regions, in the loaded PreTrainedModel itself
         model.__dict__["_qcompiler_model"] = qm  # not a submodule: report(), qcompiler.save
+        return self._note_kernels(model)
+
+    def _note_kernels(self, model):
+        if self._kernels_skipped:
+            model.__dict__["_qcompiler_model"].report().notes.append(
+                "transformers' hub kernels (use_kernels) not applied: qcompiler captures and compiles this model's "
+                "layers itself")
         return model
 
     def is_serializable(self, **kwargs) -> bool:

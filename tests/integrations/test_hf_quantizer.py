@@ -86,3 +86,17 @@ def test_from_pretrained_streams_like_qcompiler_from_pretrained(tied_llama_dir, 
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, ref(input_ids=ids).logits)
     assert not [n for n, t in model.state_dict().items() if t.device.type == "meta"]
+
+
+def test_hub_kernels_are_not_applied_and_the_report_says_so(saved_llama):
+    """transformers >= 5.25 kernelizes after loading, while this quantizer's weights are still on
+    meta: the load asks for no kernels, says so in the report, and leaves set_use_kernels as it was."""
+    from transformers import AutoModelForCausalLM
+    d, _ = saved_llama
+    model = AutoModelForCausalLM.from_pretrained(d, quantization_config=QCompilerConfig("w4-weight-only"),
+                                                 device_map="cpu", use_kernels=True)
+    assert not model.use_kernels and "set_use_kernels" not in model.__dict__
+    notes = model.__dict__["_qcompiler_model"].report().notes
+    assert any("hub kernels (use_kernels) not applied" in n for n in notes), notes
+    ids = torch.randint(3, 256, (1, 6), generator=torch.Generator().manual_seed(1))
+    assert model.generate(ids, max_new_tokens=3, do_sample=False).shape == (1, 9)
