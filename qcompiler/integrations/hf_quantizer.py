@@ -119,9 +119,10 @@ class QCompilerHfQuantizer(HfQuantizer):
 
     def _skip_hub_kernels(self, model) -> None:
         """transformers >= 5.25 kernelizes a model (hub kernels, ``use_kernels`` on by default) after
-        loading its weights but before this quantizer's after-loading step. Here the weights are still
-        on ``meta`` then (qcompiler streams them in afterwards), so kernelizing fails ("Unsupported
-        device type 'meta'"), and qcompiler captures and replaces those layers anyway: the one
+        loading its weights but before this quantizer's after-loading step. A streamed load still has
+        its weights on ``meta`` then (qcompiler streams them in afterwards), so kernelizing fails
+        ("Unsupported device type 'meta'"); a ``state_dict`` load would be compiled with kernelized
+        forwards nobody tested. qcompiler captures and replaces those layers anyway, so the one
         ``set_use_kernels`` call of this load runs with ``False``; the report says so."""
         if not callable(getattr(type(model), "set_use_kernels", None)):
             return
